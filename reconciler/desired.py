@@ -1,0 +1,41 @@
+"""Turn loaded manifests and their resolved values into the planner's desired state.
+
+Values are replaced by keyed fingerprints here, so nothing downstream of this function (planner,
+plan, renderers) ever holds a value. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from .fingerprint import fingerprint, key_id
+from .model import DesiredSecret, DesiredSet, DesiredState, SecretSet, SecretValue
+
+Values = Mapping[tuple[str, str], SecretValue]
+"""Resolved values keyed by (set name, logical secret name)."""
+
+
+def build_desired(
+    sets: Sequence[SecretSet], values: Values, key: bytes, *, revision: str | None = None
+) -> DesiredState:
+    return DesiredState(
+        sets=tuple(
+            DesiredSet(
+                name=secret_set.name,
+                keep=secret_set.keep,
+                secrets=tuple(
+                    DesiredSecret(
+                        set_name=secret_set.name,
+                        name=spec.name,
+                        fingerprint=fingerprint(key, values[(secret_set.name, spec.name)]),
+                        labels=dict(spec.labels),
+                        grants=spec.grants,
+                    )
+                    for spec in secret_set.secrets
+                ),
+            )
+            for secret_set in sets
+        ),
+        revision=revision,
+        fingerprint_key_id=key_id(key),
+    )

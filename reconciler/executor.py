@@ -1,0 +1,331 @@
+"""Carry out a plan against the swarm: create versions, roll services, wait, collect.
+
+Order and safety rules:
+
+1. **Create** every new version the plan lists (all values were resolved before anything runs).
+   A 409 means a concurrent run created the name first: observe again and re-plan (bounded).
+2. **Re-observe and re-plan**, then **update** services concurrently (``concurrency`` workers). Each
+   update is a raw spec round-trip that replaces only the secret references; a stale version
+   (``update out of sequence``) is re-inspected and retried. Every rollout is watched until it
+   converges, rolls back, pauses or times out; a failure is reported per service and the others
+   carry on. Running the updates from a fresh plan keeps the run level-based: what is written is what
+   the swarm needs *now*, never a stale diff.
+3. **Re-observe and collect**: the planner is asked again after the rollouts, so a version that just
+   became a rollback target (PreviousSpec) or is still used by old tasks is kept; only removals run.
+
+A crash between any two steps leaves a swarm the next run converges from: a created but unused
+version is either reused (same fingerprint) or collected; a half-rolled service is finished or
+reported; nothing is deleted that a service or a rollback can still need.
+
+This module never sees Engine JSON except the secret-reference list it rewrites; it never logs a
+value (values go straight from the resolved map into ``Swarm.create_secret``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import planner
+from .desired import Values
+from .errors import SwarmConflict, SwarmError, SwarmSecretsError
+from .model import DesiredState, LiveState, normalize_target
+from .plan import Plan, RefChange, UpdateService
+from .swarm import Swarm, secret_ids_of
+
+log = logging.getLogger(__name__)
+audit_log = logging.getLogger("reconciler.audit")
+
+MAX_REPLANS = 3
+MAX_UPDATE_ATTEMPTS = 5
+
+OUTCOME_CONVERGED = "converged"
+OUTCOME_ROLLED_BACK = "rolled_back"
+OUTCOME_PAUSED = "paused"
+OUTCOME_TIMED_OUT = "timed_out"
+OUTCOME_FAILED = "failed"
+OUTCOME_UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApplyOptions:
+    timeout: float = 300.0
+    """Seconds to wait for each service's rollout before reporting it timed out."""
+    concurrency: int = 4
+    """How many service rollouts run (and are watched) at the same time."""
+    prune_orphans: bool = False
+    """Also revoke and collect sets that have managed secrets but no loaded manifest."""
+    poll_interval: float = 0.5
+    """Seconds between two looks at a rollout."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RolloutResult:
+    service: str
+    outcome: str
+    detail: str = ""
+    seconds: float = 0.0
+    drift: bool = False
+    """The update corrected drift (the manifest had not changed)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in (OUTCOME_CONVERGED, OUTCOME_UNCHANGED)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApplyResult:
+    created: tuple[str, ...] = ()
+    rollouts: tuple[RolloutResult, ...] = ()
+    removed: tuple[str, ...] = ()
+    kept: int = 0
+    blocked: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.blocked and all(r.ok for r in self.rollouts)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.removed or any(r.outcome != OUTCOME_UNCHANGED for r in self.rollouts))
+
+
+ProgressFn = Callable[[str, str, str], None]
+"""``progress(service, state, detail)``: called on every rollout state change (for displays)."""
+
+
+def _audit(event: str, **fields: Any) -> None:
+    audit_log.info("%s %s", event, " ".join(f"{k}={v}" for k, v in fields.items()), extra={"audit": {"event": event, **fields}})
+
+
+def observe_and_plan(desired: DesiredState, swarm: Swarm, *, prune_orphans: bool = False) -> tuple[LiveState, Plan]:
+    live = swarm.observe()
+    return live, planner.plan(desired, live, prune_orphans=prune_orphans)
+
+
+# --- service reference rewriting -------------------------------------------------------------------
+
+
+def rewrite_secrets(
+    current: Sequence[Mapping[str, Any]], changes: Sequence[RefChange], ids: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """The new ``ContainerSpec.Secrets`` list: ``current`` with ``changes`` applied by target path.
+
+    References at untouched paths are kept byte for byte and in place; a replaced reference keeps its
+    position. UID, GID and Mode are always sent: the raw API has no defaults (an omitted Mode means a
+    file of mode 000, an omitted UID fails every task).
+    """
+    touched = {c.path for c in changes}
+    wanted = {c.path: c for c in changes if c.new is not None}
+    result: list[dict[str, Any]] = []
+    placed: set[str] = set()
+    for raw in current:
+        path = normalize_target(str((raw.get("File") or {}).get("Name", "")))
+        if path not in touched:
+            result.append(dict(raw))
+            continue
+        change = wanted.get(path)
+        if change is not None and path not in placed:
+            result.append(_ref_json(change, ids))
+            placed.add(path)
+    for path, change in sorted(wanted.items()):
+        if path not in placed:
+            result.append(_ref_json(change, ids))
+    return result
+
+
+def _ref_json(change: RefChange, ids: Mapping[str, str]) -> dict[str, Any]:
+    assert change.new is not None
+    secret_id = ids.get(change.new)
+    if secret_id is None:
+        # Deleted since we observed (a concurrent run?): observing again settles it.
+        raise SwarmConflict(f"secret {change.new} disappeared before it could be referenced")
+    return {
+        "SecretID": secret_id,
+        "SecretName": change.new,
+        "File": {"Name": change.target or change.path, "UID": change.uid, "GID": change.gid, "Mode": change.mode},
+    }
+
+
+# --- rollouts --------------------------------------------------------------------------------------
+
+
+def _update_service(
+    swarm: Swarm, action: UpdateService, ids: Mapping[str, str], options: ApplyOptions, progress: ProgressFn
+) -> RolloutResult:
+    started = time.monotonic()
+    drift = any(c.reason.startswith("drift") for c in action.changes)
+    try:
+        for attempt in range(1, MAX_UPDATE_ATTEMPTS + 1):
+            raw = swarm.inspect_service(action.service_id)
+            spec = raw.get("Spec") or {}
+            current = (spec.get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Secrets") or []
+            new = rewrite_secrets(current, action.changes, ids)
+            if new == current:
+                return RolloutResult(service=action.service, outcome=OUTCOME_UNCHANGED, detail="already up to date")
+            baseline = (raw.get("UpdateStatus") or {}).get("StartedAt")
+            try:
+                swarm.write_service_secrets(raw, new)
+            except SwarmConflict:
+                log.info("service %s changed while we updated it (attempt %d); inspecting again", action.service, attempt)
+                continue
+            _audit(
+                "service_updated",
+                service=action.service,
+                changes=[f"{c.path}:{c.old}->{c.new}" for c in action.changes],
+            )
+            written = frozenset(r["SecretID"] for r in new) - secret_ids_of(spec)
+            progress(action.service, "updating", f"{len(action.changes)} reference(s) changed")
+            result = _watch(swarm, action.service, action.service_id, written, baseline, options, progress, started)
+            return RolloutResult(
+                service=result.service, outcome=result.outcome, detail=result.detail,
+                seconds=time.monotonic() - started, drift=drift,
+            )
+        return RolloutResult(
+            service=action.service, outcome=OUTCOME_FAILED,
+            detail=f"the service kept changing under us ({MAX_UPDATE_ATTEMPTS} attempts); the next run retries",
+            seconds=time.monotonic() - started,
+        )
+    except SwarmSecretsError as exc:
+        progress(action.service, OUTCOME_FAILED, str(exc))
+        return RolloutResult(service=action.service, outcome=OUTCOME_FAILED, detail=str(exc), seconds=time.monotonic() - started)
+
+
+def _watch(
+    swarm: Swarm,
+    service: str,
+    service_id: str,
+    written: frozenset[str],
+    baseline_started_at: str | None,
+    options: ApplyOptions,
+    progress: ProgressFn,
+    started: float,
+) -> RolloutResult:
+    """Wait until the rollout converged, rolled back, paused or timed out (the docker CLI's rules:
+    a terminal UpdateStatus *and* the up-to-date tasks running, as many as desired)."""
+    deadline = started + options.timeout
+    last = ""
+    while True:
+        probe = swarm.rollout_probe(service_id)
+        fresh = probe.state is not None and probe.started_at != baseline_started_at
+        state = probe.state if fresh else None
+        status = f"{state or 'pending'} {probe.running}/{probe.desired} running"
+        if status != last:
+            progress(service, state or "updating", f"{probe.running}/{probe.desired} tasks running")
+            last = status
+        if not written <= probe.spec_secret_ids or state in ("rollback_started", "rollback_paused", "rollback_completed"):
+            why = probe.message or "the service spec no longer holds the new secret versions"
+            if probe.failed_tasks:
+                why += f"; task error: {probe.failed_tasks[0]}"
+            progress(service, OUTCOME_ROLLED_BACK, why)
+            return RolloutResult(service=service, outcome=OUTCOME_ROLLED_BACK, detail=f"rolled back: {why}")
+        if state == "paused":
+            why = probe.message or "update paused"
+            if probe.failed_tasks:
+                why += f"; task error: {probe.failed_tasks[0]}"
+            progress(service, OUTCOME_PAUSED, why)
+            return RolloutResult(
+                service=service, outcome=OUTCOME_PAUSED,
+                detail=f"paused: {why} (fix the cause, then `docker service update --rollback` or re-run)",
+            )
+        if probe.running >= probe.desired and (state is None or state == "completed"):
+            progress(service, OUTCOME_CONVERGED, f"{probe.running}/{probe.desired} tasks running")
+            return RolloutResult(service=service, outcome=OUTCOME_CONVERGED, detail=f"{probe.running}/{probe.desired} tasks running")
+        if time.monotonic() >= deadline:
+            detail = f"timed out after {options.timeout:.0f} s ({status})"
+            if probe.failed_tasks:
+                detail += f"; task error: {probe.failed_tasks[0]}"
+            progress(service, OUTCOME_TIMED_OUT, detail)
+            return RolloutResult(service=service, outcome=OUTCOME_TIMED_OUT, detail=detail)
+        time.sleep(options.poll_interval)
+
+
+# --- the whole apply -------------------------------------------------------------------------------
+
+
+def _noop_progress(service: str, state: str, detail: str) -> None:
+    log.info("rollout %s: %s (%s)", service, state, detail)
+
+
+def execute(
+    plan: Plan,
+    desired: DesiredState,
+    values: Values,
+    swarm: Swarm,
+    options: ApplyOptions = ApplyOptions(),
+    progress: ProgressFn | None = None,
+) -> ApplyResult:
+    """Apply ``plan`` (as shown to the user) and converge: see the module docstring for the steps."""
+    report = progress or _noop_progress
+    created: list[str] = []
+    errors: list[str] = []
+    warnings: list[str] = list(plan.warnings)
+
+    # 1. create versions; a conflict means someone else moved: observe, re-plan, create what is left.
+    current = plan
+    for attempt in range(MAX_REPLANS + 1):
+        conflict = False
+        for action in current.creates:
+            try:
+                swarm.create_secret(action.name, values[(action.set_name, action.secret)], action.labels)
+            except SwarmConflict:
+                log.info("%s was created concurrently; observing again", action.name)
+                conflict = True
+                break
+            created.append(action.name)
+            _audit("secret_created", set=action.set_name, secret=action.secret, version=action.version,
+                   name=action.name, revision=desired.revision or "")
+        if not conflict:
+            break
+        if attempt == MAX_REPLANS:
+            errors.append("secrets kept being created concurrently; another apply is running? try again")
+            return ApplyResult(created=tuple(created), errors=tuple(errors), warnings=tuple(warnings))
+        _, current = observe_and_plan(desired, swarm, prune_orphans=options.prune_orphans)
+
+    # 2. roll services from a fresh plan (level-based: what the swarm needs now).
+    live, current = observe_and_plan(desired, swarm, prune_orphans=options.prune_orphans)
+    if current.creates:
+        # A version vanished between create and now (a concurrent collector): the next run recreates it.
+        errors.append("new versions disappeared right after creation (a concurrent run?); run apply again")
+    ids = {s.name: s.id for s in live.secrets}
+    rollouts: list[RolloutResult] = []
+    updates = current.updates
+    if updates:
+        with ThreadPoolExecutor(max_workers=max(1, options.concurrency), thread_name_prefix="rollout") as pool:
+            futures = [pool.submit(_update_service, swarm, a, ids, options, report) for a in updates]
+            rollouts = [f.result() for f in futures]
+    for result in rollouts:
+        _audit("rollout_finished", service=result.service, outcome=result.outcome, detail=result.detail)
+
+    # 3. collect: ask again now that rollouts moved references into PreviousSpec.
+    removed: list[str] = []
+    try:
+        _, final = observe_and_plan(desired, swarm, prune_orphans=options.prune_orphans)
+    except SwarmError as exc:
+        errors.append(f"could not observe the swarm for garbage collection: {exc}")
+        final = Plan()
+    for removal in final.removals:
+        try:
+            swarm.remove_secret(removal.secret_id, removal.name)
+        except SwarmError as exc:
+            # e.g. started being used in between: keeping it is always safe.
+            warnings.append(f"kept {removal.name}: {exc}")
+            continue
+        removed.append(removal.name)
+        _audit("secret_removed", set=removal.set_name, secret=removal.secret, version=removal.version,
+               name=removal.name, reason=removal.reason)
+    return ApplyResult(
+        created=tuple(created),
+        rollouts=tuple(rollouts),
+        removed=tuple(removed),
+        kept=len(final.kept),
+        blocked=tuple(f"{b.set_name}/{b.secret}: {b.reason}" for b in current.blocked),
+        errors=tuple(errors),
+        warnings=tuple(dict.fromkeys(warnings)),
+    )

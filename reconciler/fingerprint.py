@@ -1,0 +1,58 @@
+"""Keyed fingerprints of secret values, for change detection without disclosure.
+
+A fingerprint is ``hmac-sha256:<key id>:<hex digest>``: an HMAC-SHA256 of the value under a key that
+never leaves the operators' side. Whoever reads labels, plans or logs (a pull-request reader, a
+monitoring export) cannot confirm a guessed value without the key; a plain or truncated hash, as
+other tools store, would let them.
+
+The key id is itself an HMAC (of a fixed label, under the key), so it identifies the key without
+revealing anything about it. When the key changes, fingerprints made with the old one cannot be
+compared and the planner treats those values as changed.
+
+Where the key comes from is decided by the caller (``keysource.py``): a file given by the operator,
+or a random key kept in a Docker config so every reconciler of one swarm agrees without set-up.
+
+This module is pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from .errors import ConfigError
+from .model import SecretValue
+
+SCHEME = "hmac-sha256"
+MIN_KEY_BYTES = 16
+
+
+def check_key(key: bytes) -> bytes:
+    """Return ``key`` if it is long enough to be a key, else raise ConfigError."""
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigError(
+            f"the fingerprint key has {len(key)} bytes; use at least {MIN_KEY_BYTES} random bytes "
+            "(e.g. `head -c 32 /dev/urandom > key`)"
+        )
+    return key
+
+
+def key_id(key: bytes) -> str:
+    """A short public identifier of ``key`` (12 hex characters)."""
+    return hmac.new(key, b"swarm-secrets/key-id", hashlib.sha256).hexdigest()[:12]
+
+
+def fingerprint(key: bytes, value: SecretValue) -> str:
+    """The keyed fingerprint label value of ``value``."""
+    digest = hmac.new(key, value.reveal(), hashlib.sha256).hexdigest()
+    return f"{SCHEME}:{key_id(key)}:{digest}"
+
+
+def fingerprint_key_id(label: str | None) -> str | None:
+    """The key id inside a fingerprint label, or None when the label is not one of ours."""
+    if not label:
+        return None
+    parts = label.split(":")
+    if len(parts) != 3 or parts[0] != SCHEME:
+        return None
+    return parts[1]

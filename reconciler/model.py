@@ -1,0 +1,296 @@
+"""Frozen value types shared by every layer: what the manifests want, what the swarm has.
+
+Three groups:
+
+* **manifest side** (built by ``manifest.py``): :class:`SecretSet`, :class:`SecretSpec`,
+  :class:`ServiceGrant` and the source specs :class:`SopsSource`, :class:`FileSource`,
+  :class:`EnvSource`. They say where a value comes from, never the value.
+* **desired state** (input of the pure planner): :class:`DesiredState` → :class:`DesiredSet` →
+  :class:`DesiredSecret`, which carries a keyed *fingerprint* of the value instead of the value.
+* **live state** (built by ``swarm.py`` from Engine JSON): :class:`LiveState`, :class:`LiveSecret`,
+  :class:`LiveService`, :class:`SecretRef`.
+
+Plus :class:`SecretValue`, the only type that holds secret bytes; its ``repr``/``str`` never show them.
+
+This module is pure: no I/O, no docker, no subprocess, no clock.
+"""
+
+from __future__ import annotations
+
+import hmac
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# --- labels -----------------------------------------------------------------------------------------
+
+LABEL_PREFIX = "io.swarm-secrets."
+"""Every label the tool writes starts with this. Objects without ``LABEL_MANAGED`` are not ours."""
+LABEL_MANAGED = LABEL_PREFIX + "managed"
+"""Value ``"true"`` on every secret this tool created."""
+LABEL_SET = LABEL_PREFIX + "set"
+"""``metadata.name`` of the SecretSet that owns the object."""
+LABEL_SECRET = LABEL_PREFIX + "secret"
+"""The logical secret name (``db_password``)."""
+LABEL_VERSION = LABEL_PREFIX + "version"
+"""The version number N of ``<logical>_v<N>``, as decimal text. Read from here, never from the name."""
+LABEL_FINGERPRINT = LABEL_PREFIX + "fingerprint"
+"""Keyed HMAC of the value: ``hmac-sha256:<key id>:<hex>``. Without the key it confirms nothing."""
+LABEL_REVISION = LABEL_PREFIX + "revision"
+"""The manifest revision (git commit) that created this version, when known."""
+
+SECRETS_DIR = "/run/secrets"
+"""Where Swarm places a secret whose target is a relative path."""
+
+MAX_SECRET_BYTES = 500 * 1024 - 1
+"""Swarm rejects values of 500 KiB or more (swarmkit ``api/validation/secrets.go``)."""
+MAX_OBJECT_NAME = 64
+"""Swarm's limit on object names (swarmkit ``manager/controlapi/common.go``)."""
+
+
+def normalize_target(target: str) -> str:
+    """The absolute in-container path of a secret target: relative names land in /run/secrets.
+
+    Swarm itself does not treat ``pw`` and ``/run/secrets/pw`` as the same target; we do, because the
+    container sees one file.
+    """
+    path = target if target.startswith("/") else f"{SECRETS_DIR}/{target}"
+    return posixpath.normpath(path)
+
+
+def version_name(logical: str, version: int) -> str:
+    """The swarm object name of a version: ``db_password_v3``."""
+    return f"{logical}_v{version}"
+
+
+# --- values -----------------------------------------------------------------------------------------
+
+
+class SecretValue:
+    """Secret bytes that never show themselves: ``repr``, ``str`` and ``format`` say only the size.
+
+    Call :meth:`reveal` at the one place the bytes must leave the process (the Engine API request).
+    Equality is constant-time so comparing values leaks nothing through timing.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes) -> None:
+        self._data = bytes(data)
+
+    def reveal(self) -> bytes:
+        return self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"<SecretValue: {len(self._data)} bytes>"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SecretValue):
+            return NotImplemented
+        return hmac.compare_digest(self._data, other._data)
+
+    def __hash__(self) -> int:
+        # Hashing the bytes would make the value guessable through hash collisions in dicts; sets of
+        # values are not needed anywhere.
+        raise TypeError("SecretValue is not hashable")
+
+    def __reduce__(self) -> object:
+        raise TypeError("SecretValue cannot be pickled")
+
+
+# --- manifest side ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Origin:
+    """Where a manifest element stands, for error messages: ``file:line: path``."""
+
+    file: str
+    line: int | None
+    path: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SopsSource:
+    """Decrypt ``file`` with the sops binary; take ``key`` (a path of mapping keys) or the whole file."""
+
+    file: Path
+    key: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileSource:
+    """The bytes of a plain file."""
+
+    file: Path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnvSource:
+    """The value of an environment variable (encoded as UTF-8)."""
+
+    var: str
+
+
+Source = SopsSource | FileSource | EnvSource
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceGrant:
+    """A service's right to read a secret, and where the file appears in its containers."""
+
+    service: str
+    target: str
+    """As written in the manifest; relative means under /run/secrets. Compare via :attr:`path`."""
+    uid: str = "0"
+    gid: str = "0"
+    mode: int = 0o444
+
+    @property
+    def path(self) -> str:
+        return normalize_target(self.target)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecretSpec:
+    """One logical secret as the manifest declares it (source, not value)."""
+
+    set_name: str
+    name: str
+    source: Source
+    labels: Mapping[str, str] = field(default_factory=dict)
+    grants: tuple[ServiceGrant, ...] = ()
+    origin: Origin
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecretSet:
+    """A ``kind: SecretSet`` document: the unit of ownership."""
+
+    name: str
+    keep: int = 0
+    secrets: tuple[SecretSpec, ...] = ()
+    origin: Origin
+
+
+# --- desired state (planner input) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DesiredSecret:
+    """A logical secret with a keyed fingerprint of its resolved value in place of the value."""
+
+    set_name: str
+    name: str
+    fingerprint: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """User labels from the manifest, copied onto every new version."""
+    grants: tuple[ServiceGrant, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DesiredSet:
+    name: str
+    keep: int = 0
+    secrets: tuple[DesiredSecret, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DesiredState:
+    sets: tuple[DesiredSet, ...] = ()
+    revision: str | None = None
+    """The manifests' git commit, recorded on new versions; None when not in git."""
+    fingerprint_key_id: str = ""
+    """Id of the HMAC key the fingerprints were made with; a live fingerprint made with another key
+    cannot be compared and counts as changed."""
+
+
+# --- live state (built from Engine JSON by swarm.py) ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiveSecret:
+    id: str
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    created_at: str = ""
+
+    @property
+    def managed(self) -> bool:
+        return self.labels.get(LABEL_MANAGED) == "true" and self.version is not None
+
+    @property
+    def set_name(self) -> str | None:
+        return self.labels.get(LABEL_SET)
+
+    @property
+    def logical(self) -> str | None:
+        return self.labels.get(LABEL_SECRET)
+
+    @property
+    def version(self) -> int | None:
+        raw = self.labels.get(LABEL_VERSION, "")
+        return int(raw) if raw.isdigit() else None
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.labels.get(LABEL_FINGERPRINT)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecretRef:
+    """One entry of a service's ``TaskTemplate.ContainerSpec.Secrets``."""
+
+    secret_id: str
+    secret_name: str
+    target: str
+    uid: str = "0"
+    gid: str = "0"
+    mode: int = 0o444
+
+    @property
+    def path(self) -> str:
+        return normalize_target(self.target)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiveService:
+    id: str
+    name: str
+    version: int
+    """The object version index; a service update must send it back."""
+    refs: tuple[SecretRef, ...] = ()
+    """Secret references of the current Spec."""
+    previous_refs: tuple[SecretRef, ...] = ()
+    """Secret references of PreviousSpec: what a rollback would bring back."""
+    update_state: str | None = None
+    """``UpdateStatus.State`` (updating, paused, completed, rollback_started, …) or None."""
+    stack: str | None = None
+    """``com.docker.stack.namespace`` when the service belongs to a ``docker stack deploy`` stack."""
+
+    @property
+    def updating(self) -> bool:
+        return self.update_state in {"updating", "paused", "rollback_started", "rollback_paused"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiveState:
+    secrets: tuple[LiveSecret, ...] = ()
+    services: tuple[LiveService, ...] = ()
+    task_secret_ids: frozenset[str] = frozenset()
+    """IDs of secrets referenced by tasks that are not shut down yet (old tasks still running)."""
+
+    def secret_by_id(self, secret_id: str) -> LiveSecret | None:
+        for secret in self.secrets:
+            if secret.id == secret_id:
+                return secret
+        return None
