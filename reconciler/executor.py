@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import planner
@@ -35,6 +35,7 @@ from .desired import Values
 from .errors import SwarmConflict, SwarmError, SwarmSecretsError
 from .model import DesiredState, LiveState, normalize_target
 from .plan import Plan, RefChange, UpdateService
+from .planner import OLD_SEPARATOR
 from .swarm import Swarm, secret_ids_of
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,9 @@ class ApplyResult:
 
     @property
     def changed(self) -> bool:
-        return bool(self.created or self.removed or any(r.outcome != OUTCOME_UNCHANGED for r in self.rollouts))
+        return bool(
+            self.created or self.removed or any(r.outcome != OUTCOME_UNCHANGED for r in self.rollouts)
+        )
 
 
 ProgressFn = Callable[[str, str, str], None]
@@ -101,10 +104,17 @@ ProgressFn = Callable[[str, str, str], None]
 
 
 def _audit(event: str, **fields: Any) -> None:
-    audit_log.info("%s %s", event, " ".join(f"{k}={v}" for k, v in fields.items()), extra={"audit": {"event": event, **fields}})
+    audit_log.info(
+        "%s %s",
+        event,
+        " ".join(f"{k}={v}" for k, v in fields.items()),
+        extra={"audit": {"event": event, **fields}},
+    )
 
 
-def observe_and_plan(desired: DesiredState, swarm: Swarm, *, prune_orphans: bool = False) -> tuple[LiveState, Plan]:
+def observe_and_plan(
+    desired: DesiredState, swarm: Swarm, *, prune_orphans: bool = False
+) -> tuple[LiveState, Plan]:
     live = swarm.observe()
     return live, planner.plan(desired, live, prune_orphans=prune_orphans)
 
@@ -115,29 +125,28 @@ def observe_and_plan(desired: DesiredState, swarm: Swarm, *, prune_orphans: bool
 def rewrite_secrets(
     current: Sequence[Mapping[str, Any]], changes: Sequence[RefChange], ids: Mapping[str, str]
 ) -> list[dict[str, Any]]:
-    """The new ``ContainerSpec.Secrets`` list: ``current`` with ``changes`` applied by target path.
+    """The new ``ContainerSpec.Secrets`` list: ``current`` with ``changes`` applied.
 
-    References at untouched paths are kept byte for byte and in place; a replaced reference keeps its
-    position. UID, GID and Mode are always sent: the raw API has no defaults (an omitted Mode means a
-    file of mode 000, an omitted UID fails every task).
+    The raw-JSON twin of :func:`reconciler.planner.apply_ref_changes` (same rules: a change drops the
+    references at its path that are named in ``old``, then adds ``new``), working on the engine's
+    dicts so that fields we do not model survive byte for byte. UID, GID and Mode are always sent: the
+    raw API has no defaults (an omitted Mode means a file of mode 000, an omitted UID fails every task).
+    A reference the plan did not know about at a path we write means the service changed since it was
+    planned: :class:`SwarmConflict`.
     """
-    touched = {c.path for c in changes}
-    wanted = {c.path: c for c in changes if c.new is not None}
-    result: list[dict[str, Any]] = []
-    placed: set[str] = set()
-    for raw in current:
-        path = normalize_target(str((raw.get("File") or {}).get("Name", "")))
-        if path not in touched:
-            result.append(dict(raw))
-            continue
-        change = wanted.get(path)
-        if change is not None and path not in placed:
-            result.append(_ref_json(change, ids))
-            placed.add(path)
-    for path, change in sorted(wanted.items()):
-        if path not in placed:
+    result = [dict(raw) for raw in current]
+    for change in changes:
+        olds = set(change.old.split(OLD_SEPARATOR)) if change.old else set()
+        result = [r for r in result if not (_path(r) == change.path and r.get("SecretName") in olds)]
+        if change.new is not None:
+            if any(_path(r) == change.path for r in result):
+                raise SwarmConflict(f"{change.path} changed since the plan was made")
             result.append(_ref_json(change, ids))
     return result
+
+
+def _path(raw: Mapping[str, Any]) -> str:
+    return normalize_target(str((raw.get("File") or {}).get("Name", "")))
 
 
 def _ref_json(change: RefChange, ids: Mapping[str, str]) -> dict[str, Any]:
@@ -149,7 +158,12 @@ def _ref_json(change: RefChange, ids: Mapping[str, str]) -> dict[str, Any]:
     return {
         "SecretID": secret_id,
         "SecretName": change.new,
-        "File": {"Name": change.target or change.path, "UID": change.uid, "GID": change.gid, "Mode": change.mode},
+        "File": {
+            "Name": change.target or change.path,
+            "UID": change.uid,
+            "GID": change.gid,
+            "Mode": change.mode,
+        },
     }
 
 
@@ -168,12 +182,18 @@ def _update_service(
             current = (spec.get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Secrets") or []
             new = rewrite_secrets(current, action.changes, ids)
             if new == current:
-                return RolloutResult(service=action.service, outcome=OUTCOME_UNCHANGED, detail="already up to date")
+                return RolloutResult(
+                    service=action.service, outcome=OUTCOME_UNCHANGED, detail="already up to date"
+                )
             baseline = (raw.get("UpdateStatus") or {}).get("StartedAt")
             try:
                 swarm.write_service_secrets(raw, new)
             except SwarmConflict:
-                log.info("service %s changed while we updated it (attempt %d); inspecting again", action.service, attempt)
+                log.info(
+                    "service %s changed while we updated it (attempt %d); inspecting again",
+                    action.service,
+                    attempt,
+                )
                 continue
             _audit(
                 "service_updated",
@@ -182,19 +202,31 @@ def _update_service(
             )
             written = frozenset(r["SecretID"] for r in new) - secret_ids_of(spec)
             progress(action.service, "updating", f"{len(action.changes)} reference(s) changed")
-            result = _watch(swarm, action.service, action.service_id, written, baseline, options, progress, started)
+            result = _watch(
+                swarm, action.service, action.service_id, written, baseline, options, progress, started
+            )
             return RolloutResult(
-                service=result.service, outcome=result.outcome, detail=result.detail,
-                seconds=time.monotonic() - started, drift=drift,
+                service=result.service,
+                outcome=result.outcome,
+                detail=result.detail,
+                seconds=time.monotonic() - started,
+                drift=drift,
             )
         return RolloutResult(
-            service=action.service, outcome=OUTCOME_FAILED,
-            detail=f"the service kept changing under us ({MAX_UPDATE_ATTEMPTS} attempts); the next run retries",
+            service=action.service,
+            outcome=OUTCOME_FAILED,
+            detail=f"the service kept changing under us ({MAX_UPDATE_ATTEMPTS} attempts); "
+            "the next run retries",
             seconds=time.monotonic() - started,
         )
     except SwarmSecretsError as exc:
         progress(action.service, OUTCOME_FAILED, str(exc))
-        return RolloutResult(service=action.service, outcome=OUTCOME_FAILED, detail=str(exc), seconds=time.monotonic() - started)
+        return RolloutResult(
+            service=action.service,
+            outcome=OUTCOME_FAILED,
+            detail=str(exc),
+            seconds=time.monotonic() - started,
+        )
 
 
 def _watch(
@@ -219,7 +251,11 @@ def _watch(
         if status != last:
             progress(service, state or "updating", f"{probe.running}/{probe.desired} tasks running")
             last = status
-        if not written <= probe.spec_secret_ids or state in ("rollback_started", "rollback_paused", "rollback_completed"):
+        if not written <= probe.spec_secret_ids or state in (
+            "rollback_started",
+            "rollback_paused",
+            "rollback_completed",
+        ):
             why = probe.message or "the service spec no longer holds the new secret versions"
             if probe.failed_tasks:
                 why += f"; task error: {probe.failed_tasks[0]}"
@@ -231,12 +267,17 @@ def _watch(
                 why += f"; task error: {probe.failed_tasks[0]}"
             progress(service, OUTCOME_PAUSED, why)
             return RolloutResult(
-                service=service, outcome=OUTCOME_PAUSED,
+                service=service,
+                outcome=OUTCOME_PAUSED,
                 detail=f"paused: {why} (fix the cause, then `docker service update --rollback` or re-run)",
             )
         if probe.running >= probe.desired and (state is None or state == "completed"):
             progress(service, OUTCOME_CONVERGED, f"{probe.running}/{probe.desired} tasks running")
-            return RolloutResult(service=service, outcome=OUTCOME_CONVERGED, detail=f"{probe.running}/{probe.desired} tasks running")
+            return RolloutResult(
+                service=service,
+                outcome=OUTCOME_CONVERGED,
+                detail=f"{probe.running}/{probe.desired} tasks running",
+            )
         if time.monotonic() >= deadline:
             detail = f"timed out after {options.timeout:.0f} s ({status})"
             if probe.failed_tasks:
@@ -279,8 +320,14 @@ def execute(
                 conflict = True
                 break
             created.append(action.name)
-            _audit("secret_created", set=action.set_name, secret=action.secret, version=action.version,
-                   name=action.name, revision=desired.revision or "")
+            _audit(
+                "secret_created",
+                set=action.set_name,
+                secret=action.secret,
+                version=action.version,
+                name=action.name,
+                revision=desired.revision or "",
+            )
         if not conflict:
             break
         if attempt == MAX_REPLANS:
@@ -297,7 +344,9 @@ def execute(
     rollouts: list[RolloutResult] = []
     updates = current.updates
     if updates:
-        with ThreadPoolExecutor(max_workers=max(1, options.concurrency), thread_name_prefix="rollout") as pool:
+        with ThreadPoolExecutor(
+            max_workers=max(1, options.concurrency), thread_name_prefix="rollout"
+        ) as pool:
             futures = [pool.submit(_update_service, swarm, a, ids, options, report) for a in updates]
             rollouts = [f.result() for f in futures]
     for result in rollouts:
@@ -318,8 +367,14 @@ def execute(
             warnings.append(f"kept {removal.name}: {exc}")
             continue
         removed.append(removal.name)
-        _audit("secret_removed", set=removal.set_name, secret=removal.secret, version=removal.version,
-               name=removal.name, reason=removal.reason)
+        _audit(
+            "secret_removed",
+            set=removal.set_name,
+            secret=removal.secret,
+            version=removal.version,
+            name=removal.name,
+            reason=removal.reason,
+        )
     return ApplyResult(
         created=tuple(created),
         rollouts=tuple(rollouts),

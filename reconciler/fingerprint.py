@@ -49,10 +49,8 @@ def fingerprint(key: bytes, value: SecretValue) -> str:
 
 
 def fingerprint_key_id(label: str | None) -> str | None:
-    """The key id inside a fingerprint label, or None when the label is not one of ours."""
-    if not label:
+    """The key id of ``hmac-sha256:<key id>:<hex>``; None when the text has another shape."""
+    if not label or not label.startswith(SCHEME + ":"):
         return None
-    parts = label.split(":")
-    if len(parts) != 3 or parts[0] != SCHEME:
-        return None
-    return parts[1]
+    key, sep, digest = label[len(SCHEME) + 1 :].rpartition(":")
+    return key if sep and key and digest else None

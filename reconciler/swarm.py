@@ -333,9 +333,7 @@ class Swarm:
         )
         return str(result["ID"])
 
-    def write_service_secrets(
-        self, raw: RawService, secrets: list[dict[str, Any]]
-    ) -> None:
+    def write_service_secrets(self, raw: RawService, secrets: list[dict[str, Any]]) -> None:
         """POST ``raw``'s spec back with only ``TaskTemplate.ContainerSpec.Secrets`` replaced, at the
         inspected version. A concurrent change raises :class:`SwarmConflict`."""
         spec = copy.deepcopy(raw.get("Spec") or {})
@@ -359,9 +357,7 @@ class Swarm:
         """Secret and service events as the engine streams them (blocks; ends when the engine goes)."""
         stream = self._call(
             "watching events",
-            lambda: self._api.events(
-                since=since, decode=True, filters={"type": ["secret", "service"]}
-            ),
+            lambda: self._api.events(since=since, decode=True, filters={"type": ["secret", "service"]}),
         )
         try:
             yield from stream

@@ -110,17 +110,27 @@ class Lab:
                 "Order": "start-first",
                 "MaxFailureRatio": 0,
             },
-            "RollbackConfig": {"Parallelism": 1, "FailureAction": "pause", "Monitor": 1_000_000_000,
-                               "Order": "start-first"},
+            "RollbackConfig": {
+                "Parallelism": 1,
+                "FailureAction": "pause",
+                "Monitor": 1_000_000_000,
+                "Order": "start-first",
+            },
         }
         response = self.api._post_json(self.api._url("/services/create"), data=spec)
         self.api._raise_for_status(response)
         self.wait_running(name, replicas)
         return name
 
-    def secret_ref(self, *, name: str, target: str, uid: str = "0", gid: str = "0", mode: int = 0o444) -> dict[str, Any]:
+    def secret_ref(
+        self, *, name: str, target: str, uid: str = "0", gid: str = "0", mode: int = 0o444
+    ) -> dict[str, Any]:
         secret = self.api.inspect_secret(name)
-        return {"SecretID": secret["ID"], "SecretName": name, "File": {"Name": target, "UID": uid, "GID": gid, "Mode": mode}}
+        return {
+            "SecretID": secret["ID"],
+            "SecretName": name,
+            "File": {"Name": target, "UID": uid, "GID": gid, "Mode": mode},
+        }
 
     def wait_running(self, service: str, replicas: int, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -166,8 +176,14 @@ class Lab:
             path.write_bytes(content)
         return path
 
-    def manifest(self, secrets_spec: Mapping[str, Any], *, set_suffix: str = "set", keep: int = 0,
-                 filename: str = "set.yaml") -> Path:
+    def manifest(
+        self,
+        secrets_spec: Mapping[str, Any],
+        *,
+        set_suffix: str = "set",
+        keep: int = 0,
+        filename: str = "set.yaml",
+    ) -> Path:
         doc = {
             "apiVersion": "swarm-secrets/v1",
             "kind": "SecretSet",
@@ -196,7 +212,9 @@ class Lab:
 
 @pytest.fixture()
 def lab(api: docker.APIClient, tmp_path: Path, docker_host: str) -> Iterator[Lab]:
-    laboratory = Lab(api=api, prefix="t" + secrets.token_hex(3), root=tmp_path / "manifests", docker_host=docker_host)
+    laboratory = Lab(
+        api=api, prefix="t" + secrets.token_hex(3), root=tmp_path / "manifests", docker_host=docker_host
+    )
     laboratory.root.mkdir()
     yield laboratory
     laboratory.cleanup()

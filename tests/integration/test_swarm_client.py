@@ -52,7 +52,11 @@ def test_service_round_trip_changes_only_secrets(swarm: Swarm, lab: Lab, api: do
     service = lab.create_service("app", replicas=0, env=["A=1"], labels={"keep": "me"})
     before = api.inspect_service(service)
     raw = swarm.inspect_service(before["ID"])
-    ref = {"SecretID": secret_id, "SecretName": name, "File": {"Name": "pw", "UID": "0", "GID": "0", "Mode": 0o400}}
+    ref = {
+        "SecretID": secret_id,
+        "SecretName": name,
+        "File": {"Name": "pw", "UID": "0", "GID": "0", "Mode": 0o400},
+    }
     swarm.write_service_secrets(raw, [ref])
     after = api.inspect_service(service)
     assert after["Spec"]["TaskTemplate"]["ContainerSpec"]["Secrets"] == [ref]

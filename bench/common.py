@@ -1,0 +1,56 @@
+"""Shared set-up for the benchmarks: a lab on the throwaway swarm (``scripts/dev-swarm up``).
+
+Benchmarks print ratios against a baseline measured in the same run, because these machines are
+noisy; they assert nothing about time.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import docker
+
+IDLE = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.2; done"]
+IMAGE = os.environ.get("SWARM_SECRETS_TEST_IMAGE", "local/busybox:1")
+
+
+def docker_host() -> str:
+    host = os.environ.get("SWARM_SECRETS_TEST_DOCKER_HOST") or os.environ.get("DOCKER_HOST")
+    if not host:
+        sys.exit('start the throwaway swarm first: eval "$(scripts/dev-swarm up)"')
+    return host
+
+
+def api_client() -> docker.APIClient:
+    return docker.APIClient(base_url=docker_host(), version="auto", timeout=120)
+
+
+def timed(fn: Callable[[], object], repeat: int) -> float:
+    """Median seconds of ``repeat`` runs of ``fn``."""
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def cleanup(api: docker.APIClient, prefix: str) -> None:
+    for service in api.services():
+        if service["Spec"]["Name"].startswith(prefix):
+            api.remove_service(service["ID"])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        left = [s for s in api.secrets() if s["Spec"]["Name"].startswith(prefix)]
+        for secret in left:
+            try:
+                api.remove_secret(secret["ID"])
+            except docker.errors.APIError:
+                pass
+        if not left:
+            return
+        time.sleep(0.5)

@@ -1,0 +1,537 @@
+"""Decide what to change: ``plan(desired, live) -> Plan``, a pure diff of manifests against the swarm.
+
+What it decides, in this order:
+
+1. **Versions.** For each desired logical secret, the *current* version is the highest managed version
+   of that set whose fingerprint label equals the desired fingerprint. Without one, a
+   :class:`CreateSecret` makes ``<name>_v<N>`` with N one past the highest version of that logical name
+   in *any* set (names are global), unless an object already holds that name case-insensitively: then
+   the secret is :class:`Blocked` and every reference to it is left as it is.
+2. **References.** One :class:`UpdateService` per service, holding every :class:`RefChange`: add what is
+   granted and missing, replace what points elsewhere or has the wrong owner/mode, collapse duplicate
+   references at one path, and revoke references to a loaded set's secrets the manifests no longer
+   grant (least privilege). Unmanaged secrets and other sets' secrets at paths no grant names stay.
+3. **Collection.** Every superseded version of a loaded set is removed unless something may still need
+   it: a service's Spec or PreviousSpec (the rollback trap, moby/swarmkit#2509), a task not yet shut
+   down, or the set's ``keep``. Those become :class:`Kept` with the reason.
+
+Orphaned sets (managed objects whose set no manifest declares) are reported and left alone unless
+``prune_orphans``: then they are revoked and collected like a deleted secret.
+
+How a :class:`RefChange` applies to a service is defined by :func:`apply_ref_changes`.
+
+This module is pure: no docker, no subprocess, no clock, no I/O, no logging of values (it never sees
+one). Output order is deterministic: by set, secret, service, path, version.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from reconciler.collect import Cause, Scope, collect
+from reconciler.fingerprint import fingerprint_key_id
+from reconciler.model import (
+    LABEL_FINGERPRINT,
+    LABEL_MANAGED,
+    LABEL_REVISION,
+    LABEL_SECRET,
+    LABEL_SET,
+    LABEL_VERSION,
+    MAX_OBJECT_NAME,
+    DesiredSecret,
+    DesiredSet,
+    DesiredState,
+    LiveSecret,
+    LiveService,
+    LiveState,
+    SecretRef,
+    ServiceGrant,
+    version_name,
+)
+from reconciler.plan import Action, Blocked, CreateSecret, Plan, RefChange, UpdateService
+
+__all__ = ["apply_ref_changes", "fingerprint_key_id", "plan"]
+
+OLD_SEPARATOR = ", "
+"""Joins the names in :attr:`RefChange.old` when several references share one path."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Current:
+    """The version a logical secret should be referenced at: existing, or created by this plan."""
+
+    version: int
+    name: str
+    secret_id: str | None
+    """None when this plan creates the version."""
+    rotation: str
+    """Why a new version exists (for the reason of service changes); empty for an existing one."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Wanted:
+    """One granted path of one service, resolved to the version it should reference."""
+
+    grant: ServiceGrant
+    set_name: str
+    secret: str
+    current: _Current | None
+    """None when the secret is blocked: whatever the service references at this path stays."""
+
+
+class _Index:
+    """Lookups over the live secrets, built once per plan."""
+
+    def __init__(self, live: LiveState, loaded: frozenset[str]) -> None:
+        self.by_id: dict[str, LiveSecret] = {s.id: s for s in live.secrets}
+        self.names: dict[str, LiveSecret] = {s.name.lower(): s for s in live.secrets}
+        # (set, logical) -> versions, oldest first; a managed secret without set or logical label is
+        # malformed and belongs to nobody (never touched).
+        self.versions: dict[tuple[str, str], list[LiveSecret]] = defaultdict(list)
+        self.highest: dict[str, int] = {}
+        self.malformed: list[LiveSecret] = []
+        for secret in live.secrets:
+            if not secret.managed:
+                continue
+            if not secret.set_name or not secret.logical:
+                self.malformed.append(secret)
+                continue
+            self.versions[(secret.set_name, secret.logical)].append(secret)
+            self.highest[secret.logical] = max(self.highest.get(secret.logical, 0), _version(secret))
+        for versions in self.versions.values():
+            versions.sort(key=lambda s: (_version(s), s.name, s.id))
+        self.orphan_counts: dict[str, int] = defaultdict(int)
+        for (set_name, _), versions in self.versions.items():
+            if set_name not in loaded:
+                self.orphan_counts[set_name] += len(versions)
+
+    def ours(self, secret_id: str, sets: frozenset[str]) -> LiveSecret | None:
+        """The live secret behind a reference when it is a well-formed managed secret of ``sets``."""
+        secret = self.by_id.get(secret_id)
+        if secret is None or not secret.managed or not secret.logical or secret.set_name not in sets:
+            return None
+        return secret
+
+
+def _version(secret: LiveSecret) -> int:
+    # Only called for managed secrets, whose version label is numeric by definition.
+    return secret.version or 0
+
+
+def plan(desired: DesiredState, live: LiveState, *, prune_orphans: bool = False) -> Plan:
+    """Everything needed to make the swarm match ``desired``, each step with its reason."""
+    loaded = frozenset(s.name for s in desired.sets)
+    index = _Index(live, loaded)
+    warnings: list[str] = [
+        f"secret '{s.name}' (id {s.id}) is labelled managed but has no set or secret label; left alone"
+        for s in sorted(index.malformed, key=lambda s: (s.name, s.id))
+    ]
+    orphans = tuple(sorted(index.orphan_counts))
+    if not prune_orphans:
+        warnings += [
+            f"set '{name}' has {index.orphan_counts[name]} managed "
+            f"secret{'' if index.orphan_counts[name] == 1 else 's'} but no loaded manifest; "
+            "left alone (use --prune-orphans to revoke and collect)"
+            for name in orphans
+        ]
+    pruned = frozenset(orphans) if prune_orphans else frozenset()
+
+    currents, creates, blocked = _resolve_versions(desired, index)
+    frozen = frozenset((b.set_name, b.secret) for b in blocked)
+    updates, service_warnings = _plan_services(desired, live, index, currents, loaded, pruned, frozen)
+    removals, kept = collect(_scopes(desired, index, currents, frozen, pruned), live)
+    actions: tuple[Action, ...] = (*creates, *updates, *removals)
+    return Plan(
+        actions=actions,
+        kept=kept,
+        blocked=tuple(blocked),
+        warnings=tuple(warnings + service_warnings),
+        orphaned_sets=orphans,
+    )
+
+
+# --- 1. versions ------------------------------------------------------------------------------------
+
+
+def _resolve_versions(
+    desired: DesiredState, index: _Index
+) -> tuple[dict[tuple[str, str], _Current], list[CreateSecret], list[Blocked]]:
+    currents: dict[tuple[str, str], _Current] = {}
+    creates: list[CreateSecret] = []
+    blocked: list[Blocked] = []
+    highest = dict(index.highest)  # grows as this plan allocates versions, so two sets never collide
+    planned_names: set[str] = set()
+    for dset in sorted(desired.sets, key=lambda s: s.name):
+        for secret in sorted(dset.secrets, key=lambda s: s.name):
+            key = (dset.name, secret.name)
+            versions = index.versions.get(key, [])
+            matching = [v for v in versions if v.fingerprint == secret.fingerprint]
+            if matching:
+                found = matching[-1]
+                currents[key] = _Current(
+                    version=_version(found), name=found.name, secret_id=found.id, rotation=""
+                )
+                continue
+            number = highest.get(secret.name, 0) + 1
+            name = version_name(secret.name, number)
+            problem = _name_problem(name, index, planned_names)
+            if problem:
+                blocked.append(Blocked(set_name=dset.name, secret=secret.name, reason=problem))
+                continue
+            highest[secret.name] = number
+            planned_names.add(name.lower())
+            reason, rotation = _create_reason(secret, versions, number, desired.fingerprint_key_id)
+            creates.append(
+                CreateSecret(
+                    set_name=dset.name,
+                    secret=secret.name,
+                    version=number,
+                    name=name,
+                    labels=_labels(desired, dset, secret, number),
+                    reason=reason,
+                )
+            )
+            currents[key] = _Current(version=number, name=name, secret_id=None, rotation=rotation)
+    return currents, creates, blocked
+
+
+def _name_problem(name: str, index: _Index, planned: set[str]) -> str:
+    if len(name) > MAX_OBJECT_NAME:
+        return f"secret name '{name}' would exceed {MAX_OBJECT_NAME} characters; shorten the secret name"
+    if name.lower() in planned:
+        return f"secret name '{name}' is created for another set in this plan; rename one of the secrets"
+    holder = index.names.get(name.lower())
+    if holder is None:
+        return ""
+    if holder.managed and holder.set_name:
+        owner = f"a secret of set '{holder.set_name}' ('{holder.name}', id {holder.id})"
+    else:
+        owner = f"an unmanaged secret (id {holder.id})"
+    # Swarm names are unique case-insensitively, so `Db_Password_v3` blocks `db_password_v3`.
+    return f"secret name '{name}' is taken by {owner}; rename or remove it"
+
+
+def _create_reason(
+    secret: DesiredSecret, versions: Sequence[LiveSecret], number: int, key_id: str
+) -> tuple[str, str]:
+    """(reason of the create, short cause for the services that rotate to it)."""
+    if not versions:
+        if number > 1:
+            return (
+                f"new secret (v{number}: {secret.name} has versions up to v{number - 1} in other sets)",
+                "new secret",
+            )
+        return "new secret", "new secret"
+    latest = versions[-1]
+    wanted_key = key_id or fingerprint_key_id(secret.fingerprint)
+    live_key = fingerprint_key_id(latest.fingerprint)
+    if live_key is None:
+        return f"v{_version(latest)} has no usable fingerprint label; cannot compare", "new version"
+    if live_key != wanted_key:
+        return (
+            f"fingerprint key changed; cannot compare with v{_version(latest)}",
+            "fingerprint key changed",
+        )
+    return f"content changed (v{_version(latest)} has a different fingerprint)", "content changed"
+
+
+def _labels(desired: DesiredState, dset: DesiredSet, secret: DesiredSecret, number: int) -> dict[str, str]:
+    labels = dict(secret.labels)
+    # Ours last: a user label can never forge ownership or the version.
+    labels.update(
+        {
+            LABEL_MANAGED: "true",
+            LABEL_SET: dset.name,
+            LABEL_SECRET: secret.name,
+            LABEL_VERSION: str(number),
+            LABEL_FINGERPRINT: secret.fingerprint,
+        }
+    )
+    if desired.revision:
+        labels[LABEL_REVISION] = desired.revision
+    return dict(sorted(labels.items()))
+
+
+# --- 2. service references --------------------------------------------------------------------------
+
+
+def _plan_services(
+    desired: DesiredState,
+    live: LiveState,
+    index: _Index,
+    currents: Mapping[tuple[str, str], _Current],
+    loaded: frozenset[str],
+    pruned: frozenset[str],
+    frozen: frozenset[tuple[str, str]],
+) -> tuple[list[UpdateService], list[str]]:
+    wanted_by_service, warnings = _wanted(desired, currents)
+    services = {s.name: s for s in live.services}
+    for name in sorted(set(wanted_by_service) - set(services)):
+        granted = sorted({w.secret for w in wanted_by_service[name].values()})
+        warnings.append(f"service '{name}' not found; skipped (granted {', '.join(granted)})")
+
+    updates: list[UpdateService] = []
+    for service in sorted(live.services, key=lambda s: (s.name, s.id)):
+        wanted = wanted_by_service.get(service.name, {})
+        changes = _service_changes(service, wanted, index, loaded, pruned, frozen)
+        if not changes:
+            continue
+        updates.append(
+            UpdateService(
+                service=service.name,
+                service_id=service.id,
+                observed_version=service.version,
+                changes=changes,
+                stack=service.stack,
+                reason=_update_summary(changes),
+            )
+        )
+        if service.stack:
+            news = sorted({c.new for c in changes if c.new})
+            fix = (
+                f"point the stack's external secrets at {', '.join(news)}"
+                if news
+                else "drop the revoked secrets from its compose file"
+            )
+            warnings.append(
+                f"service '{service.name}' belongs to stack '{service.stack}': a `docker stack deploy` "
+                f"of that stack would revert this change; {fix}"
+            )
+        if service.updating:
+            warnings.append(
+                f"service '{service.name}' has a rollout in progress (state '{service.update_state}'); "
+                "this update starts a new one"
+            )
+    return updates, warnings
+
+
+def _wanted(
+    desired: DesiredState, currents: Mapping[tuple[str, str], _Current]
+) -> tuple[dict[str, dict[str, _Wanted]], list[str]]:
+    """service -> normalized path -> what it should reference there; first grant (by set, secret) wins."""
+    wanted: dict[str, dict[str, _Wanted]] = defaultdict(dict)
+    warnings: list[str] = []
+    for dset in sorted(desired.sets, key=lambda s: s.name):
+        for secret in sorted(dset.secrets, key=lambda s: s.name):
+            grants = sorted(secret.grants, key=lambda g: (g.service, g.path, g.uid, g.gid, g.mode, g.target))
+            for grant in grants:
+                paths = wanted[grant.service]
+                first = paths.get(grant.path)
+                if first is not None:
+                    if first.grant != grant or (first.set_name, first.secret) != (dset.name, secret.name):
+                        warnings.append(
+                            f"service '{grant.service}': {grant.path} is granted twice "
+                            f"({first.set_name}/{first.secret} and {dset.name}/{secret.name}); "
+                            f"using {first.set_name}/{first.secret}"
+                        )
+                    continue
+                paths[grant.path] = _Wanted(
+                    grant=grant,
+                    set_name=dset.name,
+                    secret=secret.name,
+                    current=currents.get((dset.name, secret.name)),
+                )
+    return wanted, warnings
+
+
+def _service_changes(
+    service: LiveService,
+    wanted: Mapping[str, _Wanted],
+    index: _Index,
+    loaded: frozenset[str],
+    pruned: frozenset[str],
+    frozen: frozenset[tuple[str, str]],
+) -> tuple[RefChange, ...]:
+    """``frozen`` (blocked) secrets keep every reference they have, wherever it is."""
+    by_path: dict[str, list[SecretRef]] = defaultdict(list)
+    for ref in service.refs:
+        by_path[ref.path].append(ref)
+    changes: list[RefChange] = []
+    for path in sorted(set(by_path) | set(wanted)):
+        refs = by_path.get(path, [])
+        want = wanted.get(path)
+        if want is not None:
+            if want.current is not None:
+                change = _wanted_change(service, path, refs, want, want.current, index)
+                if change is not None:
+                    changes.append(change)
+            continue
+        # Not granted here: revoke our loaded sets' references (and pruned orphans'); leave the rest.
+        # A blocked secret keeps even these: were its target moved, revoking the old path while the new
+        # one waits for the blocked version would cut the service off.
+        ours = sorted(
+            (r for r in refs if _revocable(index.ours(r.secret_id, loaded | pruned), frozen)),
+            key=lambda r: (r.secret_name, r.target, r.secret_id),
+        )
+        if not ours:
+            continue
+        owner = index.by_id[ours[0].secret_id]
+        if owner.set_name in pruned:
+            reason = f"prune orphaned set '{owner.set_name}'"
+        else:
+            reason = f"revoke: manifest no longer grants {owner.logical} to {service.name} at {path}"
+        changes.append(
+            RefChange(
+                path=path,
+                set_name=owner.set_name,
+                secret=owner.logical,
+                old=OLD_SEPARATOR.join(sorted({r.secret_name for r in ours})),
+                new=None,
+                target=ours[0].target,
+                uid=ours[0].uid,
+                gid=ours[0].gid,
+                mode=ours[0].mode,
+                reason=reason,
+            )
+        )
+    return tuple(changes)
+
+
+def _revocable(secret: LiveSecret | None, frozen: frozenset[tuple[str, str]]) -> bool:
+    return secret is not None and (secret.set_name or "", secret.logical or "") not in frozen
+
+
+def _wanted_change(
+    service: LiveService,
+    path: str,
+    refs: Sequence[SecretRef],
+    want: _Wanted,
+    current: _Current,
+    index: _Index,
+) -> RefChange | None:
+    grant = want.grant
+
+    def change(old: str | None, reason: str) -> RefChange:
+        return RefChange(
+            path=path,
+            set_name=want.set_name,
+            secret=want.secret,
+            old=old,
+            new=current.name,
+            target=grant.target,
+            uid=grant.uid,
+            gid=grant.gid,
+            mode=grant.mode,
+            reason=reason,
+        )
+
+    if not refs:
+        return change(None, f"grant {want.secret} to {service.name} at {path}")
+    old = OLD_SEPARATOR.join(sorted({r.secret_name for r in refs}))
+    if len(refs) > 1:
+        targets = ", ".join(sorted(r.target for r in refs))
+        return change(old, f"{len(refs)} references at one path ({targets}); keep one to {current.name}")
+    ref = refs[0]
+    owner_change = _owner_change(ref, grant)
+    if current.secret_id is not None and ref.secret_id == current.secret_id:
+        return change(old, f"file owner/mode changed ({owner_change})") if owner_change else None
+    reason = _replace_reason(ref, want, current, index)
+    if owner_change:
+        reason += f"; file owner/mode changed ({owner_change})"
+    return change(old, reason)
+
+
+def _replace_reason(ref: SecretRef, want: _Wanted, current: _Current, index: _Index) -> str:
+    live = index.by_id.get(ref.secret_id)
+    if live is None:
+        return f"replace '{ref.secret_name}', which no longer exists, with {current.name}"
+    if not live.managed or not live.logical or not live.set_name:
+        return f"migrate from unmanaged secret '{live.name}' to {current.name}"
+    if (live.set_name, live.logical) != (want.set_name, want.secret):
+        return (
+            f"replace {live.name} (secret {live.logical} of set '{live.set_name}') with {current.name}, "
+            f"as set '{want.set_name}' grants {want.secret} here"
+        )
+    if current.secret_id is None:
+        return f"rotate to v{current.version} ({current.rotation})"
+    reason = f"drift: service points at v{_version(live)}, manifest wants v{current.version}"
+    if _version(live) > current.version:
+        reason += f" (the manifest's content matches v{current.version} again)"
+    return reason
+
+
+def _owner_change(ref: SecretRef, grant: ServiceGrant) -> str:
+    parts = [
+        f"{field} {old}→{new}"
+        for field, old, new in (("uid", ref.uid, grant.uid), ("gid", ref.gid, grant.gid))
+        if old != new
+    ]
+    if ref.mode != grant.mode:
+        parts.append(f"mode {ref.mode:04o}→{grant.mode:04o}")
+    return ", ".join(parts)
+
+
+def _update_summary(changes: Sequence[RefChange]) -> str:
+    ops = ["added" if c.old is None else "removed" if c.new is None else "replaced" for c in changes]
+    detail = ", ".join(f"{ops.count(op)} {op}" for op in ("added", "replaced", "removed") if op in ops)
+    noun = "reference changes" if len(changes) == 1 else "references change"
+    return f"{len(changes)} {noun} ({detail})"
+
+
+# --- 3. collection (rules in collect.py) -----------------------------------------------------------
+
+
+def _scopes(
+    desired: DesiredState,
+    index: _Index,
+    currents: Mapping[tuple[str, str], _Current],
+    frozen: frozenset[tuple[str, str]],
+    pruned: frozenset[str],
+) -> Iterator[Scope]:
+    keeps = {s.name: s.keep for s in desired.sets}
+    declared = {(s.name, x.name) for s in desired.sets for x in s.secrets}
+    for key in sorted(index.versions):
+        set_name, logical = key
+        # A blocked secret has no current version yet: whatever exists is still what services use.
+        if key in frozen or (set_name not in keeps and set_name not in pruned):
+            continue
+        current = currents.get(key)
+        if set_name in pruned:
+            cause = Cause.ORPHANED
+        elif key in declared:
+            cause = Cause.SUPERSEDED
+        else:
+            cause = Cause.DELETED
+        yield Scope(
+            set_name=set_name,
+            secret=logical,
+            versions=tuple(index.versions[key]),
+            current_id=current.secret_id if current else None,
+            current_version=current.version if current else None,
+            keep=keeps.get(set_name, 0),
+            cause=cause,
+        )
+
+
+# --- applying a plan's reference changes ------------------------------------------------------------
+
+
+def apply_ref_changes(
+    refs: Sequence[SecretRef], changes: Sequence[RefChange], secret_ids: Mapping[str, str]
+) -> tuple[SecretRef, ...]:
+    """The references a service has after ``changes``; ``secret_ids`` maps each ``new`` name to its id.
+
+    Per change: drop every reference whose normalized path is ``change.path`` *and* whose secret name is
+    listed in ``change.old`` (``", "``-separated when several references share the path; a foreign
+    reference at the same path is not listed and stays), then add one reference to ``change.new`` when
+    set, with the target as written. Untouched references keep their order. ``KeyError`` when a new
+    name has no id (its version was not created).
+    """
+    result = list(refs)
+    for change in changes:
+        olds = set(change.old.split(OLD_SEPARATOR)) if change.old else set()
+        result = [r for r in result if not (r.path == change.path and r.secret_name in olds)]
+        if change.new is not None:
+            result.append(
+                SecretRef(
+                    secret_id=secret_ids[change.new],
+                    secret_name=change.new,
+                    target=change.target or change.path,
+                    uid=change.uid,
+                    gid=change.gid,
+                    mode=change.mode,
+                )
+            )
+    return tuple(result)

@@ -1,0 +1,142 @@
+"""What the swarm holds, per set and logical secret, for ``swarm-secrets status``.
+
+Built from the live state alone plus the *offline* manifests (set names and ``keep``; no values, no
+keys), so it runs anywhere the engine is reachable, including where no decryption key is present.
+For each logical secret: the current version (the newest one a service uses, else the newest), when
+it was made, the services using it, and every superseded version with the reason it is kept (in use,
+a rollback target, used by running tasks, within ``spec.keep``) or the note that the next apply
+collects it. Also: orphaned sets, and unmanaged secrets nothing references (e.g. what a migration
+replaced; they are never removed by this tool).
+
+Pure: no docker, no I/O; rendering returns strings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+from .collect import protections
+from .model import LiveSecret, LiveState
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VersionStatus:
+    name: str
+    version: int
+    created_at: str
+    used_by: tuple[str, ...]
+    """Services whose current Spec mounts this version."""
+    note: str
+    """For the current version ``current``; otherwise why it is kept or that it will be collected."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecretStatus:
+    set_name: str
+    secret: str
+    current: VersionStatus
+    superseded: tuple[VersionStatus, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusReport:
+    secrets: tuple[SecretStatus, ...]
+    orphaned_sets: tuple[str, ...]
+    unmanaged_unreferenced: tuple[str, ...]
+    unmanaged_in_use: tuple[str, ...]
+
+
+def build_status(live: LiveState, sets: Mapping[str, int] | None = None) -> StatusReport:
+    """``sets`` maps the loaded set names to their ``keep``; None when no manifests were given."""
+    users: dict[str, list[str]] = defaultdict(list)
+    for service in live.services:
+        for ref in service.refs:
+            users[ref.secret_id].append(service.name)
+    kept_reasons = protections(live)
+    groups: dict[tuple[str, str], list[LiveSecret]] = defaultdict(list)
+    for secret in live.secrets:
+        if secret.managed and secret.set_name and secret.logical:
+            groups[(secret.set_name, secret.logical)].append(secret)
+    statuses = []
+    for (set_name, logical), versions in sorted(groups.items()):
+        versions.sort(key=lambda s: s.version or 0, reverse=True)
+        used = [v for v in versions if users.get(v.id)]
+        current = used[0] if used else versions[0]
+        keep = (sets or {}).get(set_name, 0)
+        spared = 0
+        superseded = []
+        for version in versions:
+            if version is current:
+                continue
+            note = kept_reasons.get(version.id, "")
+            if not note and spared < keep:
+                spared += 1
+                note = f"kept: spec.keep={keep}"
+            superseded.append(
+                _version_status(version, users, note or "unreferenced: the next apply collects it")
+            )
+        statuses.append(
+            SecretStatus(
+                set_name=set_name,
+                secret=logical,
+                current=_version_status(current, users, "current"),
+                superseded=tuple(superseded),
+            )
+        )
+    managed_sets = {s.set_name for s in live.secrets if s.managed and s.set_name}
+    orphaned = tuple(sorted(managed_sets - set(sets))) if sets is not None else ()
+    unmanaged = [s for s in live.secrets if not s.managed]
+    return StatusReport(
+        secrets=tuple(statuses),
+        orphaned_sets=orphaned,
+        unmanaged_unreferenced=tuple(sorted(s.name for s in unmanaged if s.id not in kept_reasons)),
+        unmanaged_in_use=tuple(sorted(s.name for s in unmanaged if s.id in kept_reasons)),
+    )
+
+
+def _version_status(secret: LiveSecret, users: Mapping[str, list[str]], note: str) -> VersionStatus:
+    return VersionStatus(
+        name=secret.name,
+        version=secret.version or 0,
+        created_at=secret.created_at,
+        used_by=tuple(sorted(users.get(secret.id, ()))),
+        note=note,
+    )
+
+
+def render_status_json(report: StatusReport) -> str:
+    return json.dumps({"format_version": FORMAT_VERSION, **asdict(report)}, indent=2) + "\n"
+
+
+def render_status_text(report: StatusReport) -> str:
+    lines: list[str] = []
+    current_set = None
+    for item in report.secrets:
+        if item.set_name != current_set:
+            current_set = item.set_name
+            lines.append(f"set {item.set_name}")
+        cur = item.current
+        users = ", ".join(cur.used_by) or "no service"
+        created = cur.created_at[:19] or "?"
+        lines.append(f"  {item.secret}: {cur.name} (v{cur.version}, created {created}) used by {users}")
+        for old in item.superseded:
+            lines.append(f"    {old.name}: {old.note}")
+    if not report.secrets:
+        lines.append("No managed secrets.")
+    if report.orphaned_sets:
+        lines.append(
+            "orphaned sets (no loaded manifest; `apply --prune-orphans` collects them): "
+            + ", ".join(report.orphaned_sets)
+        )
+    if report.unmanaged_unreferenced:
+        lines.append(
+            "unmanaged secrets nothing references (left alone): " + ", ".join(report.unmanaged_unreferenced)
+        )
+    if report.unmanaged_in_use:
+        lines.append("unmanaged secrets in use (left alone): " + ", ".join(report.unmanaged_in_use))
+    return "\n".join(lines) + "\n"
