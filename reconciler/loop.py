@@ -1,0 +1,506 @@
+"""The long-running service: when to reconcile, coalescing, retries, signals, readiness.
+
+The reconcile step itself (fetch → load → plan → apply) is injected as a :data:`Tick`; this module
+decides *when* it runs and reports how it went. Ticks are requested by
+
+* ``startup`` (at once), ``interval`` (every ``interval`` ± ``jitter``), ``retry`` (after a failure,
+  with exponential :class:`Backoff`, reset by a success);
+* ``webhook:<provider>`` and ``manual`` (``POST /reconcile``), from the HTTP listener;
+* ``event`` (a Docker service/secret change) and ``git`` (a new revision), from any thread through
+  :meth:`Reconciler.request`, or from the ``events`` iterable given to :meth:`Reconciler.run`.
+
+Requests are coalesced: within ``debounce`` seconds of the first one, any number of requests make one
+tick; requests that arrive while a tick runs make exactly one more tick after it. Reconciling is
+level-based, so one tick answers every request made before it started.
+
+**The reconciler's own changes must not trigger it again.** A tick that changed something (created
+versions, updated services) makes Docker emit events for those very changes, during the tick and
+for a while after it (tasks restarting). So after a tick whose result has ``changed=True``, ``event``
+requests that came in during the tick are dropped and further ones are ignored for ``event_quiet``
+seconds; :meth:`Reconciler.suppress_events_until` extends that window from outside. A foreign change
+hidden by this window is still found by the next interval tick.
+
+Failures (``ok=False``, a :class:`SwarmSecretsError` raised by the tick, or any other exception,
+which is logged with its traceback as a bug) never end the loop: it retries after the backoff delay.
+Explicit requests (webhook, ``POST /reconcile``) do not wait for that delay, events do.
+
+SIGTERM/SIGINT set the stop flag: the tick in hand finishes (it is never interrupted), then
+:meth:`Reconciler.run` returns 0. A second signal raises SystemExit(130) at once.
+
+``/healthz``, ``/readyz``, ``/metrics``, ``/reconcile`` and ``/hooks/*`` are served by
+:class:`reconciler.webhooks.HttpListener`, which calls back into :meth:`Reconciler.request` and
+:meth:`Reconciler.readiness`.
+
+This module must not talk to Docker, git or the manifests itself, and never logs or serves a value:
+errors are one line of names, and webhook bodies and signatures are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from reconciler import logs, webhooks
+from reconciler.errors import ConfigError, ExitCode, SwarmSecretsError
+from reconciler.gitsync import Checkout
+from reconciler.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+_STOP_POLL = 0.1
+"""Longest idle wait between stop-flag checks: an external ``stop_event.set()`` cannot wake the loop's
+condition variable, so the loop looks at the flag at least this often."""
+_IMMEDIATE = frozenset({"startup"})
+"""Reasons that are not debounced."""
+_URGENT_PREFIXES = ("startup", "webhook:", "manual")
+"""Reasons a person or a forge asked for explicitly: they run after the debounce even while backing
+off (a new commit may be the fix). Other requests wait for the retry time."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TickRequest:
+    """What the tick is asked to do, and why."""
+
+    reason: str
+    """The earliest of the coalesced reasons: startup, interval, retry, webhook:<provider>, manual,
+    event or git."""
+    reasons: tuple[str, ...] = ()
+    """Every distinct reason coalesced into this tick, earliest first."""
+    manifests_dir: Path | None = None
+    """Folder to load manifests from (``LoopSettings.manifests_dir``, or the git checkout)."""
+    revision: str | None = None
+    """Git commit of ``manifests_dir`` when :func:`with_git` fetched it, else None."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TickResult:
+    """What one tick did; the loop and the metrics read it, nothing in it is a value."""
+
+    ok: bool
+    """Converged, or nothing to do."""
+    changed: bool
+    """Any mutation was made (starts the event quiet window)."""
+    revision: str | None = None
+    """Git revision applied, if any."""
+    created: int = 0
+    """Secret versions created."""
+    removed: int = 0
+    """Secret versions removed."""
+    rollouts: Mapping[str, int] = field(default_factory=dict)
+    """Rollouts by outcome: converged, rolled_back, timed_out, paused, failed."""
+    drift_corrected: int = 0
+    """Service updates whose reason was drift."""
+    managed_secrets: int = 0
+    """Secret objects owned by the tool after the tick."""
+    error: str | None = None
+    """One-line error when not ok."""
+
+
+Tick = Callable[[TickRequest], TickResult]
+"""The reconcile step: may raise; a SwarmSecretsError counts as a failed tick, anything else as a bug."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoopSettings:
+    """How the service schedules ticks and what it listens on (``run`` command options)."""
+
+    manifests_dir: Path | None = None
+    """Passed to the tick in :class:`TickRequest`; :func:`with_git` replaces it with the checkout."""
+    interval: float = 60.0
+    """Seconds between ticks while all is well (level-based resync, catches what events missed)."""
+    jitter: float = 0.1
+    """Fraction by which the interval and retry delays vary at random, so replicas of the tool and
+    many clusters do not hit git or the engine in lockstep."""
+    debounce: float = 2.0
+    """Seconds after the first request before the tick runs; requests in between join that tick."""
+    backoff_base: float = 5.0
+    """Retry delay after the first failure."""
+    backoff_factor: float = 2.0
+    """Each further consecutive failure multiplies the delay by this."""
+    backoff_cap: float = 300.0
+    """Longest retry delay."""
+    event_quiet: float = 10.0
+    """Seconds after a tick that changed something during which Docker events are ignored."""
+    listen: str | None = ":8080"
+    """``host:port`` of the HTTP listener (``:8080`` = every IPv4 address, ``[::]:8080`` for IPv6,
+    port 0 = any free port); None turns webhooks, health and metrics off."""
+    webhook_secret_file: Path | None = None
+    """File with the shared secret for ``/hooks/*`` and ``POST /reconcile``; None disables them."""
+    max_body: int = 1024 * 1024
+    """Largest webhook body accepted; bigger ones get 413 and are never read."""
+    http_timeout: float = 10.0
+    """Socket timeout of one HTTP request, so a stalled client cannot hold a thread for ever."""
+    readiness_grace: float = 0.0
+    """Seconds after start during which ``/readyz`` says ready before any tick succeeded; 0 means not
+    ready until the first success."""
+    stale_after: float | None = None
+    """``/readyz`` stays ready after failures while the last success is at most this old; None means
+    three intervals."""
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "backoff_base", "backoff_cap", "http_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be greater than 0")
+        for name in ("debounce", "event_quiet", "readiness_grace"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative")
+        if not 0 <= self.jitter < 1:
+            raise ConfigError("jitter must be a fraction between 0 and 1")
+        if self.backoff_factor < 1:
+            raise ConfigError("backoff_factor must be at least 1")
+        if self.stale_after is not None and self.stale_after <= 0:
+            raise ConfigError("stale_after must be greater than 0")
+        if self.max_body <= 0:
+            raise ConfigError("max_body must be greater than 0")
+        if self.listen is not None:
+            webhooks.parse_listen(self.listen)
+
+
+class Backoff:
+    """Exponential retry delays: ``base × factor^(failures-1)``, capped, with ± ``jitter``.
+
+    Pure apart from the injected random generator; :meth:`reset` after a success.
+    """
+
+    def __init__(
+        self, *, base: float, factor: float, cap: float, jitter: float = 0.0, rng: random.Random | None = None
+    ) -> None:
+        self.base, self.factor, self.cap, self.jitter = base, factor, cap, jitter
+        self.failures = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        """Count one more failure and return how long to wait before retrying."""
+        self.failures += 1
+        # min() before the power would overflow for very long failure streaks.
+        raw = self.base * self.factor ** min(self.failures - 1, 64)
+        return min(self.cap, raw * (1 + self._rng.uniform(-self.jitter, self.jitter)))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Status:
+    """A snapshot of the loop for health checks and tests (times on the loop's monotonic clock)."""
+
+    started_at: float
+    ticks: int
+    ticking: bool
+    last_result: TickResult | None
+    last_success_at: float | None
+    consecutive_failures: int
+    pending: tuple[str, ...]
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+    return lines[0] if len(lines) == 1 else f"{lines[0]} (and {len(lines) - 1} more)"
+
+
+def with_git(tick: Tick, fetch: Callable[[], Checkout]) -> Tick:
+    """A tick that first syncs the git checkout (``GitSync(...).sync``), then runs ``tick`` on it.
+
+    The request gets the checkout's ``manifests_dir`` and ``revision``; a result without a revision
+    gets the fetched one. A :class:`~reconciler.gitsync.GitError` fails the tick like any other.
+    """
+
+    def fetching_tick(request: TickRequest) -> TickResult:
+        checkout = fetch()
+        result = tick(replace(request, manifests_dir=checkout.manifests_dir, revision=checkout.revision))
+        return result if result.revision is not None else replace(result, revision=checkout.revision)
+
+    return fetching_tick
+
+
+class Reconciler:
+    """Runs ticks when they are due; thread-safe :meth:`request`, :meth:`stop` and :meth:`status`."""
+
+    def __init__(
+        self,
+        settings: LoopSettings,
+        tick: Tick,
+        *,
+        metrics: Metrics | None = None,
+        stop_event: threading.Event | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self._tick = tick
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._stop = stop_event or threading.Event()
+        self._cv = threading.Condition()  # an RLock: the signal handler may run inside `with self._cv`
+        # Read the secret now so a bad file fails at startup, not at the first delivery.
+        secret_file = settings.webhook_secret_file
+        self.webhook_secret = webhooks.load_secret(secret_file) if secret_file is not None else None
+        self.backoff = Backoff(
+            base=settings.backoff_base,
+            factor=settings.backoff_factor,
+            cap=settings.backoff_cap,
+            jitter=settings.jitter,
+            rng=self._rng,
+        )
+        now = clock()
+        self._started_at = now
+        self._pending: dict[str, float] = {}  # reason -> when first requested
+        self._next_interval_at = now + settings.interval
+        self._retry_at: float | None = None  # set while failing
+        self._suppress_until = float("-inf")
+        self._ticking = False
+        self._tick_started = now
+        self._ticks = 0
+        self._last_result: TickResult | None = None
+        self._last_success_at: float | None = None
+        self.http: webhooks.HttpListener | None = None
+
+    # --- requests, from any thread -------------------------------------------------------------
+
+    def request(self, reason: str) -> bool:
+        """Ask for a tick; False when the request was dropped as one of our own Docker events."""
+        with self._cv:
+            now = self._clock()
+            if reason.startswith("event") and now < self._suppress_until:
+                log.debug("ignoring %s within %.1fs of our own change", reason, self._suppress_until - now)
+                return False
+            self._pending.setdefault(reason, now)
+            self._cv.notify_all()
+        return True
+
+    def suppress_events_until(self, deadline: float) -> None:
+        """Ignore ``event`` requests until ``deadline`` (on ``time.monotonic``'s clock)."""
+        with self._cv:
+            self._suppress_until = max(self._suppress_until, deadline)
+
+    def stop(self) -> None:
+        """Set the stop flag: the tick in hand finishes, no new one starts, :meth:`run` returns."""
+        self._stop.set()
+        # Non-blocking: stop() may run in a signal handler that interrupted a thread holding the lock;
+        # if the lock is busy, the loop notices the flag within _STOP_POLL anyway.
+        if self._cv.acquire(blocking=False):
+            try:
+                self._cv.notify_all()
+            finally:
+                self._cv.release()
+
+    # --- state, for health checks ------------------------------------------------------------------
+
+    def status(self) -> Status:
+        with self._cv:
+            return Status(
+                started_at=self._started_at,
+                ticks=self._ticks,
+                ticking=self._ticking,
+                last_result=self._last_result,
+                last_success_at=self._last_success_at,
+                consecutive_failures=self.backoff.failures,
+                pending=tuple(sorted(self._pending, key=self._pending.__getitem__)),
+            )
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, one-line explanation) for ``/readyz``. Ready when the last tick succeeded, or the
+        last success is at most ``stale_after`` old, or nothing succeeded yet but the process started
+        less than ``readiness_grace`` ago. The explanation is the last tick's one-line error."""
+        with self._cv:
+            now, last, success = self._clock(), self._last_result, self._last_success_at
+            stale_after = self.settings.stale_after or 3 * self.settings.interval
+            if last is not None and last.ok:
+                return True, "ready"
+            error = (last.error or "tick failed") if last is not None else "no tick has finished yet"
+            if success is not None and now - success <= stale_after:
+                return True, f"ready; the last tick failed: {error}"
+            if success is None and now - self._started_at <= self.settings.readiness_grace:
+                return True, "starting"
+            return False, error
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def _due(self, now: float) -> tuple[float, tuple[str, ...]]:
+        """When the next tick is due and for which reasons (caller holds the lock)."""
+        failing = self._retry_at is not None
+        due = self._retry_at if self._retry_at is not None else self._next_interval_at
+        timer = "retry" if failing else "interval"
+        pending = tuple(sorted(self._pending, key=self._pending.__getitem__))
+        if pending:
+            first = self._pending[pending[0]]
+            at = first if _IMMEDIATE.intersection(pending) else first + self.settings.debounce
+            if self._retry_at is not None and not any(r.startswith(_URGENT_PREFIXES) for r in pending):
+                at = max(at, self._retry_at)
+            if at < due:
+                return at, pending
+        return due, (timer, *pending)
+
+    def _next(self) -> tuple[str, ...] | None:
+        """Wait until a tick is due and take its reasons, or return None once stopping."""
+        with self._cv:
+            while not self._stop.is_set():
+                now = self._clock()
+                due, reasons = self._due(now)
+                if due <= now:
+                    self._pending.clear()  # this tick answers every request made so far
+                    self._ticking, self._tick_started = True, now
+                    return reasons
+                self._cv.wait(min(due - now, _STOP_POLL))
+        return None
+
+    def _run_tick(self, reasons: tuple[str, ...]) -> None:
+        request = TickRequest(reason=reasons[0], reasons=reasons, manifests_dir=self.settings.manifests_dir)
+        bug: Exception | None = None
+        started = time.perf_counter()
+        try:
+            result = self._tick(request)
+            if not isinstance(result, TickResult):
+                raise TypeError(f"tick returned {type(result).__name__}, not TickResult")
+        except SwarmSecretsError as exc:  # a user-fixable error: one line, no traceback
+            result = TickResult(ok=False, changed=False, error=_one_line(exc))
+        except Exception as exc:  # a bug: keep serving, but show the traceback
+            bug = exc
+            # The message of an unexpected exception is not known to be value-free: keep it out of
+            # /readyz, the traceback in the log has it.
+            result = TickResult(ok=False, changed=False, error=f"unexpected {type(exc).__name__} (see log)")
+        duration = time.perf_counter() - started
+        try:
+            self.metrics.observe(result, duration)
+        except Exception:  # odd numbers in a result must not stop the service
+            log.exception("could not record metrics for the tick")
+        delay = self._record(result)
+        self._report(request, result, duration, delay, bug)
+
+    def _record(self, result: TickResult) -> float | None:
+        """Update the schedule after a tick; return the retry delay when it failed."""
+        with self._cv:
+            now = self._clock()
+            self._ticking = False
+            self._ticks += 1
+            self._last_result = result
+            delay = None
+            if result.ok:
+                self.backoff.reset()
+                self._retry_at = None
+                self._last_success_at = now
+            else:
+                delay = self.backoff.next_delay()
+                self._retry_at = now + delay
+            jitter = self._rng.uniform(-self.settings.jitter, self.settings.jitter)
+            self._next_interval_at = now + self.settings.interval * (1 + jitter)
+            if result.changed:
+                # Events that came in during this tick were (very likely) caused by it: drop them.
+                for reason, at in list(self._pending.items()):
+                    if reason.startswith("event") and at >= self._tick_started:
+                        del self._pending[reason]
+                self._suppress_until = max(self._suppress_until, now + self.settings.event_quiet)
+            return delay
+
+    def _report(
+        self,
+        request: TickRequest,
+        result: TickResult,
+        duration: float,
+        delay: float | None,
+        bug: Exception | None,
+    ) -> None:
+        why, rev = ",".join(request.reasons), result.revision or "-"
+        if not result.ok:
+            # One line (plus a traceback for a bug); the loop keeps running either way.
+            error = result.error or "no error given"
+            msg = f"tick failed ({why}) after {duration:.1f}s: {error}; retrying in {delay or 0:.1f}s"
+            log.error("%s", msg, exc_info=(type(bug), bug, bug.__traceback__) if bug is not None else None)
+        elif result.changed:
+            rollouts = ", ".join(f"{k}={v}" for k, v in result.rollouts.items() if v) or "none"
+            log.info(
+                "tick done (%s) in %.1fs: revision %s, %d created, %d removed, rollouts: %s, "
+                "%d drift corrections",
+                *(why, duration, rev, result.created, result.removed, rollouts, result.drift_corrected),
+            )
+        else:
+            log.debug("tick done (%s) in %.1fs: nothing to do at revision %s", why, duration, rev)
+        if result.changed:
+            logs.audit(
+                "reconcile", ok=result.ok, reasons=request.reasons, revision=result.revision,
+                created=result.created, removed=result.removed, rollouts=dict(result.rollouts),
+                drift_corrected=result.drift_corrected, error=result.error,
+            )  # fmt: skip
+
+    def _pump(self, events: Iterable[object]) -> None:
+        try:
+            for item in events:
+                if self._stop.is_set():
+                    return
+                log.debug("docker event: %s", item)
+                self.request("event")
+        except Exception:
+            log.exception(
+                "the event source failed; Docker events no longer trigger ticks (the interval still does)"
+            )
+
+    def start_http(self) -> tuple[str, int] | None:
+        """Start the HTTP listener now (``run`` does it otherwise); return the bound address."""
+        if self.http is None and self.settings.listen is not None:
+            self.http = webhooks.HttpListener(
+                self,
+                self.settings.listen,
+                max_body=self.settings.max_body,
+                timeout=self.settings.http_timeout,
+            )
+            log.info("listening on http://%s:%d", *self.http.address)
+        return self.http.address if self.http is not None else None
+
+    def run(self, *, events: Iterable[object] | None = None) -> int:
+        """Serve until stopped; returns the process exit code (0).
+
+        Installs SIGTERM/SIGINT handlers when called from the main thread and restores the previous
+        ones on return. ``events`` (e.g. the Docker events stream) is read in a daemon thread, each
+        item requesting an ``event`` tick.
+        """
+        previous = self._install_signals()
+        try:
+            self.start_http()
+            if events is not None:
+                threading.Thread(
+                    target=self._pump, args=(events,), name="reconciler-events", daemon=True
+                ).start()
+            self.request("startup")
+            while (reasons := self._next()) is not None:
+                self._run_tick(reasons)
+            log.info("stopped")
+            return int(ExitCode.OK)
+        finally:
+            if self.http is not None:
+                self.http.close()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if self._stop.is_set():
+                # The operator insists: give up on the tick in hand.
+                raise SystemExit(int(ExitCode.INTERRUPTED))
+            log.info("%s: finishing the tick in hand, then stopping", signal.Signals(signum).name)
+            self.stop()
+
+        return {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def run(
+    settings: LoopSettings,
+    tick: Tick,
+    *,
+    stop_event: threading.Event | None = None,
+    events: Iterable[object] | None = None,
+    metrics: Metrics | None = None,
+) -> int:
+    """Build a :class:`Reconciler` and serve until SIGTERM/SIGINT or ``stop_event``; return 0."""
+    return Reconciler(settings, tick, metrics=metrics, stop_event=stop_event).run(events=events)

@@ -1,0 +1,149 @@
+"""Prometheus metrics of the long-running reconciler, in a registry of their own.
+
+:class:`Metrics` owns a private :class:`prometheus_client.CollectorRegistry` instead of the global
+one, so two instances (two tests, or a test and a running service) never see each other's numbers,
+and ``GET /metrics`` shows exactly these series. Every name starts with ``swarm_secrets_``:
+
+=============================================  =====================================================
+``ticks_total{result}``                        ticks by ``success`` / ``failure``
+``tick_duration_seconds``                      histogram of tick wall time (rollout waits included)
+``last_success_timestamp_seconds``             Unix time of the last successful tick
+``managed_secrets``                            secret objects owned by the tool, after the last success
+``versions_created_total``                     secret versions created
+``versions_removed_total``                     secret versions removed by garbage collection
+``rollouts_total{result}``                     service rollouts by outcome (converged, rolled_back, …)
+``drift_corrections_total``                    service updates made because someone changed a service
+``git_revision_info{revision}``                1, labelled with the revision applied last
+``webhook_requests_total{provider,result}``    webhook deliveries by forge and outcome
+=============================================  =====================================================
+
+This module only counts: it must not decide anything, log, or serve HTTP (``loop.py`` serves
+:meth:`Metrics.render`). Labels carry names and outcomes, never a value.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+if TYPE_CHECKING:  # loop.py imports this module; the type is only needed for annotations
+    from reconciler.loop import TickResult
+
+PREFIX: Final = "swarm_secrets_"
+
+ROLLOUT_RESULTS: Final = ("converged", "rolled_back", "timed_out", "paused", "failed")
+"""Rollout outcomes exported from the start (as 0), so rate() works before the first rollout."""
+
+WEBHOOK_RESULTS: Final = (
+    "accepted",
+    "ping",
+    "unauthorized",
+    "disabled",
+    "too_large",
+    "length_required",
+    "bad_request",
+)
+"""Outcomes of a webhook delivery as counted by ``webhook_requests_total``."""
+
+TICK_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+"""A no-op tick takes well under a second; one that waits for rollouts can take minutes."""
+
+
+class Metrics:
+    """The reconciler's metrics; :meth:`observe` feeds them from one tick's result.
+
+    Thread-safe: prometheus_client metrics lock internally, and the revision label swap is guarded
+    by the tick loop being the only caller of :meth:`observe`.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._clock = clock
+        self._revision: str | None = None
+        reg = self.registry
+        self.ticks = Counter(PREFIX + "ticks", "Reconcile ticks by result.", ["result"], registry=reg)
+        self.tick_duration = Histogram(
+            PREFIX + "tick_duration_seconds",
+            "Wall time of one reconcile tick, rollout waits included.",
+            buckets=TICK_BUCKETS,
+            registry=reg,
+        )
+        self.last_success = Gauge(
+            PREFIX + "last_success_timestamp_seconds",
+            "Unix time of the last successful tick (0 before the first).",
+            registry=reg,
+        )
+        self.managed_secrets = Gauge(
+            PREFIX + "managed_secrets", "Secret objects owned by swarm-secrets.", registry=reg
+        )
+        self.versions_created = Counter(PREFIX + "versions_created", "Secret versions created.", registry=reg)
+        self.versions_removed = Counter(
+            PREFIX + "versions_removed", "Secret versions removed by garbage collection.", registry=reg
+        )
+        self.rollouts = Counter(PREFIX + "rollouts", "Service rollouts by outcome.", ["result"], registry=reg)
+        self.drift_corrections = Counter(
+            PREFIX + "drift_corrections",
+            "Service updates made because a service's secret references drifted.",
+            registry=reg,
+        )
+        self.git_revision = Gauge(
+            PREFIX + "git_revision_info",
+            "Always 1; the revision label is the git revision applied last.",
+            ["revision"],
+            registry=reg,
+        )
+        self.webhook_requests = Counter(
+            PREFIX + "webhook_requests",
+            "Webhook deliveries by forge and outcome.",
+            ["provider", "result"],
+            registry=reg,
+        )
+        # Create the fixed label combinations now so every series exists (as 0) from the first scrape.
+        for result in ("success", "failure"):
+            self.ticks.labels(result=result)
+        for result in ROLLOUT_RESULTS:
+            self.rollouts.labels(result=result)
+
+    def observe(self, result: TickResult, duration: float) -> None:
+        """Account for one finished tick that took ``duration`` seconds.
+
+        Counters move for a failed tick too (a partial apply still created versions); the managed
+        secrets gauge and the last-success time move only on success, because a failed tick may not
+        have counted anything.
+        """
+        self.ticks.labels(result="success" if result.ok else "failure").inc()
+        self.tick_duration.observe(max(0.0, duration))
+        if result.created > 0:
+            self.versions_created.inc(result.created)
+        if result.removed > 0:
+            self.versions_removed.inc(result.removed)
+        for outcome, count in result.rollouts.items():
+            if count > 0:
+                self.rollouts.labels(result=outcome).inc(count)
+        if result.drift_corrected > 0:
+            self.drift_corrections.inc(result.drift_corrected)
+        if result.ok:
+            self.last_success.set(self._clock())
+            self.managed_secrets.set(result.managed_secrets)
+        if result.revision is not None:
+            self.set_revision(result.revision)
+
+    def set_revision(self, revision: str) -> None:
+        """Point ``git_revision_info`` at ``revision``, dropping the series of the previous one."""
+        if revision == self._revision:
+            return
+        self.git_revision.clear()
+        self.git_revision.labels(revision=revision).set(1)
+        self._revision = revision
+
+    def observe_webhook(self, provider: str, result: str) -> None:
+        """Count one delivery to ``/hooks/<provider>`` with an outcome from :data:`WEBHOOK_RESULTS`."""
+        self.webhook_requests.labels(provider=provider, result=result).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition of this registry and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

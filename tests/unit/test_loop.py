@@ -1,0 +1,396 @@
+"""The reconcile loop: scheduling, coalescing, backoff, stop/signals, readiness; and logs.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from reconciler import logs
+from reconciler.errors import ConfigError, ManifestError, Problem
+from reconciler.gitsync import Checkout
+from reconciler.loop import Backoff, LoopSettings, Reconciler, TickRequest, TickResult, with_git
+from reconciler.model import SecretValue
+
+ROOT = Path(__file__).resolve().parents[2]
+OK = TickResult(ok=True, changed=False)
+
+
+def settings(**kw: object) -> LoopSettings:
+    base: dict[str, object] = {"listen": None, "interval": 60.0, "debounce": 0.02, "jitter": 0.0}
+    base.update(kw)
+    return LoopSettings(**base)  # type: ignore[arg-type]
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+class Recorder:
+    """A fake tick: records requests, returns scripted results (or raises), can block on a gate."""
+
+    def __init__(self, *results: TickResult | BaseException, gate: threading.Event | None = None) -> None:
+        self.results = list(results)
+        self.requests: list[TickRequest] = []
+        self.times: list[float] = []
+        self.gate = gate
+        self.entered = threading.Event()
+        self.finished = 0
+
+    def __call__(self, request: TickRequest) -> TickResult:
+        self.requests.append(request)
+        self.times.append(time.monotonic())
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(5)
+        self.finished += 1
+        outcome = self.results.pop(0) if self.results else OK
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    @property
+    def count(self) -> int:
+        return len(self.requests)
+
+
+@contextmanager
+def running(rec: Reconciler, events: Iterable[object] | None = None) -> Iterator[list[int]]:
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(rec.run(events=events)), daemon=True)
+    thread.start()
+    try:
+        yield codes
+    finally:
+        rec.stop()
+        thread.join(5)
+        assert not thread.is_alive()
+
+
+# --- scheduling ----------------------------------------------------------------------------------
+
+
+def test_ticks_on_start_then_on_interval() -> None:
+    tick = Recorder()
+    rec = Reconciler(settings(interval=0.05), tick)
+    with running(rec):
+        wait_for(lambda: tick.count >= 3)
+    assert tick.requests[0].reason == "startup"
+    assert {r.reason for r in tick.requests[1:]} == {"interval"}
+
+
+def test_debounce_coalesces_many_requests_into_one_tick() -> None:
+    tick = Recorder()
+    rec = Reconciler(settings(debounce=0.1), tick)
+    with running(rec):
+        wait_for(lambda: tick.finished == 1)
+        for _ in range(5):
+            rec.request("event")
+            rec.request("webhook:github")
+        wait_for(lambda: tick.count == 2)
+        time.sleep(0.25)
+        assert tick.count == 2
+    assert tick.requests[1].reason == "event"
+    assert tick.requests[1].reasons == ("event", "webhook:github")
+    assert tick.times[1] - tick.times[0] >= 0.1  # waited for the debounce window
+
+
+def test_requests_during_a_tick_cause_exactly_one_more() -> None:
+    gate = threading.Event()
+    tick = Recorder(gate=gate)
+    rec = Reconciler(settings(), tick)
+    with running(rec):
+        assert tick.entered.wait(2)
+        for _ in range(5):
+            rec.request("manual")
+        assert rec.status().pending == ("manual",)
+        gate.set()
+        wait_for(lambda: tick.finished == 2)
+        time.sleep(0.1)
+        assert tick.count == 2
+    assert tick.requests[1].reasons == ("manual",)
+
+
+def test_backoff_grows_after_failures_and_resets_after_success() -> None:
+    fail = TickResult(ok=False, changed=False, error="boom")
+    failures_seen: list[int] = []
+    tick = Recorder(fail, fail, fail, OK)
+    holder: list[Reconciler] = []
+
+    def observing(request: TickRequest) -> TickResult:
+        failures_seen.append(holder[0].backoff.failures)
+        return tick(request)
+
+    rec = Reconciler(settings(backoff_base=0.02, backoff_cap=1.0), observing)
+    holder.append(rec)
+    with running(rec):
+        wait_for(lambda: tick.finished == 4)
+        assert rec.status().consecutive_failures == 0
+    assert failures_seen == [0, 1, 2, 3]
+    assert [r.reason for r in tick.requests] == ["startup", "retry", "retry", "retry"]
+    gaps = [b - a for a, b in zip(tick.times, tick.times[1:], strict=False)]
+    for gap, delay in zip(gaps, (0.02, 0.04, 0.08), strict=True):
+        assert gap >= delay * 0.9
+
+
+def test_backoff_delays() -> None:
+    backoff = Backoff(base=5, factor=2, cap=300)
+    assert [backoff.next_delay() for _ in range(8)] == [5, 10, 20, 40, 80, 160, 300, 300]
+    backoff.reset()
+    assert backoff.next_delay() == 5
+    jittered = Backoff(base=100, factor=2, cap=150, jitter=0.1, rng=random.Random(1))
+    assert 90 <= jittered.next_delay() <= 110
+    assert all(135 <= jittered.next_delay() <= 150 for _ in range(20))  # capped after jitter
+    assert Backoff(base=1, factor=2, cap=5).next_delay() == 1
+
+
+def test_urgent_request_skips_the_backoff_but_an_event_waits() -> None:
+    tick = Recorder(TickResult(ok=False, changed=False, error="down"))
+    rec = Reconciler(settings(backoff_base=30), tick)
+    with running(rec):
+        wait_for(lambda: tick.finished == 1)
+        rec.request("event")
+        time.sleep(0.1)
+        assert tick.count == 1  # the event waits for the 30 s retry
+        rec.request("webhook:gitea")
+        wait_for(lambda: tick.count == 2)
+    assert tick.requests[1].reasons == ("event", "webhook:gitea")
+
+
+def test_exception_in_tick_is_logged_and_the_loop_keeps_going(caplog: pytest.LogCaptureFixture) -> None:
+    tick = Recorder(RuntimeError("kaputt"), OK)
+    rec = Reconciler(settings(backoff_base=0.01), tick)
+    with caplog.at_level(logging.ERROR, logger="reconciler.loop"), running(rec):
+        wait_for(lambda: tick.finished == 2)
+    failed = [r for r in caplog.records if "tick failed" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is not None
+    assert "unexpected RuntimeError" in failed[0].getMessage()
+    assert rec.status().last_result == OK
+
+
+def test_user_error_is_one_line_without_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    problems = [
+        Problem(file="a.yaml", line=3, path="spec", message="bad"),
+        Problem(file="b", line=None, path="", message="worse"),
+    ]
+    tick = Recorder(ManifestError(problems))
+    rec = Reconciler(settings(backoff_base=30), tick)
+    with caplog.at_level(logging.ERROR, logger="reconciler.loop"), running(rec):
+        wait_for(lambda: tick.finished == 1 and rec.status().last_result is not None)
+    (record,) = [r for r in caplog.records if "tick failed" in r.getMessage()]
+    assert record.exc_info is None and "\n" not in record.getMessage()
+    assert "a.yaml:3: spec: bad (and 1 more)" in record.getMessage()
+    assert rec.readiness() == (False, "a.yaml:3: spec: bad (and 1 more)")
+
+
+def test_own_changes_do_not_cause_a_tick_storm() -> None:
+    gate = threading.Event()
+    changed = TickResult(ok=True, changed=True, created=1)
+    tick = Recorder(changed, gate=gate)
+    rec = Reconciler(settings(event_quiet=0.3), tick)
+    with running(rec):
+        assert tick.entered.wait(2)
+        rec.request("event")  # the swarm reporting our own service update
+        gate.set()
+        wait_for(lambda: tick.finished == 1 and not rec.status().ticking)
+        assert rec.request("event") is False  # inside the quiet window
+        time.sleep(0.1)
+        assert tick.count == 1
+        time.sleep(0.25)
+        assert rec.request("event") is True  # window over: foreign changes count again
+        wait_for(lambda: tick.count == 2)
+        rec.suppress_events_until(time.monotonic() + 60)
+        assert rec.request("event") is False
+        assert rec.request("manual") is True  # only events are suppressed
+
+
+def test_stop_finishes_the_tick_in_hand_then_returns_zero() -> None:
+    gate = threading.Event()
+    tick = Recorder(gate=gate)
+    rec = Reconciler(settings(), tick)
+    with running(rec) as codes:
+        assert tick.entered.wait(2)
+        rec.stop()
+        rec.request("manual")
+        time.sleep(0.05)
+        assert tick.finished == 0  # not interrupted
+        gate.set()
+        wait_for(lambda: codes == [0])
+    assert tick.count == 1 and tick.finished == 1
+
+
+def test_external_stop_event_is_honoured() -> None:
+    stop = threading.Event()
+    tick = Recorder()
+    rec = Reconciler(settings(), tick, stop_event=stop)
+    with running(rec) as codes:
+        wait_for(lambda: tick.finished == 1)
+        stop.set()
+        wait_for(lambda: codes == [0], timeout=1)
+
+
+def test_events_iterable_requests_ticks() -> None:
+    release = threading.Event()
+
+    def events() -> Iterator[str]:
+        assert release.wait(5)
+        yield "service update web"
+
+    tick = Recorder()
+    rec = Reconciler(settings(), tick)
+    with running(rec, events()):
+        wait_for(lambda: tick.finished == 1)
+        release.set()
+        wait_for(lambda: tick.count == 2)
+    assert tick.requests[1].reason == "event"
+
+
+def test_readiness_rules() -> None:
+    now = [100.0]
+    tick = Recorder(OK, TickResult(ok=False, changed=False, error="swarm unreachable"))
+    rec = Reconciler(settings(readiness_grace=5, interval=10), tick, clock=lambda: now[0])
+    assert rec.readiness() == (True, "starting")
+    now[0] = 106
+    assert rec.readiness() == (False, "no tick has finished yet")
+    with running(rec):
+        wait_for(lambda: tick.finished == 1 and rec.status().last_result is not None)
+        assert rec.readiness() == (True, "ready")
+        rec.request("manual")
+        now[0] += 1  # let the debounce pass on the fake clock
+        wait_for(lambda: tick.finished == 2 and not rec.status().ticking)
+    assert rec.readiness() == (True, "ready; the last tick failed: swarm unreachable")
+    now[0] += 31  # more than 3 intervals since the last success
+    assert rec.readiness() == (False, "swarm unreachable")
+
+
+def test_with_git_passes_the_checkout() -> None:
+    tick = Recorder(OK)
+    wrapped = with_git(tick, lambda: Checkout(revision="abc123", manifests_dir=Path("/co/m")))
+    result = wrapped(TickRequest(reason="interval", reasons=("interval",)))
+    assert tick.requests[0].manifests_dir == Path("/co/m") and tick.requests[0].revision == "abc123"
+    assert result.revision == "abc123" and result.ok
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"interval": 0}, {"jitter": 1.5}, {"listen": "8080"}, {"listen": "host:99999"}, {"debounce": -1}],
+)
+def test_settings_are_validated(kw: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        settings(**kw)
+
+
+# --- signals (real process) ----------------------------------------------------------------------
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from reconciler.loop import LoopSettings, TickResult, run
+
+    def tick(request):
+        print("tick-start", request.reason, flush=True)
+        time.sleep(float(sys.argv[1]))
+        print("tick-end", flush=True)
+        return TickResult(ok=True, changed=False)
+
+    code = run(LoopSettings(listen=None, interval=60), tick)
+    print("exit", code, flush=True)
+    sys.exit(code)
+    """
+)
+
+
+def _spawn(seconds: float) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(seconds)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "tick-start startup"
+    return proc
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_finishes_the_tick_then_exits_zero(signum: signal.Signals) -> None:
+    proc = _spawn(0.4)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert out.split("\n")[:2] == ["tick-end", "exit 0"]
+
+
+def test_second_signal_abandons_the_tick() -> None:
+    proc = _spawn(5)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 130 and "tick-end" not in out
+
+
+# --- logs.py -------------------------------------------------------------------------------------
+
+
+def _record(msg: str, **extra: object) -> logging.LogRecord:
+    logger = logging.getLogger("t")
+    return logger.makeRecord("t", logging.INFO, __file__, 1, msg, (), None, extra=extra)
+
+
+def test_json_formatter_one_object_per_line() -> None:
+    line = logs.JsonFormatter().format(_record("hello %s", secret="db", versions=(1, 2), blob=b"xyz"))
+    data = json.loads(line)
+    assert data["message"] == "hello %s" and data["level"] == "INFO" and data["logger"] == "t"
+    assert data["ts"].endswith("Z") and data["secret"] == "db" and data["versions"] == [1, 2]
+    assert data["blob"] == "<3 bytes>"
+    try:
+        raise ValueError("x")
+    except ValueError:
+        rec = logging.getLogger("t").makeRecord("t", logging.ERROR, "f", 1, "m", (), sys.exc_info())
+    out = logs.JsonFormatter().format(rec)
+    assert "\n" not in out and "ValueError" in json.loads(out)["exc"]
+
+
+def test_text_formatter_appends_fields() -> None:
+    line = logs.TextFormatter().format(_record("created", secret="db", note="two words"))
+    assert line.endswith('INFO t: created secret=db note="two words"')
+
+
+def test_audit_strips_values(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger=logs.AUDIT_LOGGER):
+        logs.audit(
+            "secret_created",
+            set="app",
+            secret="db",
+            version=3,
+            value="hunter2",
+            data=b"x",
+            wrapped=(SecretValue(b"hunter2"),),
+            name="clash",
+        )
+    (record,) = caplog.records
+    assert record.name == "reconciler.audit" and record.getMessage() == "secret_created"
+    rendered = logs.JsonFormatter().format(record)
+    assert "hunter2" not in rendered
+    data = json.loads(rendered)
+    assert data["event"] == "secret_created" and data["secret"] == "db" and data["version"] == 3
+    assert data["dropped"] == ["value", "data", "wrapped"] and data["name_"] == "clash"
