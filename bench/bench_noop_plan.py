@@ -7,7 +7,6 @@ Run: ``eval "$(scripts/dev-swarm up)"; python bench/bench_noop_plan.py``
 from __future__ import annotations
 
 import secrets
-import sys
 import tempfile
 from pathlib import Path
 
@@ -73,7 +72,8 @@ def main() -> None:
             assert reconcile.prepare(reconcile.load([root]), swarm).plan.empty
 
         for _ in range(2):  # warm caches on both sides
-            baseline(), engine_side()
+            baseline()
+            engine_side()
         base = timed(baseline, 15)
         engine = timed(engine_side, 15)
         whole = timed(whole_command, 5)
@@ -95,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

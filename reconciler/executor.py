@@ -33,13 +33,13 @@ from typing import Any
 from . import planner
 from .desired import Values
 from .errors import SwarmConflict, SwarmError, SwarmSecretsError
+from .logs import audit
 from .model import DesiredState, LiveState, normalize_target
 from .plan import Plan, RefChange, UpdateService
 from .planner import OLD_SEPARATOR
 from .swarm import Swarm, secret_ids_of
 
 log = logging.getLogger(__name__)
-audit_log = logging.getLogger("reconciler.audit")
 
 MAX_REPLANS = 3
 MAX_UPDATE_ATTEMPTS = 5
@@ -103,15 +103,6 @@ ProgressFn = Callable[[str, str, str], None]
 """``progress(service, state, detail)``: called on every rollout state change (for displays)."""
 
 
-def _audit(event: str, **fields: Any) -> None:
-    audit_log.info(
-        "%s %s",
-        event,
-        " ".join(f"{k}={v}" for k, v in fields.items()),
-        extra={"audit": {"event": event, **fields}},
-    )
-
-
 def observe_and_plan(
     desired: DesiredState, swarm: Swarm, *, prune_orphans: bool = False
 ) -> tuple[LiveState, Plan]:
@@ -139,9 +130,13 @@ def rewrite_secrets(
         olds = set(change.old.split(OLD_SEPARATOR)) if change.old else set()
         result = [r for r in result if not (_path(r) == change.path and r.get("SecretName") in olds)]
         if change.new is not None:
-            if any(_path(r) == change.path for r in result):
+            wanted = _ref_json(change, ids)
+            others = [r for r in result if _path(r) == change.path]
+            if others == [wanted]:
+                continue  # someone (a concurrent run) already wrote exactly this
+            if others:
                 raise SwarmConflict(f"{change.path} changed since the plan was made")
-            result.append(_ref_json(change, ids))
+            result.append(wanted)
     return result
 
 
@@ -170,8 +165,18 @@ def _ref_json(change: RefChange, ids: Mapping[str, str]) -> dict[str, Any]:
 # --- rollouts --------------------------------------------------------------------------------------
 
 
+Replan = Callable[[str], "tuple[UpdateService | None, Mapping[str, str]]"]
+"""``replan(service_id)``: observe again and return that service's fresh update (None: nothing to do)
+and the current secret name → id map."""
+
+
 def _update_service(
-    swarm: Swarm, action: UpdateService, ids: Mapping[str, str], options: ApplyOptions, progress: ProgressFn
+    swarm: Swarm,
+    action: UpdateService,
+    ids: Mapping[str, str],
+    options: ApplyOptions,
+    progress: ProgressFn,
+    replan: Replan,
 ) -> RolloutResult:
     started = time.monotonic()
     drift = any(c.reason.startswith("drift") for c in action.changes)
@@ -180,7 +185,17 @@ def _update_service(
             raw = swarm.inspect_service(action.service_id)
             spec = raw.get("Spec") or {}
             current = (spec.get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Secrets") or []
-            new = rewrite_secrets(current, action.changes, ids)
+            try:
+                new = rewrite_secrets(current, action.changes, ids)
+            except SwarmConflict:
+                # The service changed since it was planned (a concurrent run, a person): plan it again.
+                fresh, ids = replan(action.service_id)
+                if fresh is None:
+                    return RolloutResult(
+                        service=action.service, outcome=OUTCOME_UNCHANGED, detail="already up to date"
+                    )
+                action = fresh
+                continue
             if new == current:
                 return RolloutResult(
                     service=action.service, outcome=OUTCOME_UNCHANGED, detail="already up to date"
@@ -195,7 +210,7 @@ def _update_service(
                     attempt,
                 )
                 continue
-            _audit(
+            audit(
                 "service_updated",
                 service=action.service,
                 changes=[f"{c.path}:{c.old}->{c.new}" for c in action.changes],
@@ -243,28 +258,36 @@ def _watch(
     a terminal UpdateStatus *and* the up-to-date tasks running, as many as desired)."""
     deadline = started + options.timeout
     last = ""
+    task_error = ""
+    rollback_why = ""
     while True:
         probe = swarm.rollout_probe(service_id)
         fresh = probe.state is not None and probe.started_at != baseline_started_at
         state = probe.state if fresh else None
+        task_error = task_error or (probe.failed_tasks[0] if probe.failed_tasks else "")
         status = f"{state or 'pending'} {probe.running}/{probe.desired} running"
         if status != last:
             progress(service, state or "updating", f"{probe.running}/{probe.desired} tasks running")
             last = status
-        if not written <= probe.spec_secret_ids or state in (
-            "rollback_started",
-            "rollback_paused",
-            "rollback_completed",
-        ):
-            why = probe.message or "the service spec no longer holds the new secret versions"
-            if probe.failed_tasks:
-                why += f"; task error: {probe.failed_tasks[0]}"
-            progress(service, OUTCOME_ROLLED_BACK, why)
-            return RolloutResult(service=service, outcome=OUTCOME_ROLLED_BACK, detail=f"rolled back: {why}")
+        rolling_back = state in ("rollback_started", "rollback_paused", "rollback_completed")
+        if rolling_back or not written <= probe.spec_secret_ids:
+            # Swarm (FailureAction: rollback) or a person rolled back: the old versions run again. Keep
+            # watching until the rollback itself ends, so the report says what state the service is in.
+            rollback_why = (
+                rollback_why or probe.message or "the service spec no longer holds the new versions"
+            )
+            settled = state in ("rollback_completed", "rollback_paused") or not rolling_back
+            if settled or time.monotonic() >= deadline:
+                why = rollback_why + (f"; task error: {task_error}" if task_error else "")
+                end = "" if settled else "; the rollback was still running at the timeout"
+                where = f"{state or 'spec reverted'}, {probe.running}/{probe.desired} running{end}"
+                detail = f"rolled back: {why} ({where})"
+                progress(service, OUTCOME_ROLLED_BACK, detail)
+                return RolloutResult(service=service, outcome=OUTCOME_ROLLED_BACK, detail=detail)
+            time.sleep(options.poll_interval)
+            continue
         if state == "paused":
-            why = probe.message or "update paused"
-            if probe.failed_tasks:
-                why += f"; task error: {probe.failed_tasks[0]}"
+            why = (probe.message or "update paused") + (f"; task error: {task_error}" if task_error else "")
             progress(service, OUTCOME_PAUSED, why)
             return RolloutResult(
                 service=service,
@@ -280,8 +303,8 @@ def _watch(
             )
         if time.monotonic() >= deadline:
             detail = f"timed out after {options.timeout:.0f} s ({status})"
-            if probe.failed_tasks:
-                detail += f"; task error: {probe.failed_tasks[0]}"
+            if task_error:
+                detail += f"; task error: {task_error}"
             progress(service, OUTCOME_TIMED_OUT, detail)
             return RolloutResult(service=service, outcome=OUTCOME_TIMED_OUT, detail=detail)
         time.sleep(options.poll_interval)
@@ -320,7 +343,7 @@ def execute(
                 conflict = True
                 break
             created.append(action.name)
-            _audit(
+            audit(
                 "secret_created",
                 set=action.set_name,
                 secret=action.secret,
@@ -341,16 +364,22 @@ def execute(
         # A version vanished between create and now (a concurrent collector): the next run recreates it.
         errors.append("new versions disappeared right after creation (a concurrent run?); run apply again")
     ids = {s.name: s.id for s in live.secrets}
+
+    def replan(service_id: str) -> tuple[UpdateService | None, Mapping[str, str]]:
+        fresh_live, fresh = observe_and_plan(desired, swarm, prune_orphans=options.prune_orphans)
+        update = next((u for u in fresh.updates if u.service_id == service_id), None)
+        return update, {s.name: s.id for s in fresh_live.secrets}
+
     rollouts: list[RolloutResult] = []
     updates = current.updates
     if updates:
         with ThreadPoolExecutor(
             max_workers=max(1, options.concurrency), thread_name_prefix="rollout"
         ) as pool:
-            futures = [pool.submit(_update_service, swarm, a, ids, options, report) for a in updates]
+            futures = [pool.submit(_update_service, swarm, a, ids, options, report, replan) for a in updates]
             rollouts = [f.result() for f in futures]
     for result in rollouts:
-        _audit("rollout_finished", service=result.service, outcome=result.outcome, detail=result.detail)
+        audit("rollout_finished", service=result.service, outcome=result.outcome, detail=result.detail)
 
     # 3. collect: ask again now that rollouts moved references into PreviousSpec.
     removed: list[str] = []
@@ -367,7 +396,7 @@ def execute(
             warnings.append(f"kept {removal.name}: {exc}")
             continue
         removed.append(removal.name)
-        _audit(
+        audit(
             "secret_removed",
             set=removal.set_name,
             secret=removal.secret,

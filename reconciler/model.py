@@ -103,7 +103,7 @@ class SecretValue:
         # values are not needed anywhere.
         raise TypeError("SecretValue is not hashable")
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str | tuple[object, ...]:
         raise TypeError("SecretValue cannot be pickled")
 
 

@@ -48,7 +48,10 @@ class StatusReport:
     secrets: tuple[SecretStatus, ...]
     orphaned_sets: tuple[str, ...]
     unmanaged_unreferenced: tuple[str, ...]
-    unmanaged_in_use: tuple[str, ...]
+    """Secrets without our labels that nothing references (e.g. what a migration replaced, once no
+    rollback can bring it back). Never removed by this tool; listed so a person can."""
+    unmanaged_referenced: tuple[tuple[str, str], ...]
+    """(name, why) of secrets without our labels that a service, a rollback target or a task uses."""
 
 
 def build_status(live: LiveState, sets: Mapping[str, int] | None = None) -> StatusReport:
@@ -95,7 +98,9 @@ def build_status(live: LiveState, sets: Mapping[str, int] | None = None) -> Stat
         secrets=tuple(statuses),
         orphaned_sets=orphaned,
         unmanaged_unreferenced=tuple(sorted(s.name for s in unmanaged if s.id not in kept_reasons)),
-        unmanaged_in_use=tuple(sorted(s.name for s in unmanaged if s.id in kept_reasons)),
+        unmanaged_referenced=tuple(
+            sorted((s.name, kept_reasons[s.id]) for s in unmanaged if s.id in kept_reasons)
+        ),
     )
 
 
@@ -137,6 +142,6 @@ def render_status_text(report: StatusReport) -> str:
         lines.append(
             "unmanaged secrets nothing references (left alone): " + ", ".join(report.unmanaged_unreferenced)
         )
-    if report.unmanaged_in_use:
-        lines.append("unmanaged secrets in use (left alone): " + ", ".join(report.unmanaged_in_use))
+    for name, why in report.unmanaged_referenced:
+        lines.append(f"unmanaged secret {name} (left alone): {why}")
     return "\n".join(lines) + "\n"

@@ -215,6 +215,12 @@ class Swarm:
     def close(self) -> None:
         self._api.close()
 
+    def __enter__(self) -> Swarm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         try:
             return fn()

@@ -124,6 +124,7 @@ def test_failed_rollout_is_rolled_back_and_reported(lab: Lab, api: docker.APICli
     # the old version is intact and still what the service runs
     assert lab.service_secret_names(svc) == {flag: f"{flag}_v1"}
     assert f"{flag}_v1" in lab.secret_names()
+    lab.wait_running(svc, 1)
     assert lab.read_in_task(svc, f"/run/secrets/{flag}")[0] == b"good"
 
 
@@ -170,8 +171,16 @@ def test_unmanaged_objects_are_untouched_and_migration(lab: Lab, api: docker.API
     status = run(lab, "status", str(lab.root), "--format", "json")
     assert status.exit_code == 0, status.output
     report = json.loads(status.stdout)
+    # the hand-made secret is the app's rollback target for now
+    reasons = dict(report["unmanaged_referenced"])
+    assert reasons[pw].startswith(f"rollback target of {app} (PreviousSpec)")
+    assert other not in report["unmanaged_unreferenced"]
+    # after the next rotation nothing can bring it back: unmanaged and unreferenced, still not removed
+    assert apply(lab, PW="rotated").exit_code == 0
+    report = json.loads(run(lab, "status", str(lab.root), "--format", "json").stdout)
     assert pw in report["unmanaged_unreferenced"]
     assert other not in report["unmanaged_unreferenced"]
+    assert pw in lab.secret_names()
 
 
 def test_unmanaged_secret_blocking_a_name_is_a_clear_error(lab: Lab, api: docker.APIClient) -> None:

@@ -1,0 +1,291 @@
+"""Validate a manifest document against ``schemas/manifest.v1.json`` and explain each failure plainly.
+
+jsonschema's own messages (``{} should be non-empty``, ``'x' does not match '^[a-z0-9]...'``) tell an
+operator little. This module turns every validation error into ``(path, message)`` where the message
+says what is wrong and what to write instead, chosen by the ``title`` of the failing sub-schema (every
+sub-schema an error can come from has one) and the failing keyword.
+
+The schema is found as package data (``reconciler/schemas/`` in a wheel, via hatch force-include) or,
+in a source checkout, in ``schemas/`` next to the package.
+
+This module does no I/O besides reading the schema once, and knows nothing about files or lines.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import functools
+import importlib.resources
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from jsonschema import Draft202012Validator
+
+from reconciler.model import MAX_OBJECT_NAME
+from reconciler.yamlload import PathKey
+
+SCHEMA_FILE = "manifest.v1.json"
+
+VERSION_ROOM = len("_v") + 4
+"""Characters a logical name leaves for its version suffix: ``_v`` and up to 4 digits (``_v9999``)."""
+MAX_SECRET_NAME = MAX_OBJECT_NAME - VERSION_ROOM
+"""58: the schema's ``maxLength`` for a logical secret name (a unit test keeps the two in step)."""
+
+
+@functools.cache
+def manifest_schema() -> dict[str, Any]:
+    """The v1 manifest JSON Schema (draft 2020-12), loaded once."""
+    packaged = importlib.resources.files("reconciler") / "schemas" / SCHEMA_FILE
+    if packaged.is_file():
+        text = packaged.read_text(encoding="utf-8")
+    else:  # editable install or source checkout: the schema lives at the repository top
+        text = (Path(__file__).resolve().parent.parent / "schemas" / SCHEMA_FILE).read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@functools.cache
+def _validator() -> Draft202012Validator:
+    schema = manifest_schema()
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def schema_problems(data: object) -> list[tuple[PathKey, str]]:
+    """Every schema violation of one document as ``(path, friendly message)``, deduplicated."""
+    found: dict[tuple[PathKey, str], None] = {}
+    for error in _validator().iter_errors(data):
+        for problem in _translate(error):
+            found.setdefault(problem, None)
+    return list(found)
+
+
+# --- translation -------------------------------------------------------------------------------------
+
+
+def _translate(error: jsonschema.ValidationError) -> Iterable[tuple[PathKey, str]]:
+    path: PathKey = tuple(error.absolute_path)
+    keyword = str(error.validator)
+    instance = error.instance
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    title = str(schema.get("title", ""))
+
+    if "propertyNames" in error.relative_schema_path:
+        # A bad mapping key: jsonschema reports it on the mapping; point at the key itself.
+        path = (*path, str(instance))
+    if keyword == "required":
+        # jsonschema reports each missing field separately, with the whole list; duplicates are dropped
+        # by the caller.
+        for name in schema.get("required", []):
+            if isinstance(instance, dict) and name not in instance:
+                yield path, f"missing required field '{name}'{_REQUIRED_HINTS.get(name, '')}"
+        return
+    if keyword == "additionalProperties" and isinstance(instance, dict):
+        allowed = sorted(schema.get("properties", {}))
+        for key in instance:
+            if key not in allowed:
+                yield (*path, str(key)), _unknown_field(str(key), allowed)
+        return
+    messages = _FRIENDLY.get(title, {})
+    friendly = messages.get(keyword) or messages.get("*")
+    yield path, friendly(instance) if friendly else _generic(error)
+
+
+def _unknown_field(key: str, allowed: list[str]) -> str:
+    guess = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    hint = f"; did you mean '{guess[0]}'?" if guess else ""
+    return f"unknown field '{key}'{hint} (allowed here: {', '.join(allowed)})"
+
+
+def _generic(error: jsonschema.ValidationError) -> str:
+    keyword = str(error.validator)
+    value = error.validator_value
+    if keyword == "type":
+        return f"expected {_a_type(value)}, got {_yaml_type(error.instance)}"
+    if keyword == "const":
+        return f"must be {value!r}, got {_show(error.instance)}"
+    if keyword == "minLength":
+        return "must not be empty"
+    return f"{_show(error.instance)} is not valid here ({keyword}: {value!r})"
+
+
+_REQUIRED_HINTS = {
+    "apiVersion": ": add `apiVersion: swarm-secrets/v1`",
+    "kind": ": add `kind: SecretSet`",
+    "metadata": ": add `metadata: {name: <set name>}`",
+    "spec": ": add `spec: {secrets: {...}}`",
+    "name": ": the set's name (lowercase letters, digits, '-')",
+    "secrets": ": the secrets of this set, by name (may be `{}`)",
+    "source": ": where the value comes from, one of `sops: {file: ...}`, `file: <path>`, `env: <VARIABLE>`",
+    "file": ": the path of the encrypted file, relative to this manifest's folder",
+    "service": ": the service name",
+}
+
+_YAML_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean"),  # before int: bool is an int in Python
+    (int, "an integer"),
+    (float, "a number"),
+    (str, "a string"),
+    (dict, "a mapping"),
+    (list, "a list"),
+    (bytes, "binary data"),
+    (datetime.date, "a date"),
+    (type(None), "nothing (null)"),
+)
+_SCHEMA_TYPES = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "a boolean",
+    "null": "null",
+}
+
+
+def _yaml_type(value: object) -> str:
+    for cls, name in _YAML_TYPES:
+        if isinstance(value, cls):
+            return name
+    return type(value).__name__
+
+
+def _a_type(schema_type: object) -> str:
+    names = schema_type if isinstance(schema_type, list) else [schema_type]
+    # "null" is allowed for optional collections only to let `services:` stand empty; not worth saying.
+    names = [n for n in names if n != "null"] or names
+    return " or ".join(_SCHEMA_TYPES.get(str(n), str(n)) for n in names)
+
+
+def _show(value: object) -> str:
+    """A manifest value for a message (manifests hold no secret values), shortened."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, dict | list):
+        return _yaml_type(value)
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+Message = Callable[[object], str]
+"""Builds a friendly message from the offending manifest value."""
+
+
+def _name_rule(kind: str, rule: str, limit: int) -> dict[str, Message]:
+    def bad(value: object) -> str:
+        return f"{_show(value)} is not a valid {kind}: use {rule}"
+
+    def too_long(value: object) -> str:
+        return f"{kind} {_show(value)} is {len(str(value))} characters; the limit is {limit}"
+
+    return {"pattern": bad, "type": bad, "minLength": bad, "maxLength": too_long}
+
+
+def _secret_name_too_long(value: object) -> str:
+    return (
+        f"secret name {_show(value)} is {len(str(value))} characters, too long: versions are named "
+        f"'<name>_v<N>' and Swarm allows {MAX_OBJECT_NAME} characters, so with room for '_v9999' "
+        f"a name can have at most {MAX_SECRET_NAME} (len(name) + len('_v') + 4 <= {MAX_OBJECT_NAME}); "
+        "shorten it"
+    )
+
+
+def _mode(value: object) -> str:
+    shown = oct(value) if isinstance(value, int) and not isinstance(value, bool) else _show(value)
+    return (
+        f"{shown} is not an octal mode: use a quoted octal string from '0000' to '0777' such as "
+        "'0440' (setuid, setgid and sticky bits are not allowed)"
+    )
+
+
+def _key_path(value: object) -> str:
+    return (
+        f"{_show(value)} is not a valid key path: write keys separated by single dots (db.password), "
+        "or a list of keys ([db, host.name]) when a key contains dots"
+    )
+
+
+def _too_many_sources(value: object) -> str:
+    found = ", ".join(map(str, value)) if isinstance(value, dict) else "several"
+    return f"source needs exactly one of sops, file, env; found {found}: keep one"
+
+
+_NAME_CHARS = "letters, digits, '_', '.', '-', starting with a letter or digit"
+_SET_CHARS = "lowercase letters, digits and '-', starting with a letter or digit"
+
+# title of the failing sub-schema -> failing keyword ("*": any other) -> message
+_FRIENDLY: dict[str, dict[str, Message]] = {
+    "set name": _name_rule("set name", _SET_CHARS, 40),
+    "secret name": {
+        **_name_rule("secret name", _NAME_CHARS, MAX_SECRET_NAME),
+        "maxLength": _secret_name_too_long,
+    },
+    "service name": _name_rule("service name", _NAME_CHARS, 63),
+    "keep": {
+        "*": lambda v: f"keep must be an integer >= 0 (how many superseded versions to keep), got {_show(v)}",
+    },
+    "secret": {
+        "type": lambda v: (
+            "a secret must be a mapping with `source` (and optionally `labels`, `services`); "
+            f"got {_yaml_type(v)}"
+        ),
+    },
+    "source": {
+        "minProperties": lambda v: "source needs exactly one of sops, file, env; found none",
+        "maxProperties": _too_many_sources,
+        "type": lambda v: (
+            f"source must be a mapping with exactly one of sops, file, env; got {_yaml_type(v)}"
+        ),
+    },
+    "sops source": {
+        "type": lambda v: (
+            f"sops must be a mapping like {{file: x.enc.yaml, key: db.password}}; got {_yaml_type(v)}"
+        ),
+    },
+    "key path": {
+        "minItems": lambda v: "key list must not be empty; omit `key` to take the whole decrypted file",
+        "*": _key_path,
+    },
+    "file path": {
+        "*": lambda v: "must be a path relative to this manifest's folder, and not empty",
+    },
+    "variable name": {
+        "*": lambda v: (
+            f"{_show(v)} is not an environment variable name: use letters, digits and '_', "
+            "not starting with a digit"
+        ),
+    },
+    "services": {
+        "type": lambda v: f"services must be a list of service names or mappings; got {_yaml_type(v)}",
+    },
+    "service grant": {
+        "type": lambda v: (
+            "a service entry is a service name or a mapping with service, target, uid, gid, mode; "
+            f"got {_yaml_type(v)}"
+        ),
+    },
+    "target": {
+        "*": lambda v: (
+            f"{_show(v)} is not a valid target: give a file path, relative to /run/secrets or "
+            "absolute, not ending in '/'"
+        ),
+    },
+    "numeric id": {
+        "*": lambda v: f'{_show(v)} is not a numeric id: use digits, like "1000"',
+    },
+    "file mode": {"*": _mode},
+    "labels": {
+        "type": lambda v: f"labels must be a mapping of string keys to string values; got {_yaml_type(v)}",
+    },
+    "label key": {
+        "not": lambda v: f"label {_show(v)} uses the reserved prefix 'io.swarm-secrets.': choose another key",
+        "*": lambda v: "label keys must not be empty",
+    },
+    "label value": {
+        "*": lambda v: f"label values must be strings; got {_yaml_type(v)} {_show(v)}: quote it",
+    },
+}

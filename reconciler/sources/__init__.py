@@ -1,0 +1,71 @@
+"""Turn the sources a manifest declares into secret values, reporting every failure at once.
+
+``resolve(sets)`` reads each secret's value from its source (``sops.py``, ``file.py``, ``env.py``),
+checks it is neither empty nor too big for Swarm, and wraps it in :class:`~reconciler.model.SecretValue`
+at once. Failures are collected into one :class:`~reconciler.errors.SourceError`, each located at the
+secret's manifest line and the path of the faulty source field (``spec.secrets.pw.source.sops.key``).
+
+Values never go into a log line, an exception, argv or a file. Callers should keep the returned dict
+only as long as they need it (fingerprinting, then the Engine request).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from reconciler.errors import Problem, SourceError
+from reconciler.manifest import display_path
+from reconciler.model import EnvSource, FileSource, SecretSet, SecretSpec, SecretValue, SopsSource
+from reconciler.sources.base import SourceFailure, check_size
+from reconciler.sources.env import read_env
+from reconciler.sources.file import read_file
+from reconciler.sources.sops import SopsDecryptor, key_text
+
+__all__ = ["resolve"]
+
+
+def resolve(
+    sets: Sequence[SecretSet], environ: Mapping[str, str] | None = None
+) -> dict[tuple[str, str], SecretValue]:
+    """The value of every secret, keyed by ``(set name, secret name)``.
+
+    ``environ`` is the environment for ``env`` sources, for finding sops (``SWARM_SECRETS_SOPS``) and
+    for the sops process itself (age/KMS credentials); default: this process's environment. Each
+    encrypted file is decrypted once however many secrets use it. Raises ``SourceError`` listing every
+    secret that could not be resolved.
+    """
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    decryptor = SopsDecryptor(env)
+    values: dict[tuple[str, str], SecretValue] = {}
+    problems: list[Problem] = []
+    for secret_set in sets:
+        for spec in secret_set.secrets:
+            try:
+                values[(secret_set.name, spec.name)] = SecretValue(_fetch(spec, env, decryptor))
+            except SourceFailure as failure:
+                origin = spec.origin
+                problems.append(
+                    Problem(
+                        origin.file, origin.line, f"{origin.path}.source.{failure.field}", failure.message
+                    )
+                )
+    if problems:
+        raise SourceError(problems)
+    return values
+
+
+def _fetch(spec: SecretSpec, environ: Mapping[str, str], decryptor: SopsDecryptor) -> bytes:
+    source = spec.source
+    if isinstance(source, SopsSource):
+        data = decryptor.value(source)
+        if source.key is None:
+            check_size(len(data), f"decrypted file {display_path(source.file)}", "sops.file")
+        else:
+            check_size(len(data), f"key {key_text(source.key)} of {display_path(source.file)}", "sops.key")
+        return data
+    if isinstance(source, FileSource):
+        return read_file(source)
+    if isinstance(source, EnvSource):
+        return read_env(source, environ)
+    raise TypeError(f"unknown source type {type(source).__name__}")  # a bug: model.Source grew a kind

@@ -1,0 +1,234 @@
+"""Read YAML documents with the line of every node, refusing duplicate keys.
+
+``manifest.py`` needs two things PyYAML's ``safe_load`` does not give: the line where each mapping key
+or sequence item stands (so a problem can say ``file:line``), and an error on a repeated mapping key
+(PyYAML silently keeps the last one, which hides an operator's mistake).
+
+So documents are *composed* into nodes by a :class:`yaml.SafeLoader` and then *built* here by a small
+walk that records ``path → line`` and checks keys. Composing first also lets the caller skip
+documents that are not ours (a sops-encrypted file, ``.sops.yaml``) without constructing them, so
+their custom tags or odd keys never cause errors.
+
+Rules of the walk: scalars are constructed by the safe constructor (``0440`` is the octal integer 288,
+``true`` a bool); mapping keys are always their text; merge keys (``<<``) work; a recursive alias is
+refused, and so is a document that expands to more than :data:`MAX_NODES` nodes (aliases can blow
+up a small file).
+
+This module reads only the text it is given: no file system access, no logging of content.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TypeAlias
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+PathKey: TypeAlias = tuple[str | int, ...]
+"""A position in a document: mapping keys (str) and sequence indexes (int) from the root."""
+
+MAX_NODES = 100_000
+"""A manifest has a few hundred nodes; more means an alias bomb or the wrong file."""
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class YamlProblem(Exception):
+    """A document cannot be read: syntax error, duplicate key, bad tag. ``line`` is 1-based."""
+
+    def __init__(self, message: str, line: int | None, path: PathKey = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.path = path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Document:
+    """One built YAML document and where each of its parts stands in the file."""
+
+    data: object
+    line: int
+    """Line of the document's root node (1-based)."""
+    lines: Mapping[PathKey, int]
+    """Line of every mapping key and sequence item, by path; ``()`` is the root."""
+
+    def line_of(self, path: PathKey) -> int:
+        """The line of ``path``, or of its nearest ancestor that exists (e.g. for a missing key)."""
+        for end in range(len(path), -1, -1):
+            line = self.lines.get(path[:end])
+            if line is not None:
+                return line
+        return self.line
+
+
+def format_path(path: PathKey) -> str:
+    """``('spec', 'secrets', 'pw', 'services', 1, 'mode')`` → ``spec.secrets.pw.services[1].mode``.
+
+    Keys that are not plain words (``com.example.team``, ``db.password``) are quoted in brackets so
+    the path stays unambiguous.
+    """
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _PLAIN_KEY.match(part):
+            out += f".{part}" if out else part
+        else:
+            out += f'["{part}"]'
+    return out
+
+
+class ComposedDocument:
+    """A composed (not yet built) document: cheap to peek into, built only when it is ours."""
+
+    def __init__(self, loader: yaml.SafeLoader, node: Node) -> None:
+        self._loader = loader
+        self.node = node
+
+    @property
+    def line(self) -> int:
+        return int(self.node.start_mark.line) + 1
+
+    def top_level_text(self, key: str) -> str | None:
+        """The text of a top-level scalar ``key`` if the root is a mapping that has one, else None."""
+        if not isinstance(self.node, MappingNode):
+            return None
+        for key_node, value_node in self.node.value:
+            if isinstance(key_node, ScalarNode) and key_node.value == key:
+                return str(value_node.value) if isinstance(value_node, ScalarNode) else None
+        return None
+
+    def build(self) -> Document:
+        """Construct the Python data and the line map; raises :class:`YamlProblem`."""
+        builder = _Builder(self._loader)
+        data = builder.build(self.node, (), set())
+        return Document(data=data, line=self.line, lines=builder.lines)
+
+
+def compose_documents(text: str) -> Iterator[ComposedDocument]:
+    """Compose each document of ``text`` in order; a YAML syntax error raises :class:`YamlProblem`.
+
+    Documents before the error are yielded first, so the caller can still use them.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is not None:
+                yield ComposedDocument(loader, node)
+    except yaml.MarkedYAMLError as exc:
+        raise YamlProblem(_describe(exc), _mark_line(exc)) from None
+    except yaml.YAMLError as exc:  # ReaderError (bad bytes) and friends carry no mark
+        raise YamlProblem(f"not readable as YAML: {exc}", None) from None
+    finally:
+        loader.dispose()
+
+
+def _mark_line(exc: yaml.MarkedYAMLError) -> int | None:
+    mark = exc.problem_mark or exc.context_mark
+    return int(mark.line) + 1 if mark is not None else None
+
+
+def _describe(exc: yaml.MarkedYAMLError) -> str:
+    # PyYAML's str() spans several lines with a caret drawing; keep the words only. The problem line
+    # is where the parser gave up; where the construct began (an unclosed bracket) is often the fix.
+    context = exc.context or ""
+    if (
+        context
+        and exc.context_mark is not None
+        and exc.problem_mark is not None
+        and exc.context_mark.line != exc.problem_mark.line
+    ):
+        context += f" (started on line {exc.context_mark.line + 1})"
+    parts = [p for p in (context, exc.problem) if p]
+    return "YAML syntax error: " + ", ".join(parts) if parts else "YAML syntax error"
+
+
+class _Builder:
+    """Walks composed nodes into plain data, recording lines and refusing duplicate keys."""
+
+    def __init__(self, loader: yaml.SafeLoader) -> None:
+        self._loader = loader
+        self.lines: dict[PathKey, int] = {}
+        self._count = 0
+
+    def build(self, node: Node, path: PathKey, active: set[int]) -> object:
+        self._count += 1
+        if self._count > MAX_NODES:
+            raise YamlProblem(
+                f"document expands to more than {MAX_NODES} nodes (alias bomb?); split it or drop aliases",
+                int(node.start_mark.line) + 1,
+                path,
+            )
+        if path not in self.lines:
+            self.lines[path] = int(node.start_mark.line) + 1
+        if isinstance(node, ScalarNode):
+            return self._scalar(node, path)
+        if id(node) in active:
+            raise YamlProblem("recursive alias: a node contains itself", int(node.start_mark.line) + 1, path)
+        active.add(id(node))
+        try:
+            if isinstance(node, SequenceNode):
+                return [self.build(item, (*path, i), active) for i, item in enumerate(node.value)]
+            if isinstance(node, MappingNode):
+                return self._mapping(node, path, active)
+        finally:
+            active.discard(id(node))
+        raise YamlProblem(f"unsupported YAML node {type(node).__name__}", int(node.start_mark.line) + 1, path)
+
+    def _scalar(self, node: ScalarNode, path: PathKey) -> object:
+        try:
+            return self._loader.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError as exc:
+            raise YamlProblem(
+                _describe(exc).replace("YAML syntax error", "bad YAML value"), _mark_line(exc), path
+            ) from None
+
+    def _mapping(self, node: MappingNode, path: PathKey, active: set[int]) -> dict[str, object]:
+        # Merged mappings (`<<: *anchor`) first, so the lines of keys written here win over theirs.
+        merged: dict[str, object] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                merged.update(self._merge_source(value_node, path, active))
+        result: dict[str, object] = {}
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key_line = int(key_node.start_mark.line) + 1
+            if key_node.tag == _MERGE_TAG:
+                continue
+            if not isinstance(key_node, ScalarNode):
+                raise YamlProblem("mapping keys must be plain text, not a list or mapping", key_line, path)
+            # Keys are compared and kept as written: `on:` stays "on", never True.
+            key = str(key_node.value)
+            if key in seen:
+                raise YamlProblem(
+                    f"duplicate key '{key}' (first on line {seen[key]}): YAML would silently keep only "
+                    "the last one; remove or rename one of them",
+                    key_line,
+                    (*path, key),
+                )
+            seen[key] = key_line
+            self.lines[(*path, key)] = key_line
+            result[key] = self.build(value_node, (*path, key), active)
+        # Keys written in the mapping itself win over merged ones, as YAML's merge key specifies.
+        return {**merged, **result} if merged else result
+
+    def _merge_source(self, node: Node, path: PathKey, active: set[int]) -> dict[str, object]:
+        sources = node.value if isinstance(node, SequenceNode) else [node]
+        merged: dict[str, object] = {}
+        for source in reversed(sources):  # earlier mappings in the list win
+            if not isinstance(source, MappingNode):
+                raise YamlProblem(
+                    "a merge key (<<) needs a mapping or a list of mappings",
+                    int(source.start_mark.line) + 1,
+                    path,
+                )
+            built = self.build(source, path, active)
+            assert isinstance(built, dict)
+            merged.update(built)
+        return merged
