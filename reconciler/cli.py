@@ -96,18 +96,15 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
-_handler: logging.Handler | None = None
-
-
 def configure_logging(level: str, fmt: str) -> None:
-    """Send log records at ``level`` and above to stderr, as text or JSON lines; safe to call again."""
-    global _handler
+    """Send log records at ``level`` and above to stderr, as text or JSON lines; safe to call again
+    (in-process callers such as tests invoke the CLI many times: every earlier handler of ours goes)."""
     root = logging.getLogger()
-    if _handler is not None:
-        root.removeHandler(_handler)
-    _handler = _StderrHandler()
-    _handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    root.addHandler(_handler)
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(old)
+    handler = _StderrHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root.addHandler(handler)
     root.setLevel(level.upper())
 
 
@@ -388,3 +385,158 @@ def status(paths: tuple[Path, ...], docker_host: str | None, fmt: str) -> None:
     with Swarm.connect(docker_host) as swarm:
         report = build_status(swarm.observe(), sets)
     click.echo(render_status_json(report) if fmt == "json" else render_status_text(report), nl=False)
+
+
+# --- the long-running reconciler ----------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path), default=None)
+@engine_options
+@click.option(
+    "--fingerprint-key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="HMAC key file for fingerprints (default: the key kept in the swarm).",
+)
+@click.option("--git-url", default=None, help="Follow this git repository instead of a local PATH.")
+@click.option("--git-ref", default="main", show_default=True, help="Branch or tag to follow.")
+@click.option("--git-path", default=".", show_default=True, help="Manifest folder inside the repository.")
+@click.option(
+    "--git-token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="File with an https access token (never put tokens in the URL).",
+)
+@click.option(
+    "--git-ssh-key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Private deploy key for ssh URLs (mode 0400).",
+)
+@click.option(
+    "--git-known-hosts-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="known_hosts for ssh; unknown host keys are then refused.",
+)
+@click.option(
+    "--checkout-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where to keep the git checkout (default: a folder under the temp dir).",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=1),
+    default=60,
+    show_default=True,
+    help="Seconds between periodic reconciliations (±10% jitter).",
+)
+@click.option(
+    "--debounce",
+    type=click.FloatRange(min=0),
+    default=2,
+    show_default=True,
+    help="Seconds to gather triggers (events, webhooks) into one reconciliation.",
+)
+@click.option(
+    "--listen",
+    default=":8080",
+    show_default=True,
+    help="HTTP address for /healthz, /readyz, /metrics, /reconcile and /hooks/*; 'off' disables.",
+)
+@click.option(
+    "--webhook-secret-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Shared secret for GitHub/Gitea signatures and GitLab tokens (enables /hooks/*).",
+)
+@click.option(
+    "--events/--no-events",
+    default=True,
+    show_default=True,
+    help="Reconcile when secrets or services change in the swarm (drift within seconds).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=300,
+    show_default=True,
+    help="Seconds to wait for each service's rollout.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Service rollouts run and watched at the same time.",
+)
+@click.option("--prune-orphans", is_flag=True, help="Also revoke and collect sets without a manifest.")
+@handle_errors
+def run(
+    path: Path | None,
+    docker_host: str | None,
+    fingerprint_key_file: Path | None,
+    git_url: str | None,
+    git_ref: str,
+    git_path: str,
+    git_token_file: Path | None,
+    git_ssh_key_file: Path | None,
+    git_known_hosts_file: Path | None,
+    checkout_dir: Path | None,
+    interval: float,
+    debounce: float,
+    listen: str,
+    webhook_secret_file: Path | None,
+    events: bool,
+    timeout: float,
+    concurrency: int,
+    prune_orphans: bool,
+) -> None:
+    """Reconcile continuously: on start, every --interval, on webhooks, on git changes and on swarm
+    events. SIGTERM finishes the step in hand and exits 0."""
+    import tempfile
+    import threading
+
+    from reconciler.gitsync import GitSettings, GitSync
+    from reconciler.loop import LoopSettings, Reconciler, with_git
+    from reconciler.service import TickSettings, docker_events, make_tick
+
+    if git_url is None and path is None:
+        path = manifest.DEFAULT_PATH
+    if git_url is not None and path is not None:
+        raise ConfigError("give either a manifest PATH or --git-url, not both")
+    tick = make_tick(
+        TickSettings(
+            manifests=path or Path("."),
+            docker_host=docker_host,
+            fingerprint_key_file=fingerprint_key_file,
+            apply=ApplyOptions(timeout=timeout, concurrency=concurrency, prune_orphans=prune_orphans),
+        )
+    )
+    if git_url is not None:
+        sync = GitSync(
+            GitSettings(
+                url=git_url,
+                ref=git_ref,
+                path=git_path,
+                checkout_dir=checkout_dir or Path(tempfile.gettempdir()) / "swarm-secrets-checkout",
+                token_file=git_token_file,
+                ssh_key_file=git_ssh_key_file,
+                known_hosts_file=git_known_hosts_file,
+            )
+        )
+        tick = with_git(tick, sync.sync)
+    settings = LoopSettings(
+        manifests_dir=path,
+        interval=interval,
+        debounce=debounce,
+        listen=None if listen == "off" else listen,
+        webhook_secret_file=webhook_secret_file,
+    )
+    stop = threading.Event()
+    reconciler = Reconciler(settings, tick, stop_event=stop)
+    feed = docker_events(docker_host, stop) if events else None
+    code = reconciler.run(events=feed)
+    raise click.exceptions.Exit(code)
