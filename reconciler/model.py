@@ -17,6 +17,7 @@ This module is pure: no I/O, no docker, no subprocess, no clock.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import posixpath
 from collections.abc import Mapping
@@ -49,6 +50,7 @@ MAX_OBJECT_NAME = 64
 """Swarm's limit on object names (swarmkit ``manager/controlapi/common.go``)."""
 
 
+@functools.lru_cache(maxsize=65536)
 def normalize_target(target: str) -> str:
     """The absolute in-container path of a secret target: relative names land in /run/secrets.
 
@@ -223,27 +225,26 @@ class LiveSecret:
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
     created_at: str = ""
+    # Read from the labels once, at construction: the planner asks for them thousands of times.
+    set_name: str | None = field(init=False)
+    """``LABEL_SET``: the set that owns the secret, if any."""
+    logical: str | None = field(init=False)
+    """``LABEL_SECRET``: the logical secret name."""
+    version: int | None = field(init=False)
+    """``LABEL_VERSION`` when it is a decimal number."""
+    fingerprint: str | None = field(init=False)
+    """``LABEL_FINGERPRINT``."""
+    managed: bool = field(init=False)
+    """Ours: ``LABEL_MANAGED`` is "true" and the version label is a number."""
 
-    @property
-    def managed(self) -> bool:
-        return self.labels.get(LABEL_MANAGED) == "true" and self.version is not None
-
-    @property
-    def set_name(self) -> str | None:
-        return self.labels.get(LABEL_SET)
-
-    @property
-    def logical(self) -> str | None:
-        return self.labels.get(LABEL_SECRET)
-
-    @property
-    def version(self) -> int | None:
+    def __post_init__(self) -> None:
         raw = self.labels.get(LABEL_VERSION, "")
-        return int(raw) if raw.isdigit() else None
-
-    @property
-    def fingerprint(self) -> str | None:
-        return self.labels.get(LABEL_FINGERPRINT)
+        version = int(raw) if raw.isdigit() else None
+        object.__setattr__(self, "set_name", self.labels.get(LABEL_SET))
+        object.__setattr__(self, "logical", self.labels.get(LABEL_SECRET))
+        object.__setattr__(self, "version", version)
+        object.__setattr__(self, "fingerprint", self.labels.get(LABEL_FINGERPRINT))
+        object.__setattr__(self, "managed", self.labels.get(LABEL_MANAGED) == "true" and version is not None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
