@@ -246,7 +246,7 @@ def plan(
     loaded = reconcile.load(paths, revision=revision)
     with Swarm.connect(docker_host) as swarm:
         prepared = reconcile.prepare(
-            loaded, swarm, key_file=fingerprint_key_file, prune_orphans=prune_orphans
+            loaded, swarm, key_file=fingerprint_key_file, prune_orphans=prune_orphans, read_only=True
         )
     click.echo(_render(prepared.plan, fmt).rstrip("\n"))
     if detailed_exitcode and not prepared.plan.empty:

@@ -39,13 +39,20 @@ def read_key_file(path: Path) -> bytes:
     return check_key(data)
 
 
-def load_key(swarm: Swarm, key_file: Path | None) -> bytes:
-    """The fingerprint key: from ``key_file`` if given, else from (or into) the swarm's config."""
+def load_key(swarm: Swarm, key_file: Path | None, *, create: bool = True) -> bytes:
+    """The fingerprint key: from ``key_file`` if given, else from (or into) the swarm's config.
+
+    With ``create=False`` (``plan``: it must not write to the swarm) a swarm without the config gets a
+    throwaway key for this run. Nothing was ever applied there with the config's key, so nothing can
+    be compared with it anyway: every secret plans as new (or as "fingerprint key changed").
+    """
     if key_file is not None:
         return read_key_file(key_file)
     found = swarm.find_config(KEY_CONFIG_NAME)
     if found is not None:
         return check_key(found[1])
+    if not create:
+        return os.urandom(KEY_BYTES)
     labels = {LABEL_MANAGED: "true", LABEL_PREFIX + "purpose": "fingerprint-key"}
     try:
         swarm.create_config(KEY_CONFIG_NAME, os.urandom(KEY_BYTES), labels)

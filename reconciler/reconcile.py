@@ -50,9 +50,15 @@ def load(
 
 
 def prepare(
-    loaded: Loaded, swarm: Swarm, *, key_file: Path | None = None, prune_orphans: bool = False
+    loaded: Loaded,
+    swarm: Swarm,
+    *,
+    key_file: Path | None = None,
+    prune_orphans: bool = False,
+    read_only: bool = False,
 ) -> Prepared:
-    key = load_key(swarm, key_file)
+    """``read_only``: for ``plan``, which must not even create the fingerprint key config."""
+    key = load_key(swarm, key_file, create=not read_only)
     desired = build_desired(loaded.sets, loaded.values, key, revision=loaded.revision)
     live = swarm.observe()
     return Prepared(

@@ -21,8 +21,10 @@ It must not plan or decide anything: it reports what is there and does what it i
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -204,14 +206,20 @@ class Swarm:
         environment = dict(os.environ)
         if docker_host:
             environment["DOCKER_HOST"] = docker_host
+        if "DOCKER_HOST" not in environment:
+            context_host = _current_context_host()
+            if context_host:
+                environment["DOCKER_HOST"] = context_host
+        error: SwarmError | None = None
         try:
-            if "DOCKER_HOST" not in environment:
-                context_host = _current_context_host()
-                if context_host:
-                    environment["DOCKER_HOST"] = context_host
             client = docker.from_env(environment=environment, timeout=int(timeout), version="auto")
         except Exception as exc:  # noqa: BLE001 - translated right here
-            raise _translate(exc, "connecting to the Docker engine") from exc
+            error = _translate(exc, "connecting to the Docker engine")
+        if error is not None:
+            # Raised without the docker-py chain: its traceback holds the socket docker-py leaked on a
+            # failed connect, which must become garbage now (see _collect_leaked_socket).
+            _collect_leaked_socket()
+            raise error
         swarm = cls(client.api)
         swarm.check_manager()
         return swarm
@@ -377,6 +385,14 @@ class Swarm:
             yield from stream
         except Exception as exc:
             raise _translate(exc, "watching events") from exc
+
+
+def _collect_leaked_socket() -> None:
+    """docker-py leaves the socket of a failed unix connect to the garbage collector, which then warns
+    (ResourceWarning) at some random later point. Collect it now, quietly: it is closed either way."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 def _current_context_host() -> str | None:

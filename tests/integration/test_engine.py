@@ -288,3 +288,62 @@ def test_no_value_in_outputs_labels_or_temp_files(lab: Lab, api: docker.APIClien
     for service in api.services():
         assert value not in json.dumps(service)
     assert not list(tmpdir.iterdir()), "temp files left behind"
+
+
+def _snapshot(api: docker.APIClient) -> tuple[object, ...]:
+    return (
+        sorted((s["ID"], s["Version"]["Index"]) for s in api.secrets()),
+        sorted((s["ID"], s["Version"]["Index"]) for s in api.services()),
+        sorted((c["ID"], c["Version"]["Index"]) for c in api.configs()),
+    )
+
+
+def test_failures_before_mutation_change_nothing(lab: Lab, api: docker.APIClient) -> None:
+    pw, token = lab.name("pw"), lab.name("token")
+    svc = lab.create_service("app")
+    lab.manifest({pw: {"source": {"env": "PW"}, "services": [svc]}})
+    assert apply(lab, PW="one").exit_code == 0
+    before = _snapshot(api)
+    # a source that cannot be resolved, next to a change that could be applied
+    lab.manifest(
+        {
+            pw: {"source": {"env": "PW"}, "services": [svc]},
+            token: {"source": {"file": "missing.txt"}, "services": [svc]},
+        }
+    )
+    result = apply(lab, PW="two")
+    assert result.exit_code == 1
+    assert "missing.txt" in result.output and "Traceback" not in result.output
+    # an invalid manifest
+    lab.write("broken.yaml", "apiVersion: swarm-secrets/v1\nkind: SecretSet\nmetadata: {name: Bad_Name}\n")
+    result = apply(lab, PW="two")
+    assert result.exit_code == 1 and "metadata.name" in result.output
+    # an unreachable engine
+    (lab.root / "broken.yaml").unlink()
+    lab.manifest({pw: {"source": {"env": "PW"}, "services": [svc]}})
+    result = run(lab, "apply", str(lab.root), "--yes", "--docker-host", "unix:///nonexistent.sock", PW="two")
+    assert result.exit_code == 1 and result.output.startswith("error:")
+    assert _snapshot(api) == before
+
+
+def test_plan_never_writes_not_even_the_key(lab: Lab, api: docker.APIClient) -> None:
+    from reconciler.keysource import KEY_CONFIG_NAME
+
+    pw = lab.name("pw")
+    lab.manifest({pw: {"source": {"env": "PW"}, "services": []}})
+    existing = [
+        c for c in api.configs(filters={"name": KEY_CONFIG_NAME}) if c["Spec"]["Name"] == KEY_CONFIG_NAME
+    ]
+    if existing:
+        saved = api.inspect_config(existing[0]["ID"])["Spec"]
+        api.remove_config(existing[0]["ID"])
+    try:
+        before = _snapshot(api)
+        result = run(lab, "plan", str(lab.root), "--detailed-exitcode", PW="x")
+        assert result.exit_code == 2, result.output
+        assert _snapshot(api) == before
+    finally:
+        if existing:
+            import base64
+
+            api.create_config(saved["Name"], base64.b64decode(saved["Data"]), labels=saved.get("Labels"))
