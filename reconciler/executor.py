@@ -60,7 +60,7 @@ class ApplyOptions:
     """How many service rollouts run (and are watched) at the same time."""
     prune_orphans: bool = False
     """Also revoke and collect sets that have managed secrets but no loaded manifest."""
-    poll_interval: float = 0.5
+    poll_interval: float = 0.25
     """Seconds between two looks at a rollout."""
 
 

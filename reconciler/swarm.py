@@ -287,14 +287,18 @@ class Swarm:
 
     @_retry_reads
     def rollout_probe(self, service_id: str) -> RolloutProbe:
-        raw = self.inspect_service(service_id)
-        spec = raw.get("Spec") or {}
-        status = raw.get("UpdateStatus") or {}
+        # One list call with status=true carries Spec, UpdateStatus and the task counts: two requests
+        # per look instead of three (the id filter matches prefixes, so pick the exact id).
         listed = self._call(
             "reading service status",
             lambda: self._api.services(filters={"id": service_id}, status=True),
         )
-        service_status = (listed[0].get("ServiceStatus") if listed else None) or {}
+        raw = next((s for s in listed if s.get("ID") == service_id), None)
+        if raw is None:
+            raise SwarmRefused(f"service {service_id} no longer exists")
+        spec = raw.get("Spec") or {}
+        status = raw.get("UpdateStatus") or {}
+        service_status = raw.get("ServiceStatus") or {}
         tasks = self._call(
             "listing tasks",
             lambda: self._api.tasks(filters={"service": service_id, "_up-to-date": "true"}),
