@@ -186,14 +186,18 @@ def engine_options(fn: Callable[P, R]) -> Callable[P, R]:
     return fn
 
 
+fingerprint_key_option = click.option(
+    "--fingerprint-key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="File with the HMAC key for value fingerprints. Default: a random key kept in the "
+    "swarm's Docker config 'swarm-secrets-fingerprint-key' (created on first apply).",
+)
+
+
 def key_options(fn: Callable[P, R]) -> Callable[P, R]:
-    fn = click.option(
-        "--fingerprint-key-file",
-        type=click.Path(path_type=Path, dir_okay=False),
-        default=None,
-        help="File with the HMAC key for value fingerprints. Default: a random key kept in the "
-        "swarm's Docker config 'swarm-secrets-fingerprint-key' (created on first use).",
-    )(fn)
+    """The fingerprint key and the revision recorded on new versions (plan, apply)."""
+    fn = fingerprint_key_option(fn)
     fn = click.option(
         "--revision",
         default=None,
@@ -201,6 +205,35 @@ def key_options(fn: Callable[P, R]) -> Callable[P, R]:
         help="Manifest revision recorded on new versions. Default: the CI's commit variable "
         "or `git rev-parse HEAD` of the manifests.",
     )(fn)
+    return fn
+
+
+def rollout_options(fn: Callable[P, R]) -> Callable[P, R]:
+    """How changes are rolled out (apply, run)."""
+    for option in reversed(
+        (
+            click.option(
+                "--timeout",
+                type=click.FloatRange(min=1),
+                default=300,
+                show_default=True,
+                help="Seconds to wait for each service's rollout.",
+            ),
+            click.option(
+                "--concurrency",
+                type=click.IntRange(1, 64),
+                default=4,
+                show_default=True,
+                help="Service rollouts run and watched at the same time.",
+            ),
+            click.option(
+                "--prune-orphans",
+                is_flag=True,
+                help="Also revoke and collect sets that have managed secrets but no loaded manifest.",
+            ),
+        )
+    ):
+        fn = option(fn)
     return fn
 
 
@@ -260,25 +293,7 @@ def plan(
 @click.option(
     "--yes", "-y", is_flag=True, help="Apply without asking (required when stdin is not a terminal)."
 )
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=1),
-    default=300,
-    show_default=True,
-    help="Seconds to wait for each service's rollout.",
-)
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, 64),
-    default=4,
-    show_default=True,
-    help="Service rollouts run and watched at the same time.",
-)
-@click.option(
-    "--prune-orphans",
-    is_flag=True,
-    help="Also revoke and collect sets that have managed secrets but no loaded manifest.",
-)
+@rollout_options
 @click.option("--stats", is_flag=True, help="Print how many Engine API requests the run made.")
 @handle_errors
 def apply(
@@ -393,12 +408,7 @@ def status(paths: tuple[Path, ...], docker_host: str | None, fmt: str) -> None:
 @main.command()
 @click.argument("path", required=False, type=click.Path(path_type=Path), default=None)
 @engine_options
-@click.option(
-    "--fingerprint-key-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="HMAC key file for fingerprints (default: the key kept in the swarm).",
-)
+@fingerprint_key_option
 @click.option("--git-url", default=None, help="Follow this git repository instead of a local PATH.")
 @click.option("--git-ref", default="main", show_default=True, help="Branch or tag to follow.")
 @click.option("--git-path", default=".", show_default=True, help="Manifest folder inside the repository.")
@@ -458,21 +468,7 @@ def status(paths: tuple[Path, ...], docker_host: str | None, fmt: str) -> None:
     show_default=True,
     help="Reconcile when secrets or services change in the swarm (drift within seconds).",
 )
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=1),
-    default=300,
-    show_default=True,
-    help="Seconds to wait for each service's rollout.",
-)
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, 64),
-    default=4,
-    show_default=True,
-    help="Service rollouts run and watched at the same time.",
-)
-@click.option("--prune-orphans", is_flag=True, help="Also revoke and collect sets without a manifest.")
+@rollout_options
 @handle_errors
 def run(
     path: Path | None,
