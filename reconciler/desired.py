@@ -18,6 +18,7 @@ Values = Mapping[tuple[str, str], SecretValue]
 def build_desired(
     sets: Sequence[SecretSet], values: Values, key: bytes, *, revision: str | None = None
 ) -> DesiredState:
+    kid = key_id(key)
     return DesiredState(
         sets=tuple(
             DesiredSet(
@@ -27,7 +28,7 @@ def build_desired(
                     DesiredSecret(
                         set_name=secret_set.name,
                         name=spec.name,
-                        fingerprint=fingerprint(key, values[(secret_set.name, spec.name)]),
+                        fingerprint=fingerprint(key, values[(secret_set.name, spec.name)], kid=kid),
                         labels=dict(spec.labels),
                         grants=spec.grants,
                     )
@@ -37,5 +38,5 @@ def build_desired(
             for secret_set in sets
         ),
         revision=revision,
-        fingerprint_key_id=key_id(key),
+        fingerprint_key_id=kid,
     )

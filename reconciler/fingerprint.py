@@ -42,10 +42,11 @@ def key_id(key: bytes) -> str:
     return hmac.new(key, b"swarm-secrets/key-id", hashlib.sha256).hexdigest()[:12]
 
 
-def fingerprint(key: bytes, value: SecretValue) -> str:
-    """The keyed fingerprint label value of ``value``."""
+def fingerprint(key: bytes, value: SecretValue, *, kid: str | None = None) -> str:
+    """The keyed fingerprint label value of ``value``; ``kid`` is ``key_id(key)`` when the caller has
+    it already (fingerprinting many values)."""
     digest = hmac.new(key, value.reveal(), hashlib.sha256).hexdigest()
-    return f"{SCHEME}:{key_id(key)}:{digest}"
+    return f"{SCHEME}:{kid or key_id(key)}:{digest}"
 
 
 def fingerprint_key_id(label: str | None) -> str | None:
