@@ -419,6 +419,8 @@ def _wanted_change(
 
     if not refs:
         return change(None, f"grant {want.secret} to {service.name} at {path}")
+    if len(refs) == 1 and _unchanged(refs[0], grant, current):
+        return None  # the common case, checked before any reason text is built
     old = OLD_SEPARATOR.join(sorted({r.secret_name for r in refs}))
     if len(refs) > 1:
         targets = ", ".join(sorted(r.target for r in refs))
@@ -431,6 +433,14 @@ def _wanted_change(
     if owner_change:
         reason += f"; file owner/mode changed ({owner_change})"
     return change(old, reason)
+
+
+def _unchanged(ref: SecretRef, grant: ServiceGrant, current: _Current) -> bool:
+    return (
+        current.secret_id is not None
+        and ref.secret_id == current.secret_id
+        and (ref.uid, ref.gid, ref.mode) == (grant.uid, grant.gid, grant.mode)
+    )
 
 
 def _replace_reason(ref: SecretRef, want: _Wanted, current: _Current, index: _Index) -> str:

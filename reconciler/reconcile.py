@@ -13,6 +13,7 @@ to the executor; the desired state and the plan carry fingerprints.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,9 +59,12 @@ def prepare(
     read_only: bool = False,
 ) -> Prepared:
     """``read_only``: for ``plan``, which must not even create the fingerprint key config."""
-    key = load_key(swarm, key_file, create=not read_only)
-    desired = build_desired(loaded.sets, loaded.values, key, revision=loaded.revision)
-    live = swarm.observe()
+    # Observing is mostly waiting for the engine: fetch the key and fingerprint the values meanwhile.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe") as pool:
+        observing = pool.submit(swarm.observe)
+        key = load_key(swarm, key_file, create=not read_only)
+        desired = build_desired(loaded.sets, loaded.values, key, revision=loaded.revision)
+        live = observing.result()
     return Prepared(
         loaded=loaded,
         desired=desired,
