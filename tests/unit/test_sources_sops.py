@@ -194,6 +194,9 @@ def test_one_sops_process_per_file(
     assert len(values) == 6
     runs = counter.read_text().splitlines()
     assert sorted(run.split()[-1] for run in runs) == sorted([str(yaml_file), str(json_file)])
+    # sops's argument lists (visible to every user of the machine) hold paths, never a value
+    for value in values.values():
+        assert value.reveal().decode() not in counter.read_text()
 
 
 def test_failed_file_is_not_decrypted_twice(
