@@ -735,3 +735,25 @@ def test_shellcheck(shell: str, text: str, tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout
+
+
+# --- the deployment stack and the image run the real CLI --------------------------------------------------
+
+
+def test_the_stack_command_parses_with_the_real_cli() -> None:
+    stack = load(REPO / "deploy" / "stack.yml")
+    command = [re.sub(r"\$\{[^}]*\}", "git@git.example.com:ops/manifests.git", str(word))
+               for word in stack["services"]["reconciler"]["command"]]  # fmt: skip
+    parsed = parse_cli(command)
+    assert parsed.name == "run"
+    assert parsed.params["git_ssh_key_file"] == Path("/run/secrets/git_deploy_key")
+    assert parsed.params["webhook_secret_file"] == Path("/run/secrets/webhook_secret")
+    environment = stack["services"]["reconciler"]["environment"]
+    assert environment["SWARM_SECRETS_LOG_FORMAT"] in ("text", "json")
+
+
+def test_the_image_runs_the_cli() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
+    assert 'ENTRYPOINT ["swarm-secrets"]' in dockerfile
+    assert 'CMD ["run"]' in dockerfile
+    assert "/healthz" in dockerfile
