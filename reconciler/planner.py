@@ -271,6 +271,15 @@ def _plan_services(
     for name in sorted(set(wanted_by_service) - set(services)):
         granted = sorted({w.secret for w in wanted_by_service[name].values()})
         warnings.append(f"service '{name}' not found; skipped (granted {', '.join(granted)})")
+    # A paused rollout matches the manifest on paper but runs nothing new: say so even when the plan
+    # is otherwise empty, or a failed rotation would look converged.
+    for name in sorted(set(wanted_by_service) & set(services)):
+        state = services[name].update_state
+        if state in ("paused", "rollback_paused"):
+            warnings.append(
+                f"service '{name}': its last rollout is {state.replace('_', ' ')}; find the cause with "
+                f"`docker service ps {name}`, then `docker service update --rollback {name}` or re-run apply"
+            )
 
     updates: list[UpdateService] = []
     for service in sorted(live.services, key=lambda s: (s.name, s.id)):
