@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import planner
@@ -50,6 +50,7 @@ OUTCOME_PAUSED = "paused"
 OUTCOME_TIMED_OUT = "timed_out"
 OUTCOME_FAILED = "failed"
 OUTCOME_UNCHANGED = "unchanged"
+OUTCOME_HELD = "held"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +63,10 @@ class ApplyOptions:
     """Also revoke and collect sets that have managed secrets but no loaded manifest."""
     poll_interval: float = 0.25
     """Seconds between two looks at a rollout."""
+    held: frozenset[tuple[str, frozenset[str]]] = frozenset()
+    """(service id, secret names) of updates that rolled back or paused before: not tried again (the
+    long-running loop sets this so a bad value does not restart a service over and over); an update
+    to other versions, e.g. after the next commit, goes ahead."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,10 +77,17 @@ class RolloutResult:
     seconds: float = 0.0
     drift: bool = False
     """The update corrected drift (the manifest had not changed)."""
+    key: tuple[str, frozenset[str]] | None = None
+    """:func:`hold_key` of the update, so a caller can hold it after a failure."""
 
     @property
     def ok(self) -> bool:
         return self.outcome in (OUTCOME_CONVERGED, OUTCOME_UNCHANGED)
+
+    @property
+    def failed_rollout(self) -> bool:
+        """Swarm rolled the service back or paused it: retrying the same update would fail again."""
+        return self.outcome in (OUTCOME_ROLLED_BACK, OUTCOME_PAUSED)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +123,11 @@ def observe_and_plan(
 
 
 # --- service reference rewriting -------------------------------------------------------------------
+
+
+def hold_key(update: UpdateService) -> tuple[str, frozenset[str]]:
+    """What identifies an update for :attr:`ApplyOptions.held`: the service and the versions it gets."""
+    return update.service_id, frozenset(c.new for c in update.changes if c.new)
 
 
 def rewrite_secrets(
@@ -371,13 +388,26 @@ def execute(
         return update, {s.name: s.id for s in fresh_live.secrets}
 
     rollouts: list[RolloutResult] = []
-    updates = current.updates
+    updates = []
+    for update in current.updates:
+        if hold_key(update) in options.held:
+            rollouts.append(
+                RolloutResult(
+                    service=update.service,
+                    outcome=OUTCOME_HELD,
+                    detail=f"not retried: rolling it to {', '.join(sorted(hold_key(update)[1]))} failed "
+                    "before; a new commit or a manual reconcile tries again",
+                    key=hold_key(update),
+                )
+            )
+        else:
+            updates.append(update)
     if updates:
         with ThreadPoolExecutor(
             max_workers=max(1, options.concurrency), thread_name_prefix="rollout"
         ) as pool:
             futures = [pool.submit(_update_service, swarm, a, ids, options, report, replan) for a in updates]
-            rollouts = [f.result() for f in futures]
+            rollouts += [replace(f.result(), key=hold_key(a)) for f, a in zip(futures, updates, strict=True)]
     for result in rollouts:
         audit("rollout_finished", service=result.service, outcome=result.outcome, detail=result.detail)
 

@@ -18,7 +18,7 @@ import collections
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import executor, reconcile
@@ -43,9 +43,21 @@ class TickSettings:
 
 
 def make_tick(settings: TickSettings) -> Tick:
+    # Updates Swarm rolled back or paused, not to be retried while nothing changed: level-based
+    # retries would otherwise restart a service with a bad value every backoff period. A new revision,
+    # a webhook or a manual reconcile clears them; an update to other versions is never held.
+    held: set[tuple[str, frozenset[str]]] = set()
+    last_revision: list[str | None] = [None]
+
     def tick(request: TickRequest) -> TickResult:
         manifests = request.manifests_dir or settings.manifests
         loaded = reconcile.load([manifests], revision=request.revision)
+        asked = any(r == "manual" or r.startswith("webhook") for r in (request.reason, *request.reasons))
+        if held and (asked or loaded.revision != last_revision[0]):
+            log.info("retrying %d held rollout(s): %s", len(held), "asked to" if asked else "new revision")
+            held.clear()
+        last_revision[0] = loaded.revision
+        options = replace(settings.apply, held=frozenset(held))
         with Swarm.connect(settings.docker_host) as swarm:
             prepared = reconcile.prepare(
                 loaded,
@@ -59,7 +71,8 @@ def make_tick(settings: TickSettings) -> Tick:
             if prepared.plan.empty:
                 log.info("in sync (%d managed versions, revision %s)", managed, loaded.revision or "-")
                 return TickResult(ok=True, changed=False, revision=loaded.revision, managed_secrets=managed)
-            result = executor.execute(prepared.plan, prepared.desired, loaded.values, swarm, settings.apply)
+            result = executor.execute(prepared.plan, prepared.desired, loaded.values, swarm, options)
+        held.update(r.key for r in result.rollouts if r.failed_rollout and r.key is not None)
         failures = [f"{r.service}: {r.detail}" for r in result.rollouts if not r.ok]
         problems = [*result.errors, *(f"blocked {b}" for b in result.blocked), *failures]
         return TickResult(

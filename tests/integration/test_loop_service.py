@@ -192,3 +192,50 @@ def test_run_survives_an_engine_restart(lab: Lab, service_factory: Callable[...,
 
     eventually(triggered_and_converged, 180, "convergence after the engine restart")
     assert svc.stop() == 0
+
+
+def test_a_rolled_back_value_is_not_retried_until_something_changes(
+    lab: Lab, api: docker.APIClient, service_factory: Callable[..., Service]
+) -> None:
+    flag = lab.name("flag")
+    value = lab.write("flag.txt", "good")
+    lab.manifest({flag: {"source": {"file": "flag.txt"}, "services": []}})
+    assert subprocess.run(
+        [sys.executable, "-m", "reconciler", "apply", str(lab.root), "--yes"],
+        env=lab.env(), capture_output=True, timeout=120, check=False,
+    ).returncode == 0  # fmt: skip
+    command = [
+        "sh",
+        "-c",
+        f"grep -q good /run/secrets/{flag} || exit 1; trap 'exit 0' TERM; while :; do sleep 0.2; done",
+    ]
+    app = lab.create_service("picky", command=command, failure_action="rollback",
+                             secrets=[{"name": f"{flag}_v1", "target": flag}])  # fmt: skip
+    lab.manifest({flag: {"source": {"file": "flag.txt"}, "services": [app]}})
+    value.write_text("bad")
+    svc = service_factory()
+
+    def rollout_started() -> str:
+        return str((api.inspect_service(app).get("UpdateStatus") or {}).get("StartedAt", ""))
+
+    # the first tick rolls the bad value out; Swarm rolls it back
+    eventually(
+        lambda: svc.metric('swarm_secrets_rollouts_total{result="rolled_back"}') >= 1, 120, "the rollback"
+    )
+    eventually(lambda: rollout_started() != "" and
+               (api.inspect_service(app).get("UpdateStatus") or {}).get("State") == "rollback_completed",
+               60, "the rollback to complete")  # fmt: skip
+    settled = rollout_started()
+    failures = svc.metric('swarm_secrets_ticks_total{result="failure"}')
+    # retried ticks fail (and say why) without rolling the service again
+    eventually(
+        lambda: svc.metric('swarm_secrets_ticks_total{result="failure"}') >= failures + 1, 60, "a retry"
+    )
+    assert rollout_started() == settled
+    assert lab.service_secret_names(app) == {flag: f"{flag}_v1"}
+    assert svc.get("/readyz")[0] == 503
+
+    # fixing the value (a new version) goes ahead at once on the next tick
+    value.write_text("good again")
+    eventually(lambda: lab.service_secret_names(app) == {flag: f"{flag}_v3"}, 120, "the fixed value")
+    assert svc.stop() == 0
