@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,18 +196,24 @@ class Lab:
         for service in self.api.services():
             if service["Spec"]["Name"].startswith(self.prefix):
                 self.api.remove_service(service["ID"])
-        # Secrets can be removed once no task references them any more.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            left = [s for s in self.api.secrets() if s["Spec"]["Name"].startswith(self.prefix)]
-            for secret in left:
-                try:
-                    self.api.remove_secret(secret["ID"])
-                except docker.errors.APIError:
-                    pass
-            if not left:
-                return
-            time.sleep(0.5)
+        remove_secrets(self.api, lambda s: str(s["Spec"]["Name"]).startswith(self.prefix))
+
+
+def remove_secrets(
+    api: docker.APIClient, which: Callable[[dict[str, Any]], bool], timeout: float = 30
+) -> None:
+    """Remove the secrets ``which`` selects, as soon as no task of a removed service holds them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [s for s in api.secrets() if which(s)]
+        for secret in left:
+            try:
+                api.remove_secret(secret["ID"])
+            except docker.errors.APIError:
+                pass  # still referenced by a task that is shutting down: next round
+        if not left:
+            return
+        time.sleep(0.5)
 
 
 @pytest.fixture()

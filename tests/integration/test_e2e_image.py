@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ import docker
 import pytest
 import yaml
 
-from .conftest import Lab
+from .conftest import Lab, remove_secrets
 from .test_loop_service import eventually
 
 pytestmark = [pytest.mark.swarm, pytest.mark.slow]
@@ -72,15 +71,8 @@ def reconciler_service(lab: Lab, api: docker.APIClient) -> Iterator[dict[str, An
     yield info
     if "id" in info:
         api.remove_service(info["id"])
-    for name in info.get("secrets", ()):
-        for _ in range(60):
-            try:
-                api.remove_secret(name)
-                break
-            except docker.errors.NotFound:
-                break
-            except docker.errors.APIError:
-                time.sleep(0.5)
+    names = set(info.get("secrets", ()))
+    remove_secrets(api, lambda s: s["Spec"]["Name"] in names)
 
 
 def test_image_as_a_swarm_service_follows_git(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import docker
 import pytest
+
+from reconciler.model import LABEL_SET
+
+from .conftest import remove_secrets
 
 pytestmark = pytest.mark.swarm
 
@@ -35,13 +38,4 @@ def test_quickstart_runs_the_whole_job(api: docker.APIClient) -> None:
                 api.remove_service(service)
             except docker.errors.NotFound:
                 pass
-        for _ in range(60):
-            left = api.secrets(filters={"label": "io.swarm-secrets.set=shop"})
-            for secret in left:
-                try:
-                    api.remove_secret(secret["ID"])
-                except docker.errors.APIError:
-                    pass
-            if not left:
-                break
-            time.sleep(0.5)
+        remove_secrets(api, lambda s: s["Spec"].get("Labels", {}).get(LABEL_SET) == "shop")
