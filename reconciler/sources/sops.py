@@ -1,6 +1,7 @@
 """The ``sops`` source: decrypt a file with the real sops binary and take the whole file or one key.
 
-This is the only module of the package that runs a subprocess. Rules it keeps:
+Besides ``gitsync.py`` (git) and ``revision.py`` (``git rev-parse``), this is the only module that
+runs a subprocess, and the only one that handles decrypted data. Rules it keeps:
 
 * **one sops process per encrypted file per** :class:`SopsDecryptor` (one ``resolve()`` call), however
   many keys are taken from that file; the result, success or failure, is cached;
