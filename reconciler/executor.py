@@ -194,6 +194,7 @@ def _update_service(
     options: ApplyOptions,
     progress: ProgressFn,
     replan: Replan,
+    revision: str | None,
 ) -> RolloutResult:
     started = time.monotonic()
     drift = any(c.reason.startswith("drift") for c in action.changes)
@@ -230,7 +231,9 @@ def _update_service(
             audit(
                 "service_updated",
                 service=action.service,
+                secrets=sorted({f"{c.set_name}/{c.secret}" for c in action.changes if c.secret}),
                 changes=[f"{c.path}:{c.old}->{c.new}" for c in action.changes],
+                revision=revision or "",
             )
             written = frozenset(r["SecretID"] for r in new) - secret_ids_of(spec)
             progress(action.service, "updating", f"{len(action.changes)} reference(s) changed")
@@ -406,7 +409,10 @@ def execute(
         with ThreadPoolExecutor(
             max_workers=max(1, options.concurrency), thread_name_prefix="rollout"
         ) as pool:
-            futures = [pool.submit(_update_service, swarm, a, ids, options, report, replan) for a in updates]
+            futures = [
+                pool.submit(_update_service, swarm, a, ids, options, report, replan, desired.revision)
+                for a in updates
+            ]
             rollouts += [replace(f.result(), key=hold_key(a)) for f, a in zip(futures, updates, strict=True)]
     for result in rollouts:
         audit("rollout_finished", service=result.service, outcome=result.outcome, detail=result.detail)
