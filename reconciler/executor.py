@@ -333,7 +333,7 @@ def _watch(
 # --- the whole apply -------------------------------------------------------------------------------
 
 
-def _noop_progress(service: str, state: str, detail: str) -> None:
+def _log_progress(service: str, state: str, detail: str) -> None:
     log.info("rollout %s: %s (%s)", service, state, detail)
 
 
@@ -346,7 +346,7 @@ def execute(
     progress: ProgressFn | None = None,
 ) -> ApplyResult:
     """Apply ``plan`` (as shown to the user) and converge: see the module docstring for the steps."""
-    report = progress or _noop_progress
+    report = progress or _log_progress
     created: list[str] = []
     errors: list[str] = []
     warnings: list[str] = list(plan.warnings)

@@ -20,6 +20,7 @@ SYMBOLS = {
     "paused": "‖",
     "timed_out": "⌛",
     "failed": "✗",
+    "held": "‖",
 }
 
 
