@@ -14,8 +14,9 @@ import docker
 import yaml
 
 from bench.common import api_client, cleanup, docker_host, timed
-from reconciler import executor, reconcile
-from reconciler.swarm import Swarm
+from reconciler import converge
+from reconciler.engine import executor
+from reconciler.engine.swarm import Swarm
 
 N_SECRETS = 1000
 N_SERVICES = 200
@@ -53,11 +54,11 @@ def main() -> None:
             )
         )
         swarm = Swarm.connect(docker_host())
-        loaded = reconcile.load([root])
-        prepared = reconcile.prepare(loaded, swarm)
+        loaded = converge.load([root])
+        prepared = converge.prepare(loaded, swarm)
         result = executor.execute(prepared.plan, prepared.desired, loaded.values, swarm)
         assert result.ok, result
-        assert reconcile.prepare(loaded, swarm).plan.empty
+        assert converge.prepare(loaded, swarm).plan.empty
 
         client = docker.DockerClient(base_url=docker_host(), version="auto")
 
@@ -66,10 +67,10 @@ def main() -> None:
             client.services.list()
 
         def engine_side() -> None:
-            assert reconcile.prepare(loaded, swarm).plan.empty
+            assert converge.prepare(loaded, swarm).plan.empty
 
         def whole_command() -> None:
-            assert reconcile.prepare(reconcile.load([root]), swarm).plan.empty
+            assert converge.prepare(converge.load([root]), swarm).plan.empty
 
         for _ in range(2):  # warm caches on both sides
             baseline()

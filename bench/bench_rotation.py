@@ -23,9 +23,10 @@ import docker
 import yaml
 
 from bench.common import IDLE, IMAGE, api_client, cleanup, docker_host
-from reconciler import executor, reconcile
-from reconciler.executor import ApplyOptions
-from reconciler.swarm import Swarm
+from reconciler import converge
+from reconciler.engine import executor
+from reconciler.engine.executor import ApplyOptions
+from reconciler.engine.swarm import Swarm
 
 K = int(os.environ.get("BENCH_K", "8"))
 CONFIGS = {
@@ -90,13 +91,13 @@ def measure(
     }))  # fmt: skip
     options = ApplyOptions(concurrency=K, timeout=300)
     with Swarm.connect(docker_host()) as swarm:
-        loaded = reconcile.load([root])
-        prepared = reconcile.prepare(loaded, swarm)
+        loaded = converge.load([root])
+        prepared = converge.prepare(loaded, swarm)
         assert executor.execute(prepared.plan, prepared.desired, loaded.values, swarm, options).ok
         (root / "value").write_text("two")
-        loaded = reconcile.load([root])
+        loaded = converge.load([root])
         start = time.perf_counter()
-        prepared = reconcile.prepare(loaded, swarm)
+        prepared = converge.prepare(loaded, swarm)
         result = executor.execute(prepared.plan, prepared.desired, loaded.values, swarm, options)
         ours = time.perf_counter() - start
     assert result.ok and len(result.rollouts) == K, result

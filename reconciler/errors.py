@@ -8,10 +8,12 @@ Every error the user can act on derives from :class:`SwarmSecretsError` and rend
     │   ├── ManifestError    fix the manifest (schema, names, cross-file rules)    → exit 1
     │   └── SourceError      fix the key, the file or the variable a value comes from → exit 1
     ├── SwarmError           the engine said no or is not usable
-    │   ├── SwarmUnavailable     cannot reach the engine, or the node is not a manager (transient?)
+    │   ├── SwarmUnavailable     cannot reach the engine (transient)
+    │   │   └── NotManager       the engine answers but is not a swarm manager (permanent)
     │   ├── SwarmConflict        someone else changed the object between observe and mutate (re-observe)
     │   └── SwarmRefused         the engine refused a request permanently (400/404/409 that re-observing
     │                            does not fix)
+    ├── GitError             fetching the manifests from git failed (transient or not)
     └── ConfigError          a command-line option or setting is wrong
 
 Transient vs permanent is a separate axis: ``transient`` is True where retrying later may succeed;
@@ -108,3 +110,21 @@ class SwarmConflict(SwarmError):
 
 class SwarmRefused(SwarmError):
     """The engine refused a request and repeating it will not help."""
+
+
+class NotManager(SwarmUnavailable):
+    """The engine answers but is not a swarm manager: retrying will not help."""
+
+    transient = False
+
+
+class GitError(SwarmSecretsError):
+    """Fetching or checking out the manifests failed. ``str()`` is one line without credentials.
+
+    ``transient`` is True for network trouble and timeouts, False when the ref or path does not exist
+    or the server refused the credentials: retrying will not help until someone fixes that.
+    """
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient

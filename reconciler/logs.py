@@ -8,7 +8,7 @@
 
 This module must not configure logging (the CLI installs handlers and picks a formatter) and must
 never render secret bytes: :func:`audit` drops fields named like a value and any field that holds a
-:class:`~reconciler.model.SecretValue` or raw bytes; both formatters render bytes as their size only.
+:class:`~reconciler.core.model.SecretValue` or raw bytes; both formatters render bytes as their size only.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import PurePath
 from typing import Any
 
-from reconciler.model import SecretValue
+from reconciler.core.model import SecretValue
 
 AUDIT_LOGGER = "reconciler.audit"
 """Name of the logger :func:`audit` writes to; route it to its own handler to keep an audit trail."""
@@ -112,7 +112,7 @@ def _text_value(value: Any) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """``2024-05-01T12:00:00.123Z INFO reconciler.loop: message key=value …`` plus the traceback."""
+    """``2024-05-01T12:00:00.123Z INFO reconciler.daemon.loop: message key=value …`` plus the traceback."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = f"{_timestamp(record)} {record.levelname} {record.name}: {record.getMessage()}"

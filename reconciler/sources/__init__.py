@@ -1,7 +1,7 @@
 """Turn the sources a manifest declares into secret values, reporting every failure at once.
 
 ``resolve(sets)`` reads each secret's value from its source (``sops.py``, ``file.py``, ``env.py``),
-checks it is neither empty nor too big for Swarm, and wraps it in :class:`~reconciler.model.SecretValue`
+checks it is neither empty nor too big for Swarm, and wraps it in :class:`~reconciler.core.model.SecretValue`
 at once. Failures are collected into one :class:`~reconciler.errors.SourceError`, each located at the
 secret's manifest line and the path of the faulty source field (``spec.secrets.pw.source.sops.key``).
 
@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
+from reconciler.core.model import EnvSource, FileSource, SecretSet, SecretSpec, SecretValue, SopsSource
+from reconciler.display import display_path
 from reconciler.errors import Problem, SourceError
-from reconciler.manifest import display_path
-from reconciler.model import EnvSource, FileSource, SecretSet, SecretSpec, SecretValue, SopsSource
 from reconciler.sources.base import SourceFailure, check_size
 from reconciler.sources.env import read_env
 from reconciler.sources.file import read_file

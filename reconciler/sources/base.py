@@ -9,7 +9,7 @@ No I/O here.
 
 from __future__ import annotations
 
-from reconciler.model import MAX_SECRET_BYTES
+from reconciler.core.model import MAX_SECRET_BYTES
 
 
 class SourceFailure(Exception):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from reconciler.model import EnvSource
+from reconciler.core.model import EnvSource
 from reconciler.sources.base import SourceFailure, check_size
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import stat
 
-from reconciler.manifest import display_path
-from reconciler.model import FileSource
+from reconciler.core.model import FileSource
+from reconciler.display import display_path
 from reconciler.sources.base import SourceFailure, check_size
 
 

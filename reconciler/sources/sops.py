@@ -35,8 +35,8 @@ from pathlib import Path
 
 import yaml
 
-from reconciler.manifest import display_path
-from reconciler.model import SopsSource
+from reconciler.core.model import SopsSource
+from reconciler.display import display_path
 from reconciler.sources.base import SourceFailure
 
 log = logging.getLogger(__name__)

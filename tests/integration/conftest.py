@@ -22,7 +22,7 @@ import docker
 import pytest
 import yaml
 
-from reconciler.swarm import Swarm
+from reconciler.engine.swarm import Swarm
 
 TEST_IMAGE = os.environ.get("SWARM_SECRETS_TEST_IMAGE", "local/busybox:1")
 # busybox `sleep` as PID 1 ignores SIGTERM; a shell that traps it stops at once, so rollouts are fast.

@@ -19,8 +19,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from reconciler.cli import main
-from reconciler.model import LABEL_FINGERPRINT, LABEL_MANAGED, LABEL_SECRET, LABEL_SET, LABEL_VERSION
-from reconciler.swarm import Swarm
+from reconciler.core.model import LABEL_FINGERPRINT, LABEL_MANAGED, LABEL_SECRET, LABEL_SET, LABEL_VERSION
+from reconciler.engine.swarm import Swarm
 
 from .conftest import Lab
 
@@ -329,7 +329,7 @@ def test_failures_before_mutation_change_nothing(lab: Lab, api: docker.APIClient
 
 
 def test_plan_never_writes_not_even_the_key(lab: Lab, api: docker.APIClient) -> None:
-    from reconciler.keysource import KEY_CONFIG_NAME
+    from reconciler.engine.keysource import KEY_CONFIG_NAME
 
     pw = lab.name("pw")
     lab.manifest({pw: {"source": {"env": "PW"}, "services": []}})

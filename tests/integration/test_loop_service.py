@@ -21,7 +21,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from reconciler.swarm import Swarm
+from reconciler.engine.swarm import Swarm
 
 from .conftest import Lab
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from reconciler.model import LABEL_SET
+from reconciler.core.model import LABEL_SET
 
 from .conftest import remove_secrets
 

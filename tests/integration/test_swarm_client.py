@@ -7,9 +7,9 @@ import gc
 import docker
 import pytest
 
+from reconciler.core.model import LABEL_MANAGED, SecretValue
+from reconciler.engine.swarm import Swarm
 from reconciler.errors import SwarmConflict, SwarmRefused, SwarmUnavailable
-from reconciler.model import LABEL_MANAGED, SecretValue
-from reconciler.swarm import Swarm
 
 from .conftest import Lab
 

@@ -723,7 +723,7 @@ def _shell_programs() -> Iterator[Any]:
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
-@pytest.mark.parametrize(("shell", "text"), _shell_programs())
+@pytest.mark.parametrize(("shell", "text"), list(_shell_programs()))
 def test_shellcheck(shell: str, text: str, tmp_path: Path) -> None:
     target = tmp_path / "script.sh"
     target.write_text(GITHUB_EXPRESSION.sub(PLACEHOLDER, text))

@@ -12,7 +12,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from reconciler.cli import BUG_HINT, handle_errors, main, manifest_paths
+from reconciler.cli.app import BUG_HINT, handle_errors, main, manifest_paths
 from reconciler.errors import ConfigError, ExitCode, ManifestError, Problem
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
@@ -88,7 +88,7 @@ def test_json_logs(how: str) -> None:
     result = CliRunner().invoke(main, [*args, "validate", "--offline"], env=env)
     assert result.exit_code == 0
     records = [json.loads(line) for line in result.stderr.splitlines()]
-    assert any(r["logger"] == "reconciler.manifest" and "skipping" in r["message"] for r in records)
+    assert any(r["logger"] == "reconciler.manifests.loader" and "skipping" in r["message"] for r in records)
 
 
 # --- the error mapping, with throwaway commands ---------------------------------------------------------

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.desired import build_desired
+from reconciler.core.desired import build_desired
+from reconciler.core.fingerprint import check_key, fingerprint, fingerprint_key_id, key_id
+from reconciler.core.model import EnvSource, Origin, SecretSet, SecretSpec, SecretValue
+from reconciler.engine.keysource import read_key_file
 from reconciler.errors import ConfigError
-from reconciler.fingerprint import check_key, fingerprint, fingerprint_key_id, key_id
-from reconciler.keysource import read_key_file
-from reconciler.model import EnvSource, Origin, SecretSet, SecretSpec, SecretValue
 
 KEY = b"k" * 32
 OTHER = b"o" * 32

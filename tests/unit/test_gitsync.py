@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.errors import ConfigError
-from reconciler.gitsync import GitError, GitSettings, GitSync
+from reconciler.daemon.gitsync import GitSettings, GitSync
+from reconciler.errors import ConfigError, GitError
 
 TOKEN = "ghp_s3cr3tT0kenValue1234567890"
 
@@ -199,7 +199,7 @@ def test_token_goes_in_a_header_never_in_argv_config_or_errors(
         calls.append((argv, kw["env"]))
         return real_run(argv, **kw)
 
-    monkeypatch.setattr("reconciler.gitsync.subprocess.run", spy)
+    monkeypatch.setattr("reconciler.daemon.gitsync.subprocess.run", spy)
     sync = GitSync(GitSettings(url=http_server, checkout_dir=tmp_path / "co", token_file=token_file))
     with pytest.raises(GitError) as info:
         sync.sync()

@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 from reconciler import logs
+from reconciler.core.model import SecretValue
+from reconciler.daemon.gitsync import Checkout
+from reconciler.daemon.loop import Backoff, Loop, LoopSettings, with_git
+from reconciler.daemon.types import TickRequest, TickResult
 from reconciler.errors import ConfigError, ManifestError, Problem
-from reconciler.gitsync import Checkout
-from reconciler.loop import Backoff, LoopSettings, Reconciler, TickRequest, TickResult, with_git
-from reconciler.model import SecretValue
 
 ROOT = Path(__file__).resolve().parents[2]
 OK = TickResult(ok=True, changed=False)
@@ -70,7 +71,7 @@ class Recorder:
 
 
 @contextmanager
-def running(rec: Reconciler, events: Iterable[object] | None = None) -> Iterator[list[int]]:
+def running(rec: Loop, events: Iterable[object] | None = None) -> Iterator[list[int]]:
     codes: list[int] = []
     thread = threading.Thread(target=lambda: codes.append(rec.run(events=events)), daemon=True)
     thread.start()
@@ -87,7 +88,7 @@ def running(rec: Reconciler, events: Iterable[object] | None = None) -> Iterator
 
 def test_ticks_on_start_then_on_interval() -> None:
     tick = Recorder()
-    rec = Reconciler(settings(interval=0.05), tick)
+    rec = Loop(settings(interval=0.05), tick)
     with running(rec):
         wait_for(lambda: tick.count >= 3)
     assert tick.requests[0].reason == "startup"
@@ -96,7 +97,7 @@ def test_ticks_on_start_then_on_interval() -> None:
 
 def test_debounce_coalesces_many_requests_into_one_tick() -> None:
     tick = Recorder()
-    rec = Reconciler(settings(debounce=0.1), tick)
+    rec = Loop(settings(debounce=0.1), tick)
     with running(rec):
         wait_for(lambda: tick.finished == 1)
         for _ in range(5):
@@ -113,7 +114,7 @@ def test_debounce_coalesces_many_requests_into_one_tick() -> None:
 def test_requests_during_a_tick_cause_exactly_one_more() -> None:
     gate = threading.Event()
     tick = Recorder(gate=gate)
-    rec = Reconciler(settings(), tick)
+    rec = Loop(settings(), tick)
     with running(rec):
         assert tick.entered.wait(2)
         for _ in range(5):
@@ -130,13 +131,13 @@ def test_backoff_grows_after_failures_and_resets_after_success() -> None:
     fail = TickResult(ok=False, changed=False, error="boom")
     failures_seen: list[int] = []
     tick = Recorder(fail, fail, fail, OK)
-    holder: list[Reconciler] = []
+    holder: list[Loop] = []
 
     def observing(request: TickRequest) -> TickResult:
         failures_seen.append(holder[0].backoff.failures)
         return tick(request)
 
-    rec = Reconciler(settings(backoff_base=0.02, backoff_cap=1.0), observing)
+    rec = Loop(settings(backoff_base=0.02, backoff_cap=1.0), observing)
     holder.append(rec)
     with running(rec):
         wait_for(lambda: tick.finished == 4)
@@ -161,7 +162,7 @@ def test_backoff_delays() -> None:
 
 def test_urgent_request_skips_the_backoff_but_an_event_waits() -> None:
     tick = Recorder(TickResult(ok=False, changed=False, error="down"))
-    rec = Reconciler(settings(backoff_base=30), tick)
+    rec = Loop(settings(backoff_base=30), tick)
     with running(rec):
         wait_for(lambda: tick.finished == 1)
         rec.request("event")
@@ -174,8 +175,8 @@ def test_urgent_request_skips_the_backoff_but_an_event_waits() -> None:
 
 def test_exception_in_tick_is_logged_and_the_loop_keeps_going(caplog: pytest.LogCaptureFixture) -> None:
     tick = Recorder(RuntimeError("kaputt"), OK)
-    rec = Reconciler(settings(backoff_base=0.01), tick)
-    with caplog.at_level(logging.ERROR, logger="reconciler.loop"), running(rec):
+    rec = Loop(settings(backoff_base=0.01), tick)
+    with caplog.at_level(logging.ERROR, logger="reconciler.daemon.loop"), running(rec):
         wait_for(lambda: tick.finished == 2)
     failed = [r for r in caplog.records if "tick failed" in r.getMessage()]
     assert len(failed) == 1 and failed[0].exc_info is not None
@@ -189,8 +190,8 @@ def test_user_error_is_one_line_without_traceback(caplog: pytest.LogCaptureFixtu
         Problem(file="b", line=None, path="", message="worse"),
     ]
     tick = Recorder(ManifestError(problems))
-    rec = Reconciler(settings(backoff_base=30), tick)
-    with caplog.at_level(logging.ERROR, logger="reconciler.loop"), running(rec):
+    rec = Loop(settings(backoff_base=30), tick)
+    with caplog.at_level(logging.ERROR, logger="reconciler.daemon.loop"), running(rec):
         wait_for(lambda: tick.finished == 1 and rec.status().last_result is not None)
     (record,) = [r for r in caplog.records if "tick failed" in r.getMessage()]
     assert record.exc_info is None and "\n" not in record.getMessage()
@@ -202,7 +203,7 @@ def test_own_changes_do_not_cause_a_tick_storm() -> None:
     gate = threading.Event()
     changed = TickResult(ok=True, changed=True, created=1)
     tick = Recorder(changed, gate=gate)
-    rec = Reconciler(settings(event_quiet=0.3), tick)
+    rec = Loop(settings(event_quiet=0.3), tick)
     with running(rec):
         assert tick.entered.wait(2)
         rec.request("event")  # the swarm reporting our own service update
@@ -222,7 +223,7 @@ def test_own_changes_do_not_cause_a_tick_storm() -> None:
 def test_stop_finishes_the_tick_in_hand_then_returns_zero() -> None:
     gate = threading.Event()
     tick = Recorder(gate=gate)
-    rec = Reconciler(settings(), tick)
+    rec = Loop(settings(), tick)
     with running(rec) as codes:
         assert tick.entered.wait(2)
         rec.stop()
@@ -237,7 +238,7 @@ def test_stop_finishes_the_tick_in_hand_then_returns_zero() -> None:
 def test_external_stop_event_is_honoured() -> None:
     stop = threading.Event()
     tick = Recorder()
-    rec = Reconciler(settings(), tick, stop_event=stop)
+    rec = Loop(settings(), tick, stop_event=stop)
     with running(rec) as codes:
         wait_for(lambda: tick.finished == 1)
         stop.set()
@@ -252,7 +253,7 @@ def test_events_iterable_requests_ticks() -> None:
         yield "service update web"
 
     tick = Recorder()
-    rec = Reconciler(settings(), tick)
+    rec = Loop(settings(), tick)
     with running(rec, events()):
         wait_for(lambda: tick.finished == 1)
         release.set()
@@ -263,7 +264,7 @@ def test_events_iterable_requests_ticks() -> None:
 def test_readiness_rules() -> None:
     now = [100.0]
     tick = Recorder(OK, TickResult(ok=False, changed=False, error="swarm unreachable"))
-    rec = Reconciler(settings(readiness_grace=5, interval=10), tick, clock=lambda: now[0])
+    rec = Loop(settings(readiness_grace=5, interval=10), tick, clock=lambda: now[0])
     assert rec.readiness() == (True, "starting")
     now[0] = 106
     assert rec.readiness() == (False, "no tick has finished yet")
@@ -300,7 +301,8 @@ def test_settings_are_validated(kw: dict[str, object]) -> None:
 SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from reconciler.loop import LoopSettings, TickResult, run
+    from reconciler.daemon.loop import LoopSettings, run
+    from reconciler.daemon.types import TickResult
 
     def tick(request):
         print("tick-start", request.reason, flush=True)

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import manifest, yamlload
+from reconciler.core.model import EnvSource, FileSource, Origin, ServiceGrant, SopsSource
 from reconciler.errors import ManifestError
-from reconciler.manifest import load, parse_mode
-from reconciler.model import EnvSource, FileSource, Origin, ServiceGrant, SopsSource
-from reconciler.schema import MAX_SECRET_NAME, manifest_schema
-from reconciler.yamlload import format_path
+from reconciler.manifests import loader as manifest
+from reconciler.manifests import yamlload
+from reconciler.manifests.loader import load, parse_mode
+from reconciler.manifests.schema import MAX_SECRET_NAME, manifest_schema
+from reconciler.manifests.yamlload import format_path
 
 CONTRACT = """\
 apiVersion: swarm-secrets/v1

@@ -39,9 +39,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from reconciler import manifest
 from reconciler.cli import main
 from reconciler.errors import ManifestError, Problem, SourceError
+from reconciler.manifests import loader as manifest
 from reconciler.sources import resolve
 from tests.unit.conftest import AgeKey, Encrypt
 

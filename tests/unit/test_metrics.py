@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from reconciler.loop import TickResult
-from reconciler.metrics import Metrics
+from reconciler.daemon.metrics import Metrics
+from reconciler.daemon.types import TickResult
 
 
 def make() -> tuple[Metrics, list[float]]:

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from reconciler.model import (
+from reconciler.core.model import (
     LABEL_FINGERPRINT,
     LABEL_MANAGED,
     LABEL_SECRET,
@@ -22,9 +22,9 @@ from reconciler.model import (
     SecretRef,
     ServiceGrant,
 )
-from reconciler.plan import Blocked, CreateSecret, Kept, Plan, RefChange, RemoveSecret, UpdateService
-from reconciler.planner import plan
-from reconciler.render import (
+from reconciler.core.plan import Blocked, CreateSecret, Kept, Plan, RefChange, RemoveSecret, UpdateService
+from reconciler.core.planner import plan
+from reconciler.render.plan import (
     FORMAT_VERSION,
     md_escape,
     plan_to_dict,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.core.model import Origin, SecretSet, SecretSpec, SecretValue, SopsSource, Source
 from reconciler.errors import SourceError
-from reconciler.model import Origin, SecretSet, SecretSpec, SecretValue, SopsSource, Source
 from reconciler.sources import resolve
 from reconciler.sources import sops as sops_module
 from reconciler.sources.sops import EXIT_CODES, SOPS_ENV, stderr_summary

@@ -8,8 +8,8 @@ import docker.errors
 import pytest
 import requests
 
-from reconciler.errors import SwarmConflict, SwarmError, SwarmRefused, SwarmUnavailable
-from reconciler.swarm import NotManager, Swarm, _translate
+from reconciler.engine.swarm import Swarm, _translate
+from reconciler.errors import NotManager, SwarmConflict, SwarmError, SwarmRefused, SwarmUnavailable
 
 
 def api_error(status: int, explanation: str) -> docker.errors.APIError:

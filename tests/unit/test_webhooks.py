@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import webhooks
+from reconciler.daemon import http as webhooks
+from reconciler.daemon.loop import Loop, LoopSettings
+from reconciler.daemon.types import TickRequest, TickResult
 from reconciler.errors import ConfigError
-from reconciler.loop import LoopSettings, Reconciler, TickRequest, TickResult
 
 SECRET = b"It's a Secret to Everybody"
 BODY = b'{"ref": "refs/heads/main"}'
@@ -95,16 +96,16 @@ def secret_file(tmp_path: Path) -> Path:
     return path
 
 
-def make(secret_file: Path | None) -> tuple[Reconciler, str]:
+def make(secret_file: Path | None) -> tuple[Loop, str]:
     settings = LoopSettings(listen="127.0.0.1:0", webhook_secret_file=secret_file, debounce=60)
-    rec = Reconciler(settings, ok_tick)
+    rec = Loop(settings, ok_tick)
     address = rec.start_http()
     assert address is not None
     return rec, f"http://127.0.0.1:{address[1]}"
 
 
 @pytest.fixture
-def server(secret_file: Path) -> Iterator[tuple[Reconciler, str]]:
+def server(secret_file: Path) -> Iterator[tuple[Loop, str]]:
     rec, base = make(secret_file)
     yield rec, base
     assert rec.http is not None
@@ -123,14 +124,14 @@ def call(
             return err.code, err.read().decode(), dict(err.headers)
 
 
-def hook_count(rec: Reconciler, provider: str, result: str) -> float:
+def hook_count(rec: Loop, provider: str, result: str) -> float:
     value = rec.metrics.registry.get_sample_value(
         "swarm_secrets_webhook_requests_total", {"provider": provider, "result": result}
     )
     return value or 0.0
 
 
-def test_github_good_signature_requests_a_tick(server: tuple[Reconciler, str]) -> None:
+def test_github_good_signature_requests_a_tick(server: tuple[Loop, str]) -> None:
     rec, base = server
     headers = {"X-Hub-Signature-256": github_sig(BODY), "X-GitHub-Event": "push"}
     code, text, _ = call(base + "/hooks/github", method="POST", body=BODY, headers=headers)
@@ -141,7 +142,7 @@ def test_github_good_signature_requests_a_tick(server: tuple[Reconciler, str]) -
 
 @pytest.mark.parametrize("signature", [None, "sha256=" + "0" * 64, "garbage"])
 def test_github_bad_or_missing_signature_is_401(
-    server: tuple[Reconciler, str], signature: str | None, caplog: pytest.LogCaptureFixture
+    server: tuple[Loop, str], signature: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
     rec, base = server
     headers = {"X-Hub-Signature-256": signature} if signature else {}
@@ -152,14 +153,14 @@ def test_github_bad_or_missing_signature_is_401(
     assert all(BODY.decode() not in r.getMessage() and "0" * 64 not in r.getMessage() for r in caplog.records)
 
 
-def test_github_ping_answers_without_a_tick(server: tuple[Reconciler, str]) -> None:
+def test_github_ping_answers_without_a_tick(server: tuple[Loop, str]) -> None:
     rec, base = server
     headers = {"X-Hub-Signature-256": github_sig(BODY), "X-GitHub-Event": "ping"}
     code, text, _ = call(base + "/hooks/github", method="POST", body=BODY, headers=headers)
     assert (code, text) == (200, "pong\n") and rec.status().pending == ()
 
 
-def test_gitlab_token_and_gitea_signature(server: tuple[Reconciler, str]) -> None:
+def test_gitlab_token_and_gitea_signature(server: tuple[Loop, str]) -> None:
     rec, base = server
     bad, _, _ = call(base + "/hooks/gitlab", method="POST", body=BODY, headers={"X-Gitlab-Token": "x"})
     good, _, _ = call(
@@ -186,7 +187,7 @@ def _raw(base: str, method: str, path: str, headers: dict[str, str], body: bytes
         conn.close()
 
 
-def test_oversized_body_is_413_without_reading_it(server: tuple[Reconciler, str]) -> None:
+def test_oversized_body_is_413_without_reading_it(server: tuple[Loop, str]) -> None:
     rec, base = server
     # Only the headers are sent: the server must answer from Content-Length alone.
     headers = {"Content-Length": str(1024 * 1024 + 1), "X-Hub-Signature-256": github_sig(b"")}
@@ -198,7 +199,7 @@ def test_oversized_body_is_413_without_reading_it(server: tuple[Reconciler, str]
         time.sleep(0.005)
 
 
-def test_oversized_body_sent_in_full_still_gets_413(server: tuple[Reconciler, str]) -> None:
+def test_oversized_body_sent_in_full_still_gets_413(server: tuple[Loop, str]) -> None:
     body = b"x" * (1024 * 1024 + 10)
     code, _, _ = call(
         server[1] + "/hooks/gitea", method="POST", body=body, headers={"X-Gitea-Signature": "0"}
@@ -206,12 +207,12 @@ def test_oversized_body_sent_in_full_still_gets_413(server: tuple[Reconciler, st
     assert code == 413
 
 
-def test_missing_content_length_is_411(server: tuple[Reconciler, str]) -> None:
+def test_missing_content_length_is_411(server: tuple[Loop, str]) -> None:
     code, _ = _raw(server[1], "POST", "/hooks/github", {"X-Hub-Signature-256": github_sig(b"")})
     assert code == 411
 
 
-def test_health_metrics_and_routing(server: tuple[Reconciler, str]) -> None:
+def test_health_metrics_and_routing(server: tuple[Loop, str]) -> None:
     _, base = server
     assert call(base + "/healthz")[:2] == (200, "ok\n")
     code, text, headers = call(base + "/metrics")
@@ -224,7 +225,7 @@ def test_health_metrics_and_routing(server: tuple[Reconciler, str]) -> None:
     assert call(base + "/healthz", method="HEAD")[:2] == (200, "")
 
 
-def test_reconcile_now_needs_the_bearer_token(server: tuple[Reconciler, str]) -> None:
+def test_reconcile_now_needs_the_bearer_token(server: tuple[Loop, str]) -> None:
     rec, base = server
     assert call(base + "/reconcile", method="POST", body=b"")[0] == 401
     auth = {"Authorization": f"Bearer {SECRET.decode()}"}
@@ -251,7 +252,7 @@ def test_readyz_before_and_after_the_first_success(secret_file: Path) -> None:
         assert gate.wait(5)
         return TickResult(ok=True, changed=False)
 
-    rec = Reconciler(LoopSettings(listen="127.0.0.1:0", webhook_secret_file=secret_file), tick)
+    rec = Loop(LoopSettings(listen="127.0.0.1:0", webhook_secret_file=secret_file), tick)
     address = rec.start_http()
     assert address is not None
     base = f"http://127.0.0.1:{address[1]}"

@@ -8,20 +8,17 @@ a rollback target, used by running tasks, within ``spec.keep``) or the note that
 collects it. Also: orphaned sets, and unmanaged secrets nothing references (e.g. what a migration
 replaced; they are never removed by this tool).
 
-Pure: no docker, no I/O; rendering returns strings.
+Pure: no docker, no I/O. ``render/status.py`` prints a report.
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from .collect import protections
-from .model import LiveSecret, LiveState
-
-FORMAT_VERSION = 1
+from reconciler.core.collect import protections
+from reconciler.core.model import LiveSecret, LiveState
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,36 +109,3 @@ def _version_status(secret: LiveSecret, users: Mapping[str, list[str]], note: st
         used_by=tuple(sorted(users.get(secret.id, ()))),
         note=note,
     )
-
-
-def render_status_json(report: StatusReport) -> str:
-    return json.dumps({"format_version": FORMAT_VERSION, **asdict(report)}, indent=2) + "\n"
-
-
-def render_status_text(report: StatusReport) -> str:
-    lines: list[str] = []
-    current_set = None
-    for item in report.secrets:
-        if item.set_name != current_set:
-            current_set = item.set_name
-            lines.append(f"set {item.set_name}")
-        cur = item.current
-        users = ", ".join(cur.used_by) or "no service"
-        created = cur.created_at[:19] or "?"
-        lines.append(f"  {item.secret}: {cur.name} (v{cur.version}, created {created}) used by {users}")
-        for old in item.superseded:
-            lines.append(f"    {old.name}: {old.note}")
-    if not report.secrets:
-        lines.append("No managed secrets.")
-    if report.orphaned_sets:
-        lines.append(
-            "orphaned sets (no loaded manifest; `apply --prune-orphans` collects them): "
-            + ", ".join(report.orphaned_sets)
-        )
-    if report.unmanaged_unreferenced:
-        lines.append(
-            "unmanaged secrets nothing references (left alone): " + ", ".join(report.unmanaged_unreferenced)
-        )
-    for name, why in report.unmanaged_referenced:
-        lines.append(f"unmanaged secret {name} (left alone): {why}")
-    return "\n".join(lines) + "\n"

@@ -25,8 +25,8 @@ from typing import Any
 import jsonschema
 from jsonschema import Draft202012Validator
 
-from reconciler.model import MAX_OBJECT_NAME
-from reconciler.yamlload import PathKey
+from reconciler.core.model import MAX_OBJECT_NAME
+from reconciler.manifests.yamlload import PathKey
 
 SCHEMA_FILE = "manifest.v1.json"
 
@@ -43,7 +43,7 @@ def manifest_schema() -> dict[str, Any]:
     if packaged.is_file():
         text = packaged.read_text(encoding="utf-8")
     else:  # editable install or source checkout: the schema lives at the repository top
-        text = (Path(__file__).resolve().parent.parent / "schemas" / SCHEMA_FILE).read_text(encoding="utf-8")
+        text = (Path(__file__).resolve().parents[2] / "schemas" / SCHEMA_FILE).read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import ConfigError, SwarmConflict
-from .fingerprint import check_key
-from .model import LABEL_MANAGED, LABEL_PREFIX
-from .swarm import Swarm
+from reconciler.core.fingerprint import check_key
+from reconciler.core.model import LABEL_MANAGED, LABEL_PREFIX
+from reconciler.engine.swarm import Swarm
+from reconciler.errors import ConfigError, SwarmConflict
 
 KEY_CONFIG_NAME = "swarm-secrets-fingerprint-key"
 KEY_BYTES = 32

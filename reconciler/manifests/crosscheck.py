@@ -9,7 +9,7 @@ a pointer to the earlier one:
   are case-insensitive, so ``DB_pw`` and ``db_pw`` would collide);
 * one secret lists a service at most once;
 * in one service, no two secrets land on the same file (``pw`` and ``/run/secrets/pw`` are the same
-  target, see :func:`reconciler.model.normalize_target`), across all sets.
+  target, see :func:`reconciler.core.model.normalize_target`), across all sets.
 
 Pure: works on already-built values and their line maps; no I/O.
 """
@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from reconciler.core.model import SecretSet, SecretSpec, ServiceGrant
 from reconciler.errors import Problem
-from reconciler.model import SecretSet, SecretSpec, ServiceGrant
-from reconciler.yamlload import Document, PathKey, format_path
+from reconciler.manifests.yamlload import Document, PathKey, format_path
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

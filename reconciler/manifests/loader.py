@@ -3,7 +3,7 @@
 ``load(paths)`` is the only entry point. It reads every ``*.yaml``/``*.yml`` under the given folders
 (and any file given by name), keeps the documents whose ``apiVersion`` is ``swarm-secrets/…``, checks
 them against ``schemas/manifest.v1.json`` (see ``schema.py``) and the cross-file rules (see
-``crosscheck.py``), and returns frozen :class:`~reconciler.model.SecretSet` values. Every problem in
+``crosscheck.py``), and returns frozen :class:`~reconciler.core.model.SecretSet` values. Every problem in
 every file is collected and raised together as one :class:`~reconciler.errors.ManifestError`, each
 located as ``file:line: path``.
 
@@ -21,9 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from reconciler.crosscheck import LoadedSet, cross_problems
-from reconciler.errors import ManifestError, Problem
-from reconciler.model import (
+from reconciler.core.model import (
     EnvSource,
     FileSource,
     Origin,
@@ -33,8 +31,11 @@ from reconciler.model import (
     SopsSource,
     Source,
 )
-from reconciler.schema import schema_problems
-from reconciler.yamlload import (
+from reconciler.display import display_path
+from reconciler.errors import ManifestError, Problem
+from reconciler.manifests.crosscheck import LoadedSet, cross_problems
+from reconciler.manifests.schema import schema_problems
+from reconciler.manifests.yamlload import (
     ComposedDocument,
     Document,
     PathKey,
@@ -79,15 +80,6 @@ def load(paths: Sequence[Path]) -> tuple[SecretSet, ...]:
         raise ManifestError(problems)
     log.debug("loaded %d set(s) from %d file(s)", len(loaded), len(files))
     return tuple(entry.secret_set for entry in loaded)
-
-
-def display_path(path: Path) -> str:
-    """``path`` as shown in messages: relative to the working folder when under it, else absolute."""
-    absolute = Path(os.path.abspath(path))
-    try:
-        return absolute.relative_to(Path.cwd()).as_posix()
-    except ValueError:
-        return absolute.as_posix()
 
 
 def find_files(paths: Sequence[Path], problems: list[Problem]) -> list[Path]:

@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
+from reconciler.daemon.metrics import Metrics
 from reconciler.errors import ConfigError
-from reconciler.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 class App(Protocol):
-    """What the listener needs from the loop (``loop.Reconciler`` implements it)."""
+    """What the listener needs from the loop (``loop.Loop`` implements it)."""
 
     metrics: Metrics
     webhook_secret: bytes | None

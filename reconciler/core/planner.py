@@ -30,9 +30,9 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from reconciler.collect import Cause, Scope, collect
-from reconciler.fingerprint import fingerprint_key_id
-from reconciler.model import (
+from reconciler.core.collect import Cause, Scope, collect
+from reconciler.core.fingerprint import fingerprint_key_id
+from reconciler.core.model import (
     LABEL_FINGERPRINT,
     LABEL_MANAGED,
     LABEL_REVISION,
@@ -50,7 +50,7 @@ from reconciler.model import (
     ServiceGrant,
     version_name,
 )
-from reconciler.plan import Action, Blocked, CreateSecret, Plan, RefChange, UpdateService
+from reconciler.core.plan import Action, Blocked, CreateSecret, Plan, RefChange, UpdateService
 
 __all__ = ["apply_ref_changes", "fingerprint_key_id", "plan"]
 

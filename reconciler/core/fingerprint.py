@@ -20,8 +20,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from .errors import ConfigError
-from .model import SecretValue
+from reconciler.core.model import SecretValue
+from reconciler.errors import ConfigError
 
 SCHEME = "hmac-sha256"
 MIN_KEY_BYTES = 16

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from reconciler.errors import ConfigError, SwarmSecretsError
+from reconciler.errors import ConfigError, GitError
 
 _REF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/+-]*")
 # Inherited variables that would redirect git to another repository or inject configuration next to
@@ -55,18 +55,6 @@ _STRIP_ENV = (
     "GIT_OBJECT_DIRECTORY",
     "GIT_NAMESPACE",
 )
-
-
-class GitError(SwarmSecretsError):
-    """Fetching or checking out the manifests failed. ``str()`` is one line without credentials.
-
-    ``transient`` is True for network trouble and timeouts, False when the ref or path does not exist
-    or the server refused the credentials: retrying will not help until someone fixes that.
-    """
-
-    def __init__(self, message: str, *, transient: bool = True) -> None:
-        super().__init__(message)
-        self.transient = transient
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,8 +1,8 @@
 """Wiring for ``swarm-secrets run``: the reconcile tick and the Docker events feed for the loop.
 
-:func:`make_tick` returns the :data:`~reconciler.loop.Tick` the loop calls: load and resolve the
+:func:`make_tick` returns the :data:`~reconciler.daemon.loop.Tick` the loop calls: load and resolve the
 manifests (a bad commit fails here, before the swarm is touched), connect, plan, apply when the plan
-is not empty, and summarise the outcome as a :class:`~reconciler.loop.TickResult`. It connects anew
+is not empty, and summarise the outcome as a :class:`~reconciler.daemon.loop.TickResult`. It connects anew
 on every tick, so an engine restart between ticks costs one failed tick at most.
 
 :func:`docker_events` yields one item per secret or service event and reconnects (with a capped
@@ -21,11 +21,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import executor, reconcile
-from .errors import SwarmSecretsError
-from .executor import ApplyOptions
-from .loop import Tick, TickRequest, TickResult
-from .swarm import Swarm
+from reconciler import converge
+from reconciler.daemon.types import Tick, TickRequest, TickResult
+from reconciler.engine import executor
+from reconciler.engine.executor import ApplyOptions
+from reconciler.engine.swarm import Swarm
+from reconciler.errors import SwarmSecretsError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def make_tick(settings: TickSettings) -> Tick:
 
     def tick(request: TickRequest) -> TickResult:
         manifests = request.manifests_dir or settings.manifests
-        loaded = reconcile.load([manifests], revision=request.revision)
+        loaded = converge.load([manifests], revision=request.revision)
         asked = any(r == "manual" or r.startswith("webhook") for r in (request.reason, *request.reasons))
         if held and (asked or loaded.revision != last_revision[0]):
             log.info("retrying %d held rollout(s): %s", len(held), "asked to" if asked else "new revision")
@@ -59,7 +60,7 @@ def make_tick(settings: TickSettings) -> Tick:
         last_revision[0] = loaded.revision
         options = replace(settings.apply, held=frozenset(held))
         with Swarm.connect(settings.docker_host) as swarm:
-            prepared = reconcile.prepare(
+            prepared = converge.prepare(
                 loaded,
                 swarm,
                 key_file=settings.fingerprint_key_file,

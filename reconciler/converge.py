@@ -6,7 +6,7 @@
    live state and the plan.
 3. ``executor.execute`` applies a prepared plan.
 
-Values stay inside :class:`Loaded` (as :class:`~reconciler.model.SecretValue`) and are handed only
+Values stay inside :class:`Loaded` (as :class:`~reconciler.core.model.SecretValue`) and are handed only
 to the executor; the desired state and the plan carry fingerprints.
 """
 
@@ -17,13 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import manifest, planner, sources
-from .desired import Values, build_desired
-from .keysource import load_key
-from .model import DesiredState, LiveState, SecretSet
-from .plan import Plan
-from .revision import detect_revision
-from .swarm import Swarm
+from reconciler import sources
+from reconciler.core import planner
+from reconciler.core.desired import Values, build_desired
+from reconciler.core.model import DesiredState, LiveState, SecretSet
+from reconciler.core.plan import Plan
+from reconciler.engine.keysource import load_key
+from reconciler.engine.swarm import Swarm
+from reconciler.manifests import loader as manifest
+from reconciler.manifests.revision import detect_revision
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

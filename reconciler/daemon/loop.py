@@ -7,7 +7,7 @@ decides *when* it runs and reports how it went. Ticks are requested by
   with exponential :class:`Backoff`, reset by a success);
 * ``webhook:<provider>`` and ``manual`` (``POST /reconcile``), from the HTTP listener;
 * ``event`` (a Docker service/secret change) and ``git`` (a new revision), from any thread through
-  :meth:`Reconciler.request`, or from the ``events`` iterable given to :meth:`Reconciler.run`.
+  :meth:`Loop.request`, or from the ``events`` iterable given to :meth:`Loop.run`.
 
 Requests are coalesced: within ``debounce`` seconds of the first one, any number of requests make one
 tick; requests that arrive while a tick runs make exactly one more tick after it. Reconciling is
@@ -17,7 +17,7 @@ level-based, so one tick answers every request made before it started.
 versions, updated services) makes Docker emit events for those very changes, during the tick and
 for a while after it (tasks restarting). So after a tick whose result has ``changed=True``, ``event``
 requests that came in during the tick are dropped and further ones are ignored for ``event_quiet``
-seconds; :meth:`Reconciler.suppress_events_until` extends that window from outside. A foreign change
+seconds; :meth:`Loop.suppress_events_until` extends that window from outside. A foreign change
 hidden by this window is still found by the next interval tick.
 
 Failures (``ok=False``, a :class:`SwarmSecretsError` raised by the tick, or any other exception,
@@ -25,11 +25,11 @@ which is logged with its traceback as a bug) never end the loop: it retries afte
 Explicit requests (webhook, ``POST /reconcile``) do not wait for that delay, events do.
 
 SIGTERM/SIGINT set the stop flag: the tick in hand finishes (it is never interrupted), then
-:meth:`Reconciler.run` returns 0. A second signal raises SystemExit(130) at once.
+:meth:`Loop.run` returns 0. A second signal raises SystemExit(130) at once.
 
 ``/healthz``, ``/readyz``, ``/metrics``, ``/reconcile`` and ``/hooks/*`` are served by
-:class:`reconciler.webhooks.HttpListener`, which calls back into :meth:`Reconciler.request` and
-:meth:`Reconciler.readiness`.
+:class:`reconciler.daemon.http.HttpListener`, which calls back into :meth:`Loop.request` and
+:meth:`Loop.readiness`.
 
 This module must not talk to Docker, git or the manifests itself, and never logs or serves a value:
 errors are one line of names, and webhook bodies and signatures are never logged.
@@ -42,16 +42,18 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from reconciler import logs, webhooks
+from reconciler import logs
+from reconciler.daemon import http as webhooks
+from reconciler.daemon.gitsync import Checkout
+from reconciler.daemon.metrics import Metrics
+from reconciler.daemon.types import Tick, TickRequest, TickResult
 from reconciler.errors import ConfigError, ExitCode, SwarmSecretsError
-from reconciler.gitsync import Checkout
-from reconciler.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -63,49 +65,6 @@ _IMMEDIATE = frozenset({"startup"})
 _URGENT_PREFIXES = ("startup", "webhook:", "manual")
 """Reasons a person or a forge asked for explicitly: they run after the debounce even while backing
 off (a new commit may be the fix). Other requests wait for the retry time."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TickRequest:
-    """What the tick is asked to do, and why."""
-
-    reason: str
-    """The earliest of the coalesced reasons: startup, interval, retry, webhook:<provider>, manual,
-    event or git."""
-    reasons: tuple[str, ...] = ()
-    """Every distinct reason coalesced into this tick, earliest first."""
-    manifests_dir: Path | None = None
-    """Folder to load manifests from (``LoopSettings.manifests_dir``, or the git checkout)."""
-    revision: str | None = None
-    """Git commit of ``manifests_dir`` when :func:`with_git` fetched it, else None."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TickResult:
-    """What one tick did; the loop and the metrics read it, nothing in it is a value."""
-
-    ok: bool
-    """Converged, or nothing to do."""
-    changed: bool
-    """Any mutation was made (starts the event quiet window)."""
-    revision: str | None = None
-    """Git revision applied, if any."""
-    created: int = 0
-    """Secret versions created."""
-    removed: int = 0
-    """Secret versions removed."""
-    rollouts: Mapping[str, int] = field(default_factory=dict)
-    """Rollouts by outcome: converged, rolled_back, timed_out, paused, failed."""
-    drift_corrected: int = 0
-    """Service updates whose reason was drift."""
-    managed_secrets: int = 0
-    """Secret objects owned by the tool after the tick."""
-    error: str | None = None
-    """One-line error when not ok."""
-
-
-Tick = Callable[[TickRequest], TickResult]
-"""The reconcile step: may raise; a SwarmSecretsError counts as a failed tick, anything else as a bug."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -210,7 +169,7 @@ def with_git(tick: Tick, fetch: Callable[[], Checkout]) -> Tick:
     """A tick that first syncs the git checkout (``GitSync(...).sync``), then runs ``tick`` on it.
 
     The request gets the checkout's ``manifests_dir`` and ``revision``; a result without a revision
-    gets the fetched one. A :class:`~reconciler.gitsync.GitError` fails the tick like any other.
+    gets the fetched one. A :class:`~reconciler.daemon.gitsync.GitError` fails the tick like any other.
     """
 
     def fetching_tick(request: TickRequest) -> TickResult:
@@ -221,7 +180,7 @@ def with_git(tick: Tick, fetch: Callable[[], Checkout]) -> Tick:
     return fetching_tick
 
 
-class Reconciler:
+class Loop:
     """Runs ticks when they are due; thread-safe :meth:`request`, :meth:`stop` and :meth:`status`."""
 
     def __init__(
@@ -502,5 +461,5 @@ def run(
     events: Iterable[object] | None = None,
     metrics: Metrics | None = None,
 ) -> int:
-    """Build a :class:`Reconciler` and serve until SIGTERM/SIGINT or ``stop_event``; return 0."""
-    return Reconciler(settings, tick, metrics=metrics, stop_event=stop_event).run(events=events)
+    """Build a :class:`Loop` and serve until SIGTERM/SIGINT or ``stop_event``; return 0."""
+    return Loop(settings, tick, metrics=metrics, stop_event=stop_event).run(events=events)

@@ -30,14 +30,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import planner
-from .desired import Values
-from .errors import SwarmConflict, SwarmError, SwarmSecretsError
-from .logs import audit
-from .model import DesiredState, LiveState, normalize_target
-from .plan import Plan, RefChange, UpdateService
-from .planner import OLD_SEPARATOR
-from .swarm import Swarm, secret_ids_of
+from reconciler.core import planner
+from reconciler.core.desired import Values
+from reconciler.core.model import DesiredState, LiveState, normalize_target
+from reconciler.core.plan import Plan, RefChange, UpdateService
+from reconciler.core.planner import OLD_SEPARATOR
+from reconciler.engine.swarm import Swarm, secret_ids_of
+from reconciler.errors import SwarmConflict, SwarmError, SwarmSecretsError
+from reconciler.logs import audit
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def rewrite_secrets(
 ) -> list[dict[str, Any]]:
     """The new ``ContainerSpec.Secrets`` list: ``current`` with ``changes`` applied.
 
-    The raw-JSON twin of :func:`reconciler.planner.apply_ref_changes` (same rules: a change drops the
+    The raw-JSON twin of :func:`reconciler.core.planner.apply_ref_changes` (same rules: a change drops the
     references at its path that are named in ``old``, then adds ``new``), working on the engine's
     dicts so that fields we do not model survive byte for byte. UID, GID and Mode are always sent: the
     raw API has no defaults (an omitted Mode means a file of mode 000, an omitted UID fails every task).

@@ -22,8 +22,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from reconciler.model import LiveSecret, LiveState
-from reconciler.plan import Kept, RemoveSecret
+from reconciler.core.model import LiveSecret, LiveState
+from reconciler.core.plan import Kept, RemoveSecret
 
 __all__ = ["Cause", "Scope", "collect", "protections"]
 

@@ -1,6 +1,6 @@
 """The swarm client: the only module that imports ``docker``.
 
-It observes (secrets, services, tasks → :class:`~reconciler.model.LiveState`) and mutates (create and
+It observes (secrets, services, tasks → :class:`~reconciler.core.model.LiveState`) and mutates (create and
 remove secrets, rewrite a service's secret references, read rollout progress), translating every
 docker-py exception into the :mod:`reconciler.errors` tree in one place (:func:`_translate`).
 
@@ -35,8 +35,8 @@ import docker.errors
 import requests
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
-from .errors import SwarmConflict, SwarmError, SwarmRefused, SwarmUnavailable
-from .model import LiveSecret, LiveService, LiveState, SecretRef, SecretValue
+from reconciler.core.model import LiveSecret, LiveService, LiveState, SecretRef, SecretValue
+from reconciler.errors import NotManager, SwarmConflict, SwarmError, SwarmRefused, SwarmUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,6 @@ class RolloutProbe:
 
 
 # --- error translation ------------------------------------------------------------------------------
-
-
-class NotManager(SwarmUnavailable):
-    """The engine answers but is not a swarm manager: retrying will not help."""
-
-    transient = False
 
 
 def _translate(exc: Exception, what: str) -> SwarmError:

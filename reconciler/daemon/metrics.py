@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.exposition import generate_latest
 
 if TYPE_CHECKING:  # loop.py imports this module; the type is only needed for annotations
-    from reconciler.loop import TickResult
+    from reconciler.daemon.types import TickResult
 
 PREFIX: Final = "swarm_secrets_"
 

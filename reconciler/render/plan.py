@@ -1,4 +1,4 @@
-"""Print a :class:`~reconciler.plan.Plan` for people (text), machines (JSON) and pull requests (Markdown).
+"""Print a :class:`~reconciler.core.plan.Plan` for people (text), machines (JSON) and pull requests.
 
 A plan holds names, versions, paths and reasons, never a secret value, so every rendering is safe to
 post publicly. The fingerprint label is left out of every rendering anyway: it is keyed, but it helps
@@ -46,8 +46,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.model import LABEL_FINGERPRINT
-from reconciler.plan import CreateSecret, Kept, Plan, RefChange, RemoveSecret, UpdateService
+from reconciler.core.model import LABEL_FINGERPRINT
+from reconciler.core.plan import CreateSecret, Kept, Plan, RefChange, RemoveSecret, UpdateService
 
 __all__ = [
     "FORMAT_VERSION",

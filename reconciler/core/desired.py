@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .fingerprint import fingerprint, key_id
-from .model import DesiredSecret, DesiredSet, DesiredState, SecretSet, SecretValue
+from reconciler.core.fingerprint import fingerprint, key_id
+from reconciler.core.model import DesiredSecret, DesiredSet, DesiredState, SecretSet, SecretValue
 
 Values = Mapping[tuple[str, str], SecretValue]
 """Resolved values keyed by (set name, logical secret name)."""

@@ -1,0 +1,32 @@
+"""``swarm-secrets status``: what the swarm holds per set and secret, and why old versions stay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from reconciler import manifests
+from reconciler.cli.app import (
+    engine_options,
+    handle_errors,
+    main,
+    manifest_paths,
+)
+from reconciler.core.status import build_status
+from reconciler.engine.swarm import Swarm
+from reconciler.render.status import render_status_json, render_status_text
+
+
+@main.command()
+@manifest_paths
+@engine_options
+@click.option("--format", "fmt", type=click.Choice(("text", "json")), default="text", show_default=True)
+@handle_errors
+def status(paths: tuple[Path, ...], docker_host: str | None, fmt: str) -> None:
+    """Per set and secret: current version, its users, superseded versions and why each is kept;
+    orphaned sets; unmanaged secrets nothing references. Reads manifests offline (no keys needed)."""
+    sets = {s.name: s.keep for s in manifests.load(paths)} if all(p.exists() for p in paths) else None
+    with Swarm.connect(docker_host) as swarm:
+        report = build_status(swarm.observe(), sets)
+    click.echo(render_status_json(report) if fmt == "json" else render_status_text(report), nl=False)

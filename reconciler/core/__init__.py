@@ -1,0 +1,5 @@
+"""The pure core: model, desired state, planner, collection, plan actions, fingerprints, status.
+
+Nothing here does I/O, imports docker or runs a subprocess (an import-linter contract keeps it so):
+it turns values into decisions that the edges carry out.
+"""

@@ -1,0 +1,46 @@
+"""``swarm-secrets status`` as text for people and JSON for machines.
+
+Pure: returns strings; the caller prints.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from reconciler.core.status import StatusReport
+
+FORMAT_VERSION = 1
+
+
+def render_status_json(report: StatusReport) -> str:
+    return json.dumps({"format_version": FORMAT_VERSION, **asdict(report)}, indent=2) + "\n"
+
+
+def render_status_text(report: StatusReport) -> str:
+    lines: list[str] = []
+    current_set = None
+    for item in report.secrets:
+        if item.set_name != current_set:
+            current_set = item.set_name
+            lines.append(f"set {item.set_name}")
+        cur = item.current
+        users = ", ".join(cur.used_by) or "no service"
+        created = cur.created_at[:19] or "?"
+        lines.append(f"  {item.secret}: {cur.name} (v{cur.version}, created {created}) used by {users}")
+        for old in item.superseded:
+            lines.append(f"    {old.name}: {old.note}")
+    if not report.secrets:
+        lines.append("No managed secrets.")
+    if report.orphaned_sets:
+        lines.append(
+            "orphaned sets (no loaded manifest; `apply --prune-orphans` collects them): "
+            + ", ".join(report.orphaned_sets)
+        )
+    if report.unmanaged_unreferenced:
+        lines.append(
+            "unmanaged secrets nothing references (left alone): " + ", ".join(report.unmanaged_unreferenced)
+        )
+    for name, why in report.unmanaged_referenced:
+        lines.append(f"unmanaged secret {name} (left alone): {why}")
+    return "\n".join(lines) + "\n"
