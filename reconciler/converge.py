@@ -12,6 +12,7 @@ to the executor; the desired state and the plan carry fingerprints.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,8 +25,12 @@ from reconciler.core.model import DesiredState, LiveState, SecretSet
 from reconciler.core.plan import Plan
 from reconciler.engine.keysource import load_key
 from reconciler.engine.swarm import Swarm
+from reconciler.errors import RevisionError
 from reconciler.manifests import loader as manifest
-from reconciler.manifests.revision import detect_revision
+from reconciler.manifests import revision as revisions
+from reconciler.manifests.revision import RevisionGuard, detect_revision
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,17 +64,40 @@ def prepare(
     key_file: Path | None = None,
     prune_orphans: bool = False,
     read_only: bool = False,
+    revision_guard: RevisionGuard | None = None,
 ) -> Prepared:
-    """``read_only``: for ``plan``, which must not even create the fingerprint key config."""
+    """``read_only``: for ``plan``, which must not even create the fingerprint key config.
+    ``revision_guard``: refuse manifests older than what the swarm runs (apply, run); None skips it."""
     # Observing is mostly waiting for the engine: fetch the key and fingerprint the values meanwhile.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe") as pool:
         observing = pool.submit(swarm.observe)
         key = load_key(swarm, key_file, create=not read_only)
         desired = build_desired(loaded.sets, loaded.values, key, revision=loaded.revision)
         live = observing.result()
+    guard_revision(loaded, live, revision_guard)  # issue 13: before planning, so before any change
     return Prepared(
         loaded=loaded,
         desired=desired,
         live=live,
         plan=planner.plan(desired, live, prune_orphans=prune_orphans),
     )
+
+
+# --- never the past over the present (issue 13) ---------------------------------------------------------
+# Kept apart from the steps above so it can be re-attached as one call wherever the observed live state
+# is first available and nothing has been changed yet.
+
+
+def guard_revision(loaded: Loaded, live: LiveState, guard: RevisionGuard | None) -> None:
+    """Raise :class:`RevisionError` when the manifests are older than a revision the swarm records for
+    one of the loaded sets (or that cannot be decided and the guard says refuse); else warn or pass."""
+    if guard is None:
+        return
+    recorded = revisions.recorded_revisions(live, (s.name for s in loaded.sets))
+    problem = revisions.check_revision(loaded.revision, recorded, guard.repository)
+    if problem is None:
+        return
+    if guard.refuses(problem):
+        raise RevisionError(problem.message)
+    flag = "--allow-older-revision" if guard.allow_older else "--revision-check=warn"
+    log.warning("%s; applying anyway, as %s says", problem.detail, flag)

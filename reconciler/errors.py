@@ -14,6 +14,7 @@ Every error the user can act on derives from :class:`SwarmSecretsError` and rend
     │   └── SwarmRefused         the engine refused a request permanently (400/404/409 that re-observing
     │                            does not fix)
     ├── GitError             fetching the manifests from git failed (transient or not)
+    ├── RevisionError        the manifests are older than what the swarm runs (or it cannot be told)
     └── ConfigError          a command-line option or setting is wrong
 
 Transient vs permanent is a separate axis: ``transient`` is True where retrying later may succeed;
@@ -116,6 +117,12 @@ class NotManager(SwarmUnavailable):
     """The engine answers but is not a swarm manager: retrying will not help."""
 
     transient = False
+
+
+class RevisionError(SwarmSecretsError):
+    """Applying the manifests would move a set back to an older commit than the swarm records, or
+    ancestry cannot be decided and the operator did not allow going on. Nothing was changed; a newer
+    commit (or ``--allow-older-revision`` / ``--revision-check=warn``) resolves it."""
 
 
 class GitError(SwarmSecretsError):

@@ -4,7 +4,8 @@
   every ``extra=`` field of the record, and ``exc`` when a traceback is attached.
 * :class:`TextFormatter` writes ``ts LEVEL logger: message key=value …`` for people at a terminal.
 * :func:`audit` logs one structured INFO record on the ``reconciler.audit`` logger: what the tool
-  changed (set, secret, versions, services, revision), never a value.
+  changed (set, secret, versions, services, revision) and which swarm-secrets version did it
+  (``tool_version``), never a value.
 
 This module must not configure logging (the CLI installs handlers and picks a formatter) and must
 never render secret bytes: :func:`audit` drops fields named like a value and any field that holds a
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import PurePath
 from typing import Any
 
+from reconciler import __version__
 from reconciler.core.model import SecretValue
 
 AUDIT_LOGGER = "reconciler.audit"
@@ -133,9 +135,12 @@ def audit(event: str, /, **fields: object) -> None:
     (at any depth) are dropped; their names are listed in ``dropped`` so the omission is visible. A
     field whose name clashes with a LogRecord attribute (``name``, ``module``, …) gets a trailing ``_``.
 
+    Every record also carries ``tool_version``: the swarm-secrets version that made the change, so an
+    audit trail shows which release did what (and a caller cannot override it).
+
     Example: ``audit("secret_created", set="app", secret="db_password", version=3, revision=sha)``.
     """
-    extra: dict[str, object] = {"event": event}
+    extra: dict[str, object] = {"event": event, "tool_version": __version__}
     dropped: list[str] = []
     for key, val in fields.items():
         if key.lower() in FORBIDDEN_FIELDS or _holds_secret(val):

@@ -27,7 +27,7 @@ from typing import ParamSpec, TypeVar
 
 import click
 
-from reconciler import manifests
+from reconciler import __version__, manifests
 from reconciler.errors import ExitCode, ProblemsError, SwarmSecretsError
 from reconciler.logs import JsonFormatter, TextFormatter
 
@@ -120,7 +120,7 @@ def configure_logging(level: str, fmt: str) -> None:
     show_default=True,
     help="Log as text, or as JSON lines for a log collector.",
 )
-@click.version_option(package_name="swarm-secrets")
+@click.version_option(__version__, prog_name="swarm-secrets", message="%(prog)s %(version)s")
 def main(log_level: str, log_format: str) -> None:
     """Declarative GitOps reconciler for Docker Swarm secrets."""
     configure_logging(log_level, log_format)
@@ -191,4 +191,23 @@ def rollout_options(fn: Callable[P, R]) -> Callable[P, R]:
         )
     ):
         fn = option(fn)
+    return fn
+
+
+def revision_check_options(fn: Callable[P, R]) -> Callable[P, R]:
+    """Never the past over the present (apply, run): what to do when the swarm records a newer commit."""
+    fn = click.option(
+        "--revision-check",
+        type=click.Choice(("error", "warn")),
+        default="error",
+        show_default=True,
+        help="When it cannot be decided whether the manifests' commit is older than the one the swarm "
+        "records (shallow clone, unrelated history): refuse (error) or warn and apply.",
+    )(fn)
+    fn = click.option(
+        "--allow-older-revision",
+        is_flag=True,
+        help="Apply even when the swarm records, for the same set, a commit that descends from the "
+        "manifests' commit (moves the set back to older values).",
+    )(fn)
     return fn

@@ -14,12 +14,14 @@ from reconciler.cli.app import (
     key_options,
     main,
     manifest_paths,
+    revision_check_options,
     rollout_options,
 )
 from reconciler.engine import executor
 from reconciler.engine.executor import ApplyOptions, ApplyResult
 from reconciler.engine.swarm import Swarm
 from reconciler.errors import ConfigError, ExitCode
+from reconciler.manifests.revision import RevisionCheckMode, RevisionGuard
 from reconciler.render import plan as render
 from reconciler.render.progress import Progress
 
@@ -32,6 +34,7 @@ from reconciler.render.progress import Progress
     "--yes", "-y", is_flag=True, help="Apply without asking (required when stdin is not a terminal)."
 )
 @rollout_options
+@revision_check_options
 @click.option("--stats", is_flag=True, help="Print how many Engine API requests the run made.")
 @handle_errors
 def apply(
@@ -43,16 +46,22 @@ def apply(
     timeout: float,
     concurrency: int,
     prune_orphans: bool,
+    allow_older_revision: bool,
+    revision_check: RevisionCheckMode,
     stats: bool,
 ) -> None:
     """Show the plan, then create versions, roll services, wait for them and collect old versions.
+
+    Refuses (exit 1, nothing changed) manifests older than the commit the swarm records for the same
+    set, unless --allow-older-revision.
 
     Exit codes: 0 converged; 1 error before any change; 3 applied with failures (a rollout rolled
     back, paused or timed out, or a secret was blocked): the swarm is consistent, fix and re-run.
     """
     loaded = converge.load(paths, revision=revision)
+    guard = RevisionGuard(repository=paths[0], allow_older=allow_older_revision, undecidable=revision_check)
     with Swarm.connect(docker_host) as swarm:
-        _apply(loaded, swarm, fingerprint_key_file, yes, timeout, concurrency, prune_orphans, stats)
+        _apply(loaded, swarm, fingerprint_key_file, yes, timeout, concurrency, prune_orphans, stats, guard)
 
 
 def _apply(
@@ -64,8 +73,11 @@ def _apply(
     concurrency: int,
     prune_orphans: bool,
     stats: bool,
+    guard: RevisionGuard,
 ) -> None:
-    prepared = converge.prepare(loaded, swarm, key_file=fingerprint_key_file, prune_orphans=prune_orphans)
+    prepared = converge.prepare(
+        loaded, swarm, key_file=fingerprint_key_file, prune_orphans=prune_orphans, revision_guard=guard
+    )
     click.echo(render.render_text(prepared.plan, color=sys.stdout.isatty()).rstrip("\n"))
     if prepared.plan.empty:
         _stats(stats, swarm)

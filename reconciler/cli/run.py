@@ -12,10 +12,12 @@ from reconciler.cli.app import (
     fingerprint_key_option,
     handle_errors,
     main,
+    revision_check_options,
     rollout_options,
 )
 from reconciler.engine.executor import ApplyOptions
 from reconciler.errors import ConfigError
+from reconciler.manifests.revision import RevisionCheckMode
 
 # --- the long-running reconciler ----------------------------------------------------------------------
 
@@ -84,6 +86,7 @@ from reconciler.errors import ConfigError
     help="Reconcile when secrets or services change in the swarm (drift within seconds).",
 )
 @rollout_options
+@revision_check_options
 @handle_errors
 def run(
     path: Path | None,
@@ -104,6 +107,8 @@ def run(
     timeout: float,
     concurrency: int,
     prune_orphans: bool,
+    allow_older_revision: bool,
+    revision_check: RevisionCheckMode,
 ) -> None:
     """Reconcile continuously: on start, every --interval, on webhooks, on git changes and on swarm
     events. SIGTERM finishes the step in hand and exits 0."""
@@ -124,6 +129,8 @@ def run(
             docker_host=docker_host,
             fingerprint_key_file=fingerprint_key_file,
             apply=ApplyOptions(timeout=timeout, concurrency=concurrency, prune_orphans=prune_orphans),
+            allow_older_revision=allow_older_revision,
+            revision_check=revision_check,
         )
     )
     if git_url is not None:

@@ -1,12 +1,16 @@
-"""Keep a local checkout of the manifests' git repository at a branch or tag, one shallow fetch a tick.
+"""Keep a local checkout of the manifests' git repository at a branch or tag, one fetch a tick.
 
 :meth:`GitSync.sync` brings ``checkout_dir`` to the newest commit of ``ref`` and returns the commit
 sha and the manifests folder in it::
 
     first run   git init; git remote add origin <url>
-    every run   git fetch --depth 1 --no-tags origin <ref>
+    every run   git fetch --no-tags origin <ref>     (+ --unshallow once for a shallow older checkout)
                 git checkout --force --detach FETCH_HEAD; git clean -ffdx
                 git rev-parse HEAD
+
+The fetch brings the ref's whole history (the first time; later fetches only what is new), not one
+commit: the revision check (``manifests/revision.py``) must be able to tell whether the commit the
+swarm records is newer than the one fetched, which needs the commits between them.
 
 The checkout is disposable and level-based like everything else: local edits and untracked files are
 thrown away on every sync, so the manifests are exactly the commit's.
@@ -269,10 +273,11 @@ class GitSync:
         env = self.environment()
         where = self.scrub(s.url)
         self._prepare(env)
+        # A checkout made by an older version fetched one commit deep: complete it once.
+        deepen = ("--unshallow",) if (s.checkout_dir / ".git" / "shallow").exists() else ()
         self._git(
             "fetch",
-            "--depth",
-            "1",
+            *deepen,
             "--no-tags",
             "--no-recurse-submodules",
             "--quiet",

@@ -27,6 +27,7 @@ from reconciler.engine import executor
 from reconciler.engine.executor import ApplyOptions
 from reconciler.engine.swarm import Swarm
 from reconciler.errors import SwarmSecretsError
+from reconciler.manifests.revision import RevisionCheckMode, RevisionGuard
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,10 @@ class TickSettings:
     """HMAC key file; None: the key kept in the swarm's Docker config."""
     apply: ApplyOptions = ApplyOptions()
     """Rollout timeout, concurrency, orphan pruning."""
+    allow_older_revision: bool = False
+    """Apply even when the swarm records a newer commit of a set (``--allow-older-revision``)."""
+    revision_check: RevisionCheckMode = "error"
+    """When ancestry cannot be decided: fail the tick (error) or warn and apply (``--revision-check``)."""
 
 
 def make_tick(settings: TickSettings) -> Tick:
@@ -65,6 +70,11 @@ def make_tick(settings: TickSettings) -> Tick:
                 swarm,
                 key_file=settings.fingerprint_key_file,
                 prune_orphans=settings.apply.prune_orphans,
+                revision_guard=RevisionGuard(
+                    repository=manifests,
+                    allow_older=settings.allow_older_revision,
+                    undecidable=settings.revision_check,
+                ),
             )
             managed = sum(1 for s in prepared.live.secrets if s.managed)
             for warning in prepared.plan.warnings:

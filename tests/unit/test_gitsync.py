@@ -72,7 +72,22 @@ def test_fetch_twice_follows_the_branch(remote: Remote, tmp_path: Path) -> None:
     assert again.revision == second != first
     assert (again.manifests_dir / "app.yaml").read_text() == "v: 2\n"
     assert not (again.manifests_dir / "stray.yaml").exists()  # exactly the commit, nothing else
-    assert git(tmp_path / "co", "rev-parse", "--is-shallow-repository") == "true"
+    # the whole history is there, so the revision check can tell older from newer
+    assert git(tmp_path / "co", "rev-parse", "--is-shallow-repository") == "false"
+    assert git(tmp_path / "co", "merge-base", "--is-ancestor", first, second) == ""
+
+
+def test_a_shallow_checkout_left_by_an_older_version_is_completed(remote: Remote, tmp_path: Path) -> None:
+    first = remote.commit({"a.yaml": "1"})
+    second = remote.commit({"a.yaml": "2"})
+    co = tmp_path / "co"
+    subprocess.run(["git", "clone", "-q", "--depth", "1", "-b", "main", remote.url, str(co)], check=True)
+    assert git(co, "rev-parse", "--is-shallow-repository") == "true"
+    third = remote.commit({"a.yaml": "3"})
+    checkout = GitSync(GitSettings(url=remote.url, checkout_dir=co)).sync()
+    assert checkout.revision == third
+    assert git(co, "rev-parse", "--is-shallow-repository") == "false"
+    assert git(co, "rev-list", "--count", "HEAD") == "3" and first != second
 
 
 def test_tag_ref(remote: Remote, tmp_path: Path) -> None:
