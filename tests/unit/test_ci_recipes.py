@@ -11,7 +11,15 @@ Checked without any CI service, Docker engine or network:
 * the hidden plan-comment marker is the same everywhere;
 * no recipe prints a secret: no ``set -x``, no ``curl -v``, no ``echo $SOPS_AGE_KEY`` (a secret may
   only be written to a file), GitHub secrets reach steps only through ``env:``; the key-writing steps,
-  run with fake secrets, print nothing of them.
+  run with fake secrets, print nothing of them, write into the runner's temp folder, and are undone;
+* every install of swarm-secrets points at this repository at a pinned tag or commit, and pip
+  resolves such a line, against a clone of this repository, to this package with its extras;
+* the workflow files validate against the official schemas (check-jsonschema's vendored copies of
+  SchemaStore's GitHub workflow schema and GitLab's CI schema);
+* least privilege: actions pinned by commit SHA on Node 24, environments for the credentials, no
+  ``always()``, the comment step edits only its own bot's comment; an apply of a commit that is no
+  longer the branch head is skipped (run in a real git repository); GitLab runs applies in a resource
+  group with the newest-first process mode and outdated-job prevention documented.
 
 The shell reading here is deliberately small (``shlex`` plus control operators): enough for recipes
 written plainly, which is what recipes should be.
@@ -19,12 +27,14 @@ written plainly, which is what recipes should be.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
 import stat
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +57,11 @@ RECIPES = (*sorted(CI.glob("*.y*ml")), HOOKS)
 
 MARKER = "<!-- swarm-secrets-plan -->"
 PLACEHOLDER = "PLACEHOLDER"
+HOME_IN_TEMP = "${{ runner.temp }}/swarm-secrets-home"
+"""HOME of the GitHub steps that use the ssh key: a folder in the runner's temp folder, removed at the end."""
+PINNED_INSTALL = "swarm-secrets[ssh] @ git+https://github.com/OWNER/swarm-secrets@v0.1.0"
+"""How the recipes install swarm-secrets: this repository at a release tag (nothing of this name is on
+PyPI, and anyone could register it)."""
 
 # GitHub expressions are substituted before the shell runs, so they are replaced in the text; shell
 # parameters ($X, ${X}, $(…), $((…)), $?) are replaced within each word after splitting.
@@ -388,7 +403,7 @@ def test_github_plan_job() -> None:
     assert validate["if"] == "steps.key.outputs.available != 'true'"
     plan = _step_running(job, "swarm-secrets plan")
     assert plan["if"] == "steps.key.outputs.available == 'true'"
-    assert plan["env"] == {"SOPS_AGE_KEY": "${{ secrets.SOPS_AGE_KEY }}"}
+    assert plan["env"] == {"SOPS_AGE_KEY": "${{ secrets.SOPS_AGE_KEY }}", "HOME": HOME_IN_TEMP}
     ssh = _step_running(job, "id_ed25519")
     assert ssh["if"] == "steps.key.outputs.available == 'true'"
 
@@ -396,8 +411,10 @@ def test_github_plan_job() -> None:
 def test_github_comment_is_updated_not_duplicated() -> None:
     job = load(GITHUB)["jobs"]["plan"]
     [step] = [s for s in _steps(job) if str(s.get("uses", "")).startswith("actions/github-script@")]
-    assert step["if"].startswith("always()")
+    assert step["if"] == "${{ !cancelled() && steps.plan.outputs.exit-code != '' }}"
     script = step["with"]["script"]
+    # only the comment this workflow's bot wrote: a user quoting the marker cannot get theirs edited
+    assert "c.user?.login === 'github-actions[bot]' && c.body?.includes(marker)" in script
     assert f"const marker = '{MARKER}';" in script
     assert "c.body?.includes(marker)" in script
     assert "${marker}" in script  # the body carries the marker it is found by
@@ -412,7 +429,7 @@ def test_github_apply_job_never_overlaps() -> None:
     assert job["concurrency"]["group"] == "swarm-secrets-apply"
     assert job["concurrency"]["cancel-in-progress"] is False
     apply = _step_running(job, "swarm-secrets apply")
-    assert apply["env"] == {"SOPS_AGE_KEY": "${{ secrets.SOPS_AGE_KEY }}"}
+    assert apply["env"] == {"SOPS_AGE_KEY": "${{ secrets.SOPS_AGE_KEY }}", "HOME": HOME_IN_TEMP}
 
 
 def test_github_key_reaches_only_the_steps_that_need_it() -> None:
@@ -431,7 +448,7 @@ def test_github_uses_the_ssh_extra_for_an_ssh_engine() -> None:
     assert workflow["env"]["DOCKER_HOST"].startswith("ssh://deploy@")
     for job in workflow["jobs"].values():
         installs = [s["run"] for s in _steps(job) if "pip install" in s.get("run", "")]
-        assert installs == ["pip install 'swarm-secrets[ssh]'"]
+        assert installs == [f"pip install '{PINNED_INSTALL}'"]
 
 
 # --- GitLab CI -------------------------------------------------------------------------------------------
@@ -446,16 +463,17 @@ def test_gitlab_jobs() -> None:
     assert pipeline["stages"] == ["plan", "apply"]
     validate, plan, apply = pipeline["validate-offline"], pipeline["plan"], pipeline["apply"]
 
-    # no key: the first rule excludes the job when the key is there; else it runs on merge requests
-    assert validate["rules"][0] == {
-        "if": '$CI_PIPELINE_SOURCE == "merge_request_event" && $SOPS_AGE_KEY',
-        "when": "never",
-    }
-    assert "merge_request_event" in validate["rules"][1]["if"]
-    assert _rules_text(plan) == ['$CI_PIPELINE_SOURCE == "merge_request_event" && $SOPS_AGE_KEY']
+    # every merge request validates offline; the plan job too runs on merge requests, and ends early
+    # without the key (environment-scoped variables are not visible to rules)
+    assert _rules_text(validate) == _rules_text(plan) == ['$CI_PIPELINE_SOURCE == "merge_request_event"']
     assert plan["extends"] == apply["extends"] == ".engine"
     assert validate["extends"] == ".swarm-secrets"
+    first = list(_items(plan["script"]))[0]
+    assert 'if [ -z "$SOPS_AGE_KEY" ]' in first and "exit 0" in first
 
+    # credentials per environment: the apply's protected ones reach the production environment only
+    assert plan["environment"] == {"name": "swarm-plan", "action": "prepare"}
+    assert apply["environment"]["name"] == "production"
     assert apply["resource_group"] == "swarm-production"
     [rule] = _rules_text(apply)
     assert "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH" in rule and '$CI_COMMIT_REF_PROTECTED == "true"' in rule
@@ -473,9 +491,13 @@ def test_gitlab_note_is_updated_not_duplicated() -> None:
 
 
 def test_gitlab_uses_the_ssh_extra_for_an_ssh_engine() -> None:
-    engine = load(GITLAB)[".engine"]
+    pipeline = load(GITLAB)
+    engine = pipeline[".engine"]
     assert engine["variables"]["DOCKER_HOST"].startswith("ssh://deploy@")
-    assert engine["before_script"][0].startswith("pip install --quiet 'swarm-secrets[ssh]'")
+    installs = [i for i in _items(engine["before_script"]) if i.startswith("pip install")]
+    assert installs == [f"pip install --quiet '{PINNED_INSTALL}'"]
+    # the same install as every other job's (a YAML anchor, flattened by GitLab)
+    assert engine["before_script"][0] == pipeline[".swarm-secrets"]["before_script"]
 
 
 # --- pre-commit ------------------------------------------------------------------------------------------
@@ -497,7 +519,7 @@ def test_pre_commit_hook() -> None:
 
 def _fake_cli(folder: Path, exit_code: int) -> Mapping[str, str]:
     fake = folder / "bin" / "swarm-secrets"
-    fake.parent.mkdir()
+    fake.parent.mkdir(parents=True)
     fake.write_text(f"#!/bin/sh\nprintf '### swarm-secrets plan\\n\\nfake plan\\n'\nexit {exit_code}\n")
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     return {
@@ -526,10 +548,12 @@ def test_github_plan_step_exit_codes(tmp_path: Path, exit_code: int, ok: bool) -
 @pytest.mark.parametrize(("exit_code", "ok"), [(0, True), (2, True), (1, False)])
 def test_gitlab_plan_script_exit_codes(tmp_path: Path, exit_code: int, ok: bool) -> None:
     items = list(_items(load(GITLAB)["plan"]["script"]))
-    # The first item makes the note body, the last fails the job; those between talk to the GitLab API.
-    script = "\n".join([items[0], items[-1]])
+    # The first item ends the job without a key, the second makes the note body, the last fails the
+    # job; those between talk to the GitLab API.
+    script = "\n".join([items[0], items[1], items[-1]])
     env = {
         **_fake_cli(tmp_path, exit_code),
+        "SOPS_AGE_KEY": "AGE-SECRET-KEY-1FAKE",
         "PLAN_MARKER": MARKER,
         "CI_COMMIT_SHORT_SHA": "abc1234",
         "CI_JOB_URL": "https://gitlab.example/job/1",
@@ -671,6 +695,7 @@ def _run_quietly(script: str, tmp_path: Path, extra: Mapping[str, str]) -> str:
 
 
 def _check_key_files(home: Path) -> None:
+    """The key files, under ``home`` (a folder of the job's own in the temp folder, never ~/.ssh)."""
     key = home / ".ssh" / "id_ed25519"
     assert key.read_text() == FAKE_SECRETS["DEPLOY_SSH_KEY"] + "\n"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
@@ -679,9 +704,20 @@ def _check_key_files(home: Path) -> None:
 
 @pytest.mark.parametrize("job", ["plan", "apply"])
 def test_github_ssh_step_writes_the_key_and_prints_nothing(tmp_path: Path, job: str) -> None:
+    steps = load(GITHUB)["jobs"][job]["steps"]
     run = _step_running(load(GITHUB)["jobs"][job], "id_ed25519")["run"]
-    assert _run_quietly(run, tmp_path, {}) == ""
-    _check_key_files(tmp_path)
+    temp = tmp_path / "runner-temp"
+    temp.mkdir()
+    assert _run_quietly(run, tmp_path, {"RUNNER_TEMP": str(temp)}) == ""
+    _check_key_files(temp / "swarm-secrets-home")
+    assert not (tmp_path / ".ssh").exists()  # the runner user's own ~/.ssh is left alone
+    # the steps that use the key run with that folder as HOME, and the last step removes it
+    users = [s for s in steps if re.search(r"swarm-secrets (plan|apply)\b", s.get("run", ""))]
+    assert users and all(s["env"]["HOME"] == HOME_IN_TEMP for s in users)
+    cleanup = steps[-1]
+    assert cleanup["if"] == "${{ !cancelled() }}"
+    _run_quietly(cleanup["run"], tmp_path, {"RUNNER_TEMP": str(temp)})
+    assert not (temp / "swarm-secrets-home").exists()
 
 
 @pytest.mark.parametrize("available", [True, False])
@@ -696,9 +732,14 @@ def test_github_key_check_prints_no_key(tmp_path: Path, available: bool) -> None
 
 
 def test_gitlab_engine_setup_writes_the_key_and_prints_nothing(tmp_path: Path) -> None:
-    items = [i for i in _items(load(GITLAB)[".engine"]["before_script"]) if not i.startswith("pip install")]
-    assert _run_quietly("\n".join(items), tmp_path, {}) == ""
-    _check_key_files(tmp_path)
+    engine = load(GITLAB)[".engine"]
+    items = [i for i in _items(engine["before_script"]) if not i.startswith(("pip install", "apt-get"))]
+    extra = {"TMPDIR": str(tmp_path), "CI_JOB_ID": "4711"}
+    assert _run_quietly("\n".join(items), tmp_path, extra) == ""
+    _check_key_files(tmp_path / "swarm-secrets-4711")
+    assert not (tmp_path / ".ssh").exists()
+    _run_quietly("\n".join(_items(engine["after_script"])), tmp_path, extra)
+    assert not (tmp_path / "swarm-secrets-4711").exists()
 
 
 def _gitlab_items(pipeline: Mapping[str, Any], job_name: str, key: str) -> list[str]:
@@ -722,7 +763,11 @@ def _shell_programs() -> Iterator[Any]:
             yield pytest.param("sh", "\n".join(items), id=f"{GITLAB.name}: {job_name}")
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+# scripts/test installs shellcheck (and sets SWARM_SECRETS_REQUIRE_SWARM): there, a missing one fails.
+@pytest.mark.skipif(
+    shutil.which("shellcheck") is None and not os.environ.get("SWARM_SECRETS_REQUIRE_SWARM"),
+    reason="shellcheck is not installed",
+)
 @pytest.mark.parametrize(("shell", "text"), list(_shell_programs()))
 def test_shellcheck(shell: str, text: str, tmp_path: Path) -> None:
     target = tmp_path / "script.sh"
@@ -754,6 +799,215 @@ def test_the_stack_command_parses_with_the_real_cli() -> None:
 
 def test_the_image_runs_the_cli() -> None:
     dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
-    assert 'ENTRYPOINT ["swarm-secrets"]' in dockerfile
+    assert 'ENTRYPOINT ["/usr/bin/tini", "-s", "--", "swarm-secrets"]' in dockerfile
     assert 'CMD ["run"]' in dockerfile
     assert "/healthz" in dockerfile
+
+
+# --- installs point at this repository -----------------------------------------------------------------
+
+# `name[extras] @ git+https://host/owner/swarm-secrets(.git)@<tag or full sha>`
+PINNED = re.compile(
+    r"(?P<name>[A-Za-z0-9._-]+)(?:\[(?P<extras>[a-z0-9,_-]+)\])? @ "
+    r"git\+https://[^/\s]+/[^/\s]+/swarm-secrets(?:\.git)?@(?P<ref>v\d+\.\d+\.\d+|[0-9a-f]{40})"
+)
+LOCAL = re.compile(r"\.(\[[a-z0-9,_-]+\])?")  # a checkout of this repository itself: `.`, `.[ssh]`
+
+
+def _pip_installs(text: str) -> list[str]:
+    """The requirement arguments of every ``pip install`` in ``text`` (shell)."""
+    found = []
+    for command in simple_commands(GITHUB_EXPRESSION.sub(PLACEHOLDER, text)):
+        argv = list(command.argv)
+        if argv[:3] in (["python", "-m", "pip"], ["python3", "-m", "pip"]):
+            argv = argv[2:]
+        if len(argv) >= 2 and argv[0] in ("pip", "pip3") and argv[1] == "install":
+            found.extend(a for a in argv[2:] if not a.startswith("-"))
+    return found
+
+
+def _readme_shell_blocks() -> list[str]:
+    return re.findall(r"```(?:sh|bash|shell)\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.DOTALL)
+
+
+def install_requirements() -> list[tuple[str, str]]:
+    """(where, requirement) for every pip install in the recipes and the README."""
+    found = [(str(s), r) for s in all_scripts() for r in _pip_installs(s.text)]
+    found += [("README.md", r) for block in _readme_shell_blocks() for r in _pip_installs(block)]
+    return found
+
+
+def test_every_install_points_at_this_repository() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    found = install_requirements()
+    recipes = {where.split(":")[0] for where, _ in found}
+    assert {GITHUB.name, GITLAB.name, "README.md"} <= recipes, recipes
+    for where, requirement in found:
+        if LOCAL.fullmatch(requirement):
+            assert where == "README.md", f"{where}: a CI job has no checkout of swarm-secrets: {requirement}"
+            continue
+        pinned = PINNED.fullmatch(requirement)
+        assert pinned, f"{where}: {requirement!r} is not this repository at a pinned tag or commit"
+        assert pinned["name"] == project["name"], where
+        extras = set((pinned["extras"] or "").split(",")) - {""}
+        assert extras <= set(project["optional-dependencies"]), f"{where}: unknown extras {extras}"
+    # one pin everywhere: upgrading means changing it in one way in every place
+    assert {r for _, r in found if not LOCAL.fullmatch(r)} == {PINNED_INSTALL}
+
+
+def test_the_pinned_install_resolves_to_this_package(tmp_path: Path) -> None:
+    """pip itself reads the recipes' requirement and builds this package's metadata from a clone of this
+    repository at the pinned ref (the release tag is made in the clone when the repository has none yet,
+    as releasing will): name, version and extras come out of this repository's pyproject."""
+    pinned = PINNED.fullmatch(PINNED_INSTALL)
+    assert pinned is not None
+    clone = tmp_path / "swarm-secrets"
+    subprocess.run(
+        ["git", "clone", "-q", "--no-hardlinks", str(REPO), str(clone)], check=True, capture_output=True
+    )
+    ref = pinned["ref"]
+    known = subprocess.run(["git", "-C", str(clone), "rev-parse", "-q", "--verify", f"{ref}^{{commit}}"],
+                           capture_output=True, check=False)  # fmt: skip
+    if known.returncode != 0:
+        assert ref.startswith("v"), f"commit {ref} is not in this repository"
+        git_env = {**os.environ, "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+        subprocess.run(["git", "-C", str(clone), "tag", ref], check=True, env=git_env)
+    # (a PEP 508 URL needs a host: file://localhost/…)
+    local = PINNED_INSTALL.replace(PINNED_INSTALL.split(" @ ")[1].split("@")[0], f"git+file://localhost{clone}")
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--no-build-isolation",
+         "--ignore-installed", "--quiet", "--disable-pip-version-check", "--report", str(report), local],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SETUPTOOLS_SCM")},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [item] = json.loads(report.read_text())["install"]
+    metadata = item["metadata"]
+    assert metadata["name"] == "swarm-secrets"
+    assert "ssh" in metadata["provides_extra"]
+    if ref.startswith("v"):
+        assert metadata["version"] == ref.removeprefix("v")
+
+
+def test_pre_commit_users_pin_a_release() -> None:
+    for text in (DOCS.read_text(encoding="utf-8"), HOOKS.read_text(encoding="utf-8")):
+        revs = re.findall(r"\brev: (\S+)", text)
+        assert revs and all(re.fullmatch(r"v\d+\.\d+\.\d+|[0-9a-f]{40}", rev) for rev in revs), revs
+
+
+# --- the official schemas --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("schema", "path"), [("vendor.github-workflows", GITHUB), ("vendor.gitlab-ci", GITLAB)]
+)
+def test_recipe_validates_against_the_official_schema(schema: str, path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", schema, str(path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- least privilege -------------------------------------------------------------------------------------
+
+# The first major release of each action that runs on Node 24 (Node 20 is deprecated on GitHub's runners).
+NODE24_SINCE = {"actions/checkout": 5, "actions/setup-python": 6, "actions/github-script": 8}
+USES = re.compile(r"^\s*(?:- )?uses: (\S+)(.*)$", re.MULTILINE)
+
+
+def test_actions_are_pinned_by_commit_sha_on_node24() -> None:
+    uses = USES.findall(GITHUB.read_text(encoding="utf-8"))
+    assert uses
+    for reference, comment in uses:
+        action, _, sha = reference.partition("@")
+        assert re.fullmatch(r"[0-9a-f]{40}", sha), f"{reference}: pin a full commit SHA"
+        version = re.fullmatch(r"\s*# v(\d+)(\.\d+)*", comment)
+        assert version, f"{reference}: say which release the SHA is, as `# vN.N.N`"
+        assert action in NODE24_SINCE, f"{action}: which major release runs on Node 24?"
+        assert int(version[1]) >= NODE24_SINCE[action], f"{reference} {comment}: a Node 20 release"
+
+
+def test_github_credentials_live_in_environments() -> None:
+    workflow = load(GITHUB)
+    text = GITHUB.read_text(encoding="utf-8")
+    assert "always()" not in re.sub(r"#.*", "", text)
+    plan, apply = workflow["jobs"]["plan"], workflow["jobs"]["apply"]
+    assert apply["environment"] == "swarm-production"
+    assert plan["environment"] == "swarm-plan"
+    for job in (plan, apply):
+        for step in _steps(job):
+            for value in step.get("env", {}).values():
+                if "secrets." in str(value):
+                    assert step.get("if") != "always()", step
+    # the header tells how to protect them
+    for words in ("Required reviewers", "main only", 'restrict,command="docker system dial-stdio"'):
+        assert words in text, words
+
+
+def test_github_apply_has_the_history_and_skips_a_commit_that_is_no_longer_the_head(tmp_path: Path) -> None:
+    job = load(GITHUB)["jobs"]["apply"]
+    steps = _steps(job)
+    assert steps[0]["with"]["fetch-depth"] == 0
+    [guard] = [s for s in steps if s.get("id") == "head"]
+    later = steps[steps.index(guard) + 1 : -1]
+    assert later and all(s["if"] == "steps.head.outputs.current == 'true'" for s in later)
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}  # fmt: skip
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], env=env, check=True, capture_output=True,
+                              text=True).stdout.strip()  # fmt: skip
+
+    git("init", "-q", "-b", "main")
+    git("commit", "-q", "--allow-empty", "-m", "old")
+    old = git("rev-parse", "HEAD")
+    git("commit", "-q", "--allow-empty", "-m", "new")
+    new = git("rev-parse", "HEAD")
+    git("update-ref", "refs/remotes/origin/main", new)  # what actions/checkout fetched: main's head now
+    for sha, current in ((new, "true"), (old, "false")):
+        output = tmp_path / f"output-{current}"
+        subprocess.run(["bash", "-e", "-c", guard["run"]], cwd=repo, check=True, capture_output=True,
+                       env={**env, "GITHUB_SHA": sha, "GITHUB_OUTPUT": str(output)})  # fmt: skip
+        assert output.read_text() == f"current={current}\n"
+
+
+def test_gitlab_apply_runs_newest_first_and_skips_an_outdated_commit(tmp_path: Path) -> None:
+    pipeline = load(GITLAB)
+    apply = pipeline["apply"]
+    text = GITLAB.read_text(encoding="utf-8")
+    assert apply["resource_group"] == "swarm-production"
+    assert apply["variables"]["GIT_DEPTH"] == "0"
+    # newest_first is an API setting of the resource group, and outdated-job prevention a project
+    # setting: both are spelled out for the operator, in the recipe and in the README
+    for document in (text, DOCS.read_text(encoding="utf-8")):
+        assert "process_mode=newest_first" in document and "resource_groups/swarm-production" in document
+        assert "Prevent outdated deployment jobs" in document
+    for words in ("Protected", 'restrict,command="docker system dial-stdio"', "environment `production`"):
+        assert words in text, words
+
+    # the guard, against a real remote: an outdated commit is skipped before swarm-secrets runs
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}  # fmt: skip
+    origin, work = tmp_path / "origin.git", tmp_path / "work"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
+    subprocess.run(["git", "clone", "-q", str(origin), str(work)], check=True, capture_output=True)
+    shas = []
+    for message in ("old", "new"):
+        subprocess.run(["git", "-C", str(work), "commit", "-q", "--allow-empty", "-m", message],
+                       env=env, check=True)  # fmt: skip
+        shas.append(subprocess.run(["git", "-C", str(work), "rev-parse", "HEAD"], capture_output=True,
+                                   text=True, check=True).stdout.strip())  # fmt: skip
+    subprocess.run(["git", "-C", str(work), "push", "-q", "origin", "main"], check=True, capture_output=True)
+    script = "\n".join(_items(apply["script"]))
+    for sha, applied in ((shas[1], True), (shas[0], False)):
+        done = subprocess.run(
+            ["sh", "-e", "-c", script], cwd=work, capture_output=True, text=True, check=False,
+            env={**env, **_fake_cli(tmp_path / sha, 0), "CI_DEFAULT_BRANCH": "main", "CI_COMMIT_SHA": sha},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert ("fake plan" in done.stdout) is applied, done.stdout
