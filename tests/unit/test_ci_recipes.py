@@ -816,7 +816,7 @@ LOCAL = re.compile(r"\.(\[[a-z0-9,_-]+\])?")  # a checkout of this repository it
 
 def _pip_installs(text: str) -> list[str]:
     """The requirement arguments of every ``pip install`` in ``text`` (shell)."""
-    found = []
+    found: list[str] = []
     for command in simple_commands(GITHUB_EXPRESSION.sub(PLACEHOLDER, text)):
         argv = list(command.argv)
         if argv[:3] in (["python", "-m", "pip"], ["python3", "-m", "pip"]):
