@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STACK_LABEL = "com.docker.stack.namespace"
+_HOST_MOUNTS = frozenset({"bind", "npipe"})
 TERMINAL_TASK_STATES = frozenset({"complete", "shutdown", "failed", "rejected", "orphaned", "remove"})
 
 
@@ -143,6 +144,8 @@ def _refs(spec: Mapping[str, Any] | None) -> tuple[SecretRef, ...]:
 
 def parse_service(raw: Mapping[str, Any]) -> LiveService:
     spec = raw.get("Spec") or {}
+    container = (spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}
+    labels = spec.get("Labels") or {}
     return LiveService(
         id=raw["ID"],
         name=spec.get("Name", raw["ID"]),
@@ -150,7 +153,14 @@ def parse_service(raw: Mapping[str, Any]) -> LiveService:
         refs=_refs(spec),
         previous_refs=_refs(raw.get("PreviousSpec")),
         update_state=(raw.get("UpdateStatus") or {}).get("State"),
-        stack=(spec.get("Labels") or {}).get(STACK_LABEL),
+        stack=labels.get(STACK_LABEL),
+        labels=labels,
+        # What the trust checks need to tell a service that can reach the engine: host paths it
+        # mounts and the names (never the values) of its environment variables.
+        binds=tuple(
+            str(m.get("Source") or "") for m in container.get("Mounts") or () if m.get("Type") in _HOST_MOUNTS
+        ),
+        env_names=frozenset(str(e).partition("=")[0] for e in container.get("Env") or ()),
     )
 
 
