@@ -32,6 +32,7 @@ Pure: no I/O, no docker; works on manifests, the policy and the live state as va
 
 from __future__ import annotations
 
+import functools
 import posixpath
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -126,6 +127,7 @@ def reserved_env(name: str) -> str | None:
     return glob_match(name, RESERVED_ENV)
 
 
+@functools.lru_cache(maxsize=65536)
 def system_target(path: str) -> str | None:
     """Why the normalised in-container ``path`` may not be a target, or None when it may."""
     if posixpath.dirname(path) == "/":

@@ -38,8 +38,16 @@ def source_root(given: Path, explicit: Path | None = None) -> Path:
 def resolve_inside(path: Path, root: Path) -> Path | None:
     """``path`` resolved (symlinks followed, as far as it exists) when that lies inside ``root``
     (itself resolved), else None."""
-    real = Path(os.path.realpath(path))
-    return real if real == root or real.is_relative_to(root) else None
+    real = inside(os.path.realpath(path), str(root))
+    return Path(real) if real is not None else None
+
+
+def inside(real: str, root: str) -> str | None:
+    """``real`` (a resolved path) when it is ``root`` or below it, else None. String work only: this
+    runs for every source of every manifest."""
+    if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+        return real
+    return None
 
 
 def location(path: Path, root: Path) -> str:

@@ -25,14 +25,15 @@ def contained(file: Path, root: Path | None, field: str) -> Path:
     """``file`` resolved (symlinks followed) when it lies inside ``root``; ``root`` None: as given."""
     if root is None:
         return file
-    real = Path(os.path.realpath(file))
-    if real != root and not real.is_relative_to(root):
+    real = os.path.realpath(file)
+    top = str(root)
+    if real != top and not real.startswith(top.rstrip(os.sep) + os.sep):
         raise SourceFailure(
             field,
             f"{display_path(file)} resolves outside the source root {root}: a source must be a file of "
             "the repository that holds the manifests",
         )
-    return real
+    return Path(real)
 
 
 def read_file(source: FileSource) -> bytes:

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from reconciler.cli import main
@@ -223,3 +225,19 @@ def test_sops_env_option_takes_variable_globs(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(main, ["validate", "--offline", "--sops-env", "A;rm", str(tmp_path / "m")])
     assert result.exit_code == 2 and "is not a variable-name glob" in result.output
+
+
+def test_the_stack_ships_the_policy_and_its_own_name() -> None:
+    from tests.unit.test_ci_recipes import parse_cli
+
+    stack = yaml.safe_load((REPO / "deploy" / "stack.yml").read_text())
+    service = stack["services"]["reconciler"]
+    command = [re.sub(r"\$\{[^}]*\}", "git@git.example.com:ops/m.git", str(w)) for w in service["command"]]
+    parsed = parse_cli(command)
+    [mount] = [c for c in service["configs"] if c["source"] == "policy"]
+    assert parsed.params["policy"] == Path(mount["target"])
+    assert stack["configs"]["policy"]["file"] == "./policy.yaml"
+    assert "${SWARM_SECRETS_POLICY_VERSION" in stack["configs"]["policy"]["name"]
+    # Swarm fills the template in per task: the reconciler knows its own service, whatever the stack name
+    assert service["environment"]["SWARM_SECRETS_SELF_SERVICE"] == "{{.Service.Name}}"
+    assert service["deploy"]["labels"]["io.swarm-secrets.role"] == "reconciler"
