@@ -142,6 +142,15 @@ def _refs(spec: Mapping[str, Any] | None) -> tuple[SecretRef, ...]:
     return tuple(refs)
 
 
+def _host_path(mount: Mapping[str, Any]) -> str:
+    """The host path a mount exposes: a bind's or named pipe's source, or the ``device`` of a local
+    volume created with bind options (``--opt o=bind --opt device=/var/run``); "" for anything else."""
+    if mount.get("Type") in _HOST_MOUNTS:
+        return str(mount.get("Source") or "")
+    options = ((mount.get("VolumeOptions") or {}).get("DriverConfig") or {}).get("Options") or {}
+    return str(options.get("device") or "") if "bind" in str(options.get("o", "")).split(",") else ""
+
+
 def parse_service(raw: Mapping[str, Any]) -> LiveService:
     spec = raw.get("Spec") or {}
     container = (spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}
@@ -157,9 +166,7 @@ def parse_service(raw: Mapping[str, Any]) -> LiveService:
         labels=labels,
         # What the trust checks need to tell a service that can reach the engine: host paths it
         # mounts and the names (never the values) of its environment variables.
-        binds=tuple(
-            str(m.get("Source") or "") for m in container.get("Mounts") or () if m.get("Type") in _HOST_MOUNTS
-        ),
+        binds=tuple(_host_path(m) for m in container.get("Mounts") or () if _host_path(m)),
         env_names=frozenset(str(e).partition("=")[0] for e in container.get("Env") or ()),
     )
 

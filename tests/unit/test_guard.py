@@ -348,3 +348,30 @@ def test_rule_texts() -> None:
     assert rule().services_text() == "no service"
     assert policy().sets_text() == "none (the policy has no rules)"
     assert Rule(number=3, file="p.yaml", line=None, sets=("x",)).where == "policy rule 3 (p.yaml)"
+
+
+def test_engine_access_from_raw_service_specs() -> None:
+    from reconciler.engine.swarm import parse_service
+
+    def raw(mounts: list[dict[str, object]], env: tuple[str, ...] = ()) -> dict[str, object]:
+        container = {"Image": "x", "Mounts": mounts, "Env": list(env)}
+        return {
+            "ID": "i",
+            "Version": {"Index": 3},
+            "Spec": {"Name": "s", "TaskTemplate": {"ContainerSpec": container}},
+        }
+
+    socket = raw([{"Type": "bind", "Source": "/var/run/docker.sock", "Target": "/var/run/docker.sock"}])
+    assert engine_access(parse_service(socket)) == "mounts the engine socket /var/run/docker.sock"
+    bind_options = {"type": "none", "o": "bind", "device": "/run"}
+    volume_options = {"DriverConfig": {"Name": "local", "Options": bind_options}}
+    volume = raw([{"Type": "volume", "Source": "runvol", "Target": "/r", "VolumeOptions": volume_options}])
+    assert engine_access(parse_service(volume)) == "mounts /run, which holds /run/docker.sock"
+    harmless: list[dict[str, object]] = [
+        {"Type": "volume", "Source": "data", "Target": "/data"},
+        {"Type": "tmpfs", "Target": "/tmp"},
+    ]
+    plain = raw(harmless, ("DB_HOST=db", "MODE"))
+    parsed = parse_service(plain)
+    assert engine_access(parsed) is None and parsed.env_names == frozenset({"DB_HOST", "MODE"})
+    assert engine_access(parse_service(raw([], ("DOCKER_HOST=tcp://10.0.0.1:2376",)))) is not None
