@@ -28,7 +28,7 @@ from reconciler.core import guard, planner
 from reconciler.core.desired import Values, build_desired
 from reconciler.core.model import DesiredState, LiveState, SecretSet
 from reconciler.core.plan import Plan
-from reconciler.engine.keysource import load_key
+from reconciler.engine.keysource import find_key, load_key
 from reconciler.engine.swarm import Swarm
 from reconciler.errors import ConfigError
 from reconciler.manifests import loader as manifest
@@ -89,11 +89,14 @@ def prepare(
     # Observing is mostly waiting for the engine: fetch the key and fingerprint the values meanwhile.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe") as pool:
         observing = pool.submit(swarm.observe)
-        key = load_key(swarm, key_file, create=not read_only)
-        desired = build_desired(loaded.sets, loaded.values, key, revision=loaded.revision)
+        key = find_key(swarm, key_file)
+        desired = build_desired(loaded.sets, loaded.values, key, revision=loaded.revision) if key else None
         live = observing.result()
     # [trust boundary] checks that need the swarm; a violation raises before anything is planned.
     guard.enforce_live(loaded.sets, live, loaded.boundary)
+    if desired is None:  # a fresh swarm: the key config is created only now, after the checks passed
+        key = load_key(swarm, key_file, create=not read_only)
+        desired = build_desired(loaded.sets, loaded.values, key, revision=loaded.revision)
     plan = planner.plan(desired, live, prune_orphans=prune_orphans)
     plan = replace(plan, governance=guard.governance(loaded.sets, loaded.boundary.policy))
     return Prepared(loaded=loaded, desired=desired, live=live, plan=plan)

@@ -33,7 +33,7 @@ from reconciler.core.model import (
     Source,
 )
 from reconciler.core.policy import Policy, Rule
-from reconciler.errors import PolicyViolation, Problem
+from reconciler.errors import ConfigError, PolicyViolation, Problem
 
 FILE = "teams/shop/set.yaml"
 
@@ -375,3 +375,44 @@ def test_engine_access_from_raw_service_specs() -> None:
     parsed = parse_service(plain)
     assert engine_access(parsed) is None and parsed.env_names == frozenset({"DB_HOST", "MODE"})
     assert engine_access(parse_service(raw([], ("DOCKER_HOST=tcp://10.0.0.1:2376",)))) is not None
+
+
+class _FreshSwarm:
+    """Just enough of ``engine.swarm.Swarm`` for ``converge.prepare`` on a swarm without the key config."""
+
+    def __init__(self, live: LiveState) -> None:
+        self.live = live
+        self.created: list[str] = []
+
+    def observe(self) -> LiveState:
+        return self.live
+
+    def find_config(self, name: str) -> tuple[str, bytes] | None:
+        return ("cfg", b"k" * 32) if self.created else None
+
+    def create_config(self, name: str, data: bytes, labels: object) -> str:
+        self.created.append(name)
+        return "cfg"
+
+
+def test_a_refused_run_creates_not_even_the_key_config() -> None:
+    from typing import cast
+
+    from reconciler import converge
+    from reconciler.core.model import SecretValue
+    from reconciler.engine.swarm import Swarm
+
+    loaded = converge.Loaded(
+        sets=(secret_set(grant("missing")),), values={("shop", "pw"): SecretValue(b"v")}, revision=None
+    )
+    fresh = _FreshSwarm(LiveState(services=(service("other"),)))
+    with pytest.raises(PolicyViolation, match="service 'missing' does not exist"):
+        converge.prepare(loaded, cast(Swarm, fresh))
+    assert fresh.created == []
+    fine = converge.Loaded(
+        sets=(secret_set(grant("other")),), values={("shop", "pw"): SecretValue(b"v")}, revision=None
+    )
+    assert converge.prepare(fine, cast(Swarm, fresh)).plan.creates
+    assert fresh.created == ["swarm-secrets-fingerprint-key"]
+    with pytest.raises(ConfigError, match="--prune-orphans needs the manifests loaded with complete=True"):
+        converge.prepare(fine, cast(Swarm, fresh), prune_orphans=True)
