@@ -6,6 +6,8 @@ Every error the user can act on derives from :class:`SwarmSecretsError` and rend
     SwarmSecretsError
     ├── ProblemsError        carries every problem found, each a Problem (file:line: path: message)
     │   ├── ManifestError    fix the manifest (schema, names, cross-file rules)    → exit 1
+    │   ├── PolicyViolation  the manifest asks for more than the operator allows     → exit 1
+    │   ├── PolicyFileError  fix the operator's policy file (--policy)               → exit 1
     │   └── SourceError      fix the key, the file or the variable a value comes from → exit 1
     ├── SwarmError           the engine said no or is not usable
     │   ├── SwarmUnavailable     cannot reach the engine (transient)
@@ -80,6 +82,17 @@ class ProblemsError(SwarmSecretsError):
 
 class ManifestError(ProblemsError):
     """One or more manifests are invalid (YAML, schema, names, cross-file rules)."""
+
+
+class PolicyViolation(ProblemsError):
+    """A manifest asks for something the operator's policy, or a rule that always applies (no
+    reserved variable, no grant to the reconciler or to a service holding the engine socket, no
+    system target, no missing service), does not allow. Each problem names the manifest line, the
+    rule and what would be allowed."""
+
+
+class PolicyFileError(ProblemsError):
+    """The policy file given with ``--policy`` is unreadable or invalid (one problem per fault)."""
 
 
 class SourceError(ProblemsError):

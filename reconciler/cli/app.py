@@ -4,7 +4,8 @@
   a ``ProblemsError`` prints one line per problem, another ``SwarmSecretsError`` one ``error:`` line,
   Ctrl-C exits 130, and anything else is a bug: traceback plus a request to report it;
 * :data:`manifest_paths` is the ``[PATH]...`` argument (default ``manifests/``);
-* the shared option decorators (engine, keys, rollouts);
+* the shared option decorators (engine, keys, rollouts, and the trust boundary: ``--policy`` and
+  friends, gathered into one :class:`TrustOptions` argument);
 * ``--log-level``/``--log-format`` configure logging, here and nowhere else (formatters: ``logs.py``).
 
 Options can also come from the environment: ``SWARM_SECRETS_<OPTION>`` for group options,
@@ -19,15 +20,18 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import click
 
 from reconciler import __version__, manifests
+from reconciler.core.guard import Boundary
 from reconciler.errors import ExitCode, ProblemsError, SwarmSecretsError
 from reconciler.logs import JsonFormatter, TextFormatter
 
@@ -211,3 +215,104 @@ def revision_check_options(fn: Callable[P, R]) -> Callable[P, R]:
         "manifests' commit (moves the set back to older values).",
     )(fn)
     return fn
+# --- the trust boundary: validate, plan, apply, status, run --------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrustOptions:
+    """The operator's trust settings as given (``--policy``, ``--source-root``, ``--self-service``,
+    ``--sops-env``); :meth:`boundary` loads the policy (inside the command, so its errors are
+    reported like any other)."""
+
+    policy: Path | None = None
+    source_root: Path | None = None
+    self_service: str | None = None
+    sops_env: tuple[str, ...] = ()
+
+    def boundary(self, paths: Sequence[Path] = (), *, daemon: bool = False) -> Boundary:
+        """The :class:`~reconciler.core.guard.Boundary`; ``paths`` are the manifest paths (to warn
+        when the policy lies among them), ``daemon`` is True for ``run``."""
+        from reconciler.manifests.policy import load_policy
+        from reconciler.manifests.roots import source_root
+
+        policy = None
+        if self.policy is not None:
+            roots = [source_root(p, self.source_root) for p in paths if p.exists()]
+            policy = load_policy(self.policy, source_roots=roots)
+        return Boundary(
+            policy=policy,
+            self_service=self.self_service or None,
+            source_root=self.source_root,
+            daemon=daemon,
+            sops_env=self.sops_env,
+        )
+
+
+_VARIABLE_GLOB = re.compile(r"[A-Za-z0-9_*?\[\]!]+")
+
+
+def _variable_globs(ctx: click.Context, param: click.Parameter, value: Sequence[str]) -> tuple[str, ...]:
+    for glob in value:
+        if not _VARIABLE_GLOB.fullmatch(glob):
+            raise click.BadParameter(f"{glob!r} is not a variable-name glob (letters, digits, '_', '*', '?')")
+    return tuple(value)
+
+
+def trust_options(fn: Callable[..., R]) -> Callable[..., R]:
+    """``--policy``, ``--source-root``, ``--self-service`` and ``--sops-env``, handed to the command as
+    one ``trust: TrustOptions`` argument. Use it above ``@handle_errors``."""
+
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any,
+        policy: Path | None,
+        source_root: Path | None,
+        self_service: str | None,
+        sops_env: tuple[str, ...],
+        **kwargs: Any,
+    ) -> R:
+        trust = TrustOptions(
+            policy=policy, source_root=source_root, self_service=self_service, sops_env=sops_env
+        )
+        return fn(*args, trust=trust, **kwargs)
+
+    options = (
+        click.option(
+            "--policy",
+            envvar="SWARM_SECRETS_POLICY",
+            type=click.Path(path_type=Path, dir_okay=False),
+            default=None,
+            metavar="FILE",
+            help="The operator's policy (kind: Policy): which services, stacks, targets and variables "
+            "each set may reach; sets no rule covers may do nothing. Never read from the manifest paths.",
+        ),
+        click.option(
+            "--source-root",
+            envvar="SWARM_SECRETS_SOURCE_ROOT",
+            type=click.Path(path_type=Path, file_okay=False, exists=True),
+            default=None,
+            metavar="DIR",
+            help="Folder every file and sops.file source must resolve inside (symlinks followed). "
+            "Default: the git work tree holding the manifests, else the folder given.",
+        ),
+        click.option(
+            "--self-service",
+            envvar="SWARM_SECRETS_SELF_SERVICE",
+            default=None,
+            metavar="NAME",
+            help="The reconciler's own service, never granted a managed secret (deploy/stack.yml "
+            "passes {{.Service.Name}}).",
+        ),
+        click.option(
+            "--sops-env",
+            envvar="SWARM_SECRETS_SOPS_ENV",
+            multiple=True,
+            callback=_variable_globs,
+            metavar="GLOB",
+            help="Extra variables sops may see (cloud KMS, Vault: 'AWS_*'); repeatable. sops always "
+            "gets SOPS_*, GNUPGHOME, HOME, PATH, TMPDIR and nothing else.",
+        ),
+    )
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper

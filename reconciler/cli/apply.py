@@ -9,6 +9,7 @@ import click
 
 from reconciler import converge
 from reconciler.cli.app import (
+    TrustOptions,
     engine_options,
     handle_errors,
     key_options,
@@ -16,6 +17,7 @@ from reconciler.cli.app import (
     manifest_paths,
     revision_check_options,
     rollout_options,
+    trust_options,
 )
 from reconciler.engine import executor
 from reconciler.engine.executor import ApplyOptions, ApplyResult
@@ -36,9 +38,11 @@ from reconciler.render.progress import Progress
 @rollout_options
 @revision_check_options
 @click.option("--stats", is_flag=True, help="Print how many Engine API requests the run made.")
+@trust_options
 @handle_errors
 def apply(
     paths: tuple[Path, ...],
+    trust: TrustOptions,
     docker_host: str | None,
     fingerprint_key_file: Path | None,
     revision: str | None,
@@ -58,8 +62,9 @@ def apply(
     Exit codes: 0 converged; 1 error before any change; 3 applied with failures (a rollout rolled
     back, paused or timed out, or a secret was blocked): the swarm is consistent, fix and re-run.
     """
-    loaded = converge.load(paths, revision=revision)
     guard = RevisionGuard(repository=paths[0], allow_older=allow_older_revision, undecidable=revision_check)
+    boundary = trust.boundary(paths)
+    loaded = converge.load(paths, revision=revision, boundary=boundary, complete=prune_orphans)
     with Swarm.connect(docker_host) as swarm:
         _apply(loaded, swarm, fingerprint_key_file, yes, timeout, concurrency, prune_orphans, stats, guard)
 

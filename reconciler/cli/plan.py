@@ -9,11 +9,13 @@ import click
 
 from reconciler import converge
 from reconciler.cli.app import (
+    TrustOptions,
     engine_options,
     handle_errors,
     key_options,
     main,
     manifest_paths,
+    trust_options,
 )
 from reconciler.core.plan import Plan
 from reconciler.engine.swarm import Swarm
@@ -49,9 +51,11 @@ def _render(the_plan: Plan, fmt: str) -> str:
 @click.option(
     "--prune-orphans", is_flag=True, help="Also plan to revoke and collect sets that have no loaded manifest."
 )
+@trust_options
 @handle_errors
 def plan(
     paths: tuple[Path, ...],
+    trust: TrustOptions,
     docker_host: str | None,
     fingerprint_key_file: Path | None,
     revision: str | None,
@@ -60,7 +64,8 @@ def plan(
     prune_orphans: bool,
 ) -> None:
     """Show what apply would change; change nothing. Never prints a value."""
-    loaded = converge.load(paths, revision=revision)
+    boundary = trust.boundary(paths)
+    loaded = converge.load(paths, revision=revision, boundary=boundary, complete=prune_orphans)
     with Swarm.connect(docker_host) as swarm:
         prepared = converge.prepare(
             loaded, swarm, key_file=fingerprint_key_file, prune_orphans=prune_orphans, read_only=True

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
 
 from reconciler import manifests
 from reconciler.cli.app import (
+    TrustOptions,
     engine_options,
     fingerprint_key_option,
     handle_errors,
     main,
     revision_check_options,
     rollout_options,
+    trust_options,
 )
 from reconciler.engine.executor import ApplyOptions
 from reconciler.errors import ConfigError
 from reconciler.manifests.revision import RevisionCheckMode
+
+log = logging.getLogger(__name__)
 
 # --- the long-running reconciler ----------------------------------------------------------------------
 
@@ -87,9 +92,11 @@ from reconciler.manifests.revision import RevisionCheckMode
 )
 @rollout_options
 @revision_check_options
+@trust_options
 @handle_errors
 def run(
     path: Path | None,
+    trust: TrustOptions,
     docker_host: str | None,
     fingerprint_key_file: Path | None,
     git_url: str | None,
@@ -123,6 +130,14 @@ def run(
         path = manifests.DEFAULT_PATH
     if git_url is not None and path is not None:
         raise ConfigError("give either a manifest PATH or --git-url, not both")
+    # The loop's environment is the reconciler's own: env sources need a policy rule (daemon=True).
+    boundary = trust.boundary([path] if path is not None else [], daemon=True)
+    if boundary.self_service is None:
+        log.warning(
+            "--self-service / SWARM_SECRETS_SELF_SERVICE is not set: grants to the reconciler's own "
+            "service are refused only by its label io.swarm-secrets.role=reconciler and by its Docker "
+            "socket; set it (deploy/stack.yml passes {{.Service.Name}})"
+        )
     tick = make_tick(
         TickSettings(
             manifests=path or Path("."),
@@ -131,6 +146,7 @@ def run(
             apply=ApplyOptions(timeout=timeout, concurrency=concurrency, prune_orphans=prune_orphans),
             allow_older_revision=allow_older_revision,
             revision_check=revision_check,
+            boundary=boundary,
         )
     )
     if git_url is not None:

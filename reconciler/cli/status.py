@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from reconciler import manifests
 from reconciler.cli.app import (
+    TrustOptions,
     engine_options,
     handle_errors,
     main,
     manifest_paths,
+    trust_options,
 )
+from reconciler.core.guard import governance
 from reconciler.core.status import build_status
 from reconciler.engine.swarm import Swarm
 from reconciler.render.status import render_status_json, render_status_text
@@ -22,11 +26,16 @@ from reconciler.render.status import render_status_json, render_status_text
 @manifest_paths
 @engine_options
 @click.option("--format", "fmt", type=click.Choice(("text", "json")), default="text", show_default=True)
+@trust_options
 @handle_errors
-def status(paths: tuple[Path, ...], docker_host: str | None, fmt: str) -> None:
+def status(paths: tuple[Path, ...], docker_host: str | None, fmt: str, trust: TrustOptions) -> None:
     """Per set and secret: current version, its users, superseded versions and why each is kept;
-    orphaned sets; unmanaged secrets nothing references. Reads manifests offline (no keys needed)."""
-    sets = {s.name: s.keep for s in manifests.load(paths)} if all(p.exists() for p in paths) else None
+    orphaned sets; unmanaged secrets nothing references; with --policy, the rule governing each set.
+    Reads manifests offline (no keys needed) and only reports: the policy is enforced by plan/apply."""
+    boundary = trust.boundary(paths)
+    loaded = manifests.load(paths, boundary, enforce=False) if all(p.exists() for p in paths) else None
+    sets = {s.name: s.keep for s in loaded} if loaded is not None else None
     with Swarm.connect(docker_host) as swarm:
         report = build_status(swarm.observe(), sets)
+    report = replace(report, governance=governance(loaded or (), boundary.policy))
     click.echo(render_status_json(report) if fmt == "json" else render_status_text(report), nl=False)

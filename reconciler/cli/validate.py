@@ -9,9 +9,11 @@ import click
 
 from reconciler import manifests
 from reconciler.cli.app import (
+    TrustOptions,
     handle_errors,
     main,
     manifest_paths,
+    trust_options,
 )
 from reconciler.core.model import SecretSet
 
@@ -21,19 +23,23 @@ from reconciler.core.model import SecretSet
 @click.option(
     "--offline",
     is_flag=True,
-    help="Check the schema and cross-file rules only; do not read or decrypt any source.",
+    help="Check the schema, cross-file rules and the policy only; do not read or decrypt any source.",
 )
+@trust_options
 @handle_errors
-def validate(paths: tuple[Path, ...], offline: bool) -> None:
-    """Check manifests, and that every secret value can be read (sops, files, variables).
+def validate(paths: tuple[Path, ...], offline: bool, trust: TrustOptions) -> None:
+    """Check manifests, the operator's policy, and that every secret value can be read (sops, files,
+    variables). Rules that need the swarm (services exist, stacks) are checked by plan and apply.
 
     Values are read and discarded; nothing is printed but a summary, or one line per problem.
     """
-    sets = manifests.load(paths)
+    boundary = trust.boundary(paths)
+    sets = manifests.load(paths, boundary)
     if not offline:
         from reconciler.sources import resolve
 
-        resolve(sets)  # values are dropped at once: validate only proves they can be produced
+        # values are dropped at once: validate only proves they can be produced
+        resolve(sets, sops_env=boundary.sops_passthrough)
     suffix = " (offline: sources not checked)" if offline else ""
     click.echo(f"ok: {summary(sets)}{suffix}")
 

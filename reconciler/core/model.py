@@ -119,6 +119,12 @@ class Origin:
     file: str
     line: int | None
     path: str
+    fields: Mapping[str, int] = field(default_factory=dict, compare=False)
+    """Lines of the element's own fields (``target``, ``mode``, ...) when they are written."""
+
+    def at(self, name: str) -> tuple[int | None, str]:
+        """(line, path) of field ``name`` of this element: its own line when written, else the element's."""
+        return self.fields.get(name, self.line), f"{self.path}.{name}" if self.path else name
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,6 +133,9 @@ class SopsSource:
 
     file: Path
     key: tuple[str, ...] | None = None
+    root: Path | None = None
+    """The source root ``file`` must resolve inside (symlinks followed); None: not checked (tests)."""
+    origin: Origin | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,6 +143,9 @@ class FileSource:
     """The bytes of a plain file."""
 
     file: Path
+    root: Path | None = None
+    """The source root ``file`` must resolve inside (symlinks followed); None: not checked (tests)."""
+    origin: Origin | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,6 +153,7 @@ class EnvSource:
     """The value of an environment variable (encoded as UTF-8)."""
 
     var: str
+    origin: Origin | None = field(default=None, compare=False)
 
 
 Source = SopsSource | FileSource | EnvSource
@@ -156,6 +169,10 @@ class ServiceGrant:
     uid: str = "0"
     gid: str = "0"
     mode: int = 0o444
+    optional: bool = False
+    """The service may not exist yet (deployed later): then the grant waits instead of failing the run."""
+    origin: Origin | None = field(default=None, compare=False)
+    """The list item in the manifest (``spec.secrets.<name>.services[i]``), for error messages."""
 
     @property
     def path(self) -> str:
@@ -182,6 +199,9 @@ class SecretSet:
     keep: int = 0
     secrets: tuple[SecretSpec, ...] = ()
     origin: Origin
+    location: str = ""
+    """The manifest file relative to its source root (``teams/shop/secrets.yaml``), for policy rules
+    that tie sets to folders; empty when unknown."""
 
 
 # --- desired state (planner input) ------------------------------------------------------------------
@@ -277,6 +297,12 @@ class LiveService:
     """``UpdateStatus.State`` (updating, paused, completed, rollback_started, …) or None."""
     stack: str | None = None
     """``com.docker.stack.namespace`` when the service belongs to a ``docker stack deploy`` stack."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """The service's labels (``Spec.Labels``)."""
+    binds: tuple[str, ...] = ()
+    """Host paths the containers mount (bind mounts; named pipes too): how a service reaches the engine."""
+    env_names: frozenset[str] = frozenset()
+    """Names (never values) of the container environment variables (``DOCKER_HOST`` reaches an engine)."""
 
     @property
     def updating(self) -> bool:

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from reconciler.core.policy import Governance
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CreateSecret:
@@ -116,6 +118,8 @@ class Plan:
     warnings: tuple[str, ...] = ()
     orphaned_sets: tuple[str, ...] = ()
     """Sets with managed objects in the swarm but no loaded manifest (pruned only on request)."""
+    governance: tuple[Governance, ...] = ()
+    """Which rule of the operator's policy governs each loaded set; empty without a policy."""
 
     @property
     def empty(self) -> bool:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from reconciler.core.collect import protections
 from reconciler.core.model import LiveSecret, LiveState
+from reconciler.core.policy import Governance
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +50,8 @@ class StatusReport:
     rollback can bring it back). Never removed by this tool; listed so a person can."""
     unmanaged_referenced: tuple[tuple[str, str], ...]
     """(name, why) of secrets without our labels that a service, a rollback target or a task uses."""
+    governance: tuple[Governance, ...] = ()
+    """With a policy: the rule governing each loaded set."""
 
 
 def build_status(live: LiveState, sets: Mapping[str, int] | None = None) -> StatusReport:

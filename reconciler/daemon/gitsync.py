@@ -15,8 +15,9 @@ swarm records is newer than the one fetched, which needs the commits between the
 The checkout is disposable and level-based like everything else: local edits and untracked files are
 thrown away on every sync, so the manifests are exactly the commit's.
 
-Credentials never reach argv (visible to every user in ``ps``), the remote URL written to
-``.git/config`` or an error message:
+git's output is never echoed or logged: a failure becomes a fixed message chosen by recognised
+patterns (:data:`_GIT_FAILURES`). Credentials never reach argv (visible to every user in ``ps``), the
+remote URL written to ``.git/config`` or an error message:
 
 * **https token** (``token_file``): sent as ``Authorization: Basic base64(<username>:<token>)`` through
   ``http.extraHeader`` set in the *environment* of the git child (``GIT_CONFIG_COUNT`` /
@@ -61,6 +62,45 @@ _STRIP_ENV = (
 )
 
 
+_GIT_FAILURES: tuple[tuple[tuple[str, ...], str, bool], ...] = (
+    # (patterns in git's output, lower case) -> (fixed reason, transient?); first match wins
+    (("couldn't find remote ref",), "ref {ref!r} not found in the repository", False),
+    (
+        ("host key verification failed", "remote host identification has changed"),
+        "the server's ssh host key is unknown or changed: check --git-known-hosts-file",
+        False,
+    ),
+    (
+        ("permission denied (publickey", "permission denied, please try again"),
+        "the server refused the ssh key: give the deploy key read access to the repository",
+        False,
+    ),
+    (
+        ("authentication failed", "could not read username", "invalid username or password", "access denied"),
+        "the server refused the credentials: check --git-token-file and the token's access",
+        False,
+    ),
+    (
+        ("repository not found", "does not appear to be a git repository", "not found"),
+        "repository not found, or no read access: check --git-url and the credentials",
+        False,
+    ),
+    (
+        ("could not resolve host", "name or service not known", "temporary failure in name resolution"),
+        "cannot resolve the git server's host name",
+        True,
+    ),
+    (
+        ("connection refused", "connection timed out", "network is unreachable", "failed to connect",
+         "couldn't connect", "operation timed out", "connection reset", "early eof", "remote end hung up"),
+        "cannot reach the git server (network)",
+        True,
+    ),
+    (("certificate", "ssl"), "TLS failed with the git server: check its certificate and CA bundle", False),
+)  # fmt: skip
+"""How a failed git command is reported: git's own output is never echoed or logged."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GitSettings:
     """Where the manifests live in git and how to reach them (``--git-*`` options)."""
@@ -98,6 +138,8 @@ class Checkout:
     """Full commit sha now checked out."""
     manifests_dir: Path
     """``checkout_dir / path``: the folder to load manifests from."""
+    root: Path
+    """The checkout's work tree (resolved): every source a manifest names must stay inside it."""
 
 
 def _is_http(url: str) -> bool:
@@ -247,25 +289,17 @@ class GitSync:
         except subprocess.TimeoutExpired as exc:
             raise GitError(f"{what}: git took longer than {s.timeout:g}s") from exc
         if done.returncode != 0:
-            raise self._error(what, done.stderr)
+            raise self._error(what, done.returncode, done.stderr)
         return done.stdout.strip()
 
-    def _error(self, what: str, stderr: str) -> GitError:
-        lines = [ln.strip() for ln in self.scrub(stderr).splitlines() if ln.strip()]
-        fatal = [ln for ln in lines if ln.startswith(("fatal:", "error:"))]
-        detail = (fatal or lines or ["git failed without a message"])[-1]
-        lowered = detail.lower()
-        if "couldn't find remote ref" in lowered:
-            return GitError(f"{what}: ref {self.settings.ref!r} not found in the repository", transient=False)
-        permanent = (
-            "authentication failed",
-            "not found",
-            "permission denied",
-            "could not read username",
-            "host key verification failed",
-            "does not appear to be a git repository",
-        )
-        return GitError(f"{what}: {detail}", transient=not any(p in lowered for p in permanent))
+    def _error(self, what: str, code: int, stderr: str) -> GitError:
+        """A fixed message chosen by recognised patterns of git's output, which is never quoted: it
+        can carry paths, URLs and, from a hostile repository, text of its choosing."""
+        lowered = stderr.lower()
+        for patterns, reason, transient in _GIT_FAILURES:
+            if any(p in lowered for p in patterns):
+                return GitError(f"{what}: {reason.format(ref=self.settings.ref)}", transient=transient)
+        return GitError(f"{what}: git failed (exit {code})", transient=True)
 
     def sync(self) -> Checkout:
         """Fetch ``ref`` and check it out; return the commit and the manifests folder."""
@@ -297,7 +331,7 @@ class GitSync:
                 f"--git-path {s.path!r} is not a folder at revision {revision[:12]} of {where} {s.ref}",
                 transient=False,
             )
-        return Checkout(revision=revision, manifests_dir=manifests)
+        return Checkout(revision=revision, manifests_dir=manifests, root=s.checkout_dir.resolve())
 
     def _prepare(self, env: dict[str, str]) -> None:
         """Make ``checkout_dir`` a repository whose ``origin`` is ``url`` (stored without credentials)."""

@@ -16,7 +16,8 @@ constant-time (:func:`hmac.compare_digest`); a missing or malformed proof is sim
                                       404 when no secret is configured
     POST /reconcile                   202 "reconcile now", Authorization: Bearer <webhook secret>
     GET  /healthz                     200 "ok" while the process runs
-    GET  /readyz                      200 or 503 with the last error (one line) from App.readiness()
+    GET  /readyz                      200 or 503 with a fixed reason (the class of the last failure at
+                                      most, never its text) from App.readiness()
     GET  /metrics                     Prometheus text exposition
     anything else                     404 unknown path, 405 wrong method
 
@@ -41,6 +42,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 from reconciler.daemon.metrics import Metrics
+from reconciler.daemon.types import readiness_reasons
 from reconciler.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ EVENT_HEADERS: Final = {
     "gitea": "X-Gitea-Event",
 }
 """The request header that names the event (``push``, ``ping``, …)."""
+
+_REASONS: Final = readiness_reasons()
 
 MAX_SECRET_BYTES: Final = 4096
 """A webhook secret is a short token; anything bigger is the wrong file."""
@@ -356,7 +360,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _readyz(self) -> None:
         ready, why = self.app.readiness()
-        self._reply(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, why)
+        # Unauthenticated: only a reason from the fixed set ever leaves, whatever the app says.
+        self._reply(
+            HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, why if why in _REASONS else "-"
+        )
 
     def _metrics(self) -> None:
         body, content_type = self.app.metrics.render()

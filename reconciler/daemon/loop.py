@@ -52,7 +52,7 @@ from reconciler import logs
 from reconciler.daemon import http as webhooks
 from reconciler.daemon.gitsync import Checkout
 from reconciler.daemon.metrics import Metrics
-from reconciler.daemon.types import Tick, TickRequest, TickResult
+from reconciler.daemon.types import ERROR_CLASSES, Tick, TickRequest, TickResult, error_class
 from reconciler.errors import ConfigError, ExitCode, SwarmSecretsError
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,14 @@ def with_git(tick: Tick, fetch: Callable[[], Checkout]) -> Tick:
 
     def fetching_tick(request: TickRequest) -> TickResult:
         checkout = fetch()
-        result = tick(replace(request, manifests_dir=checkout.manifests_dir, revision=checkout.revision))
+        result = tick(
+            replace(
+                request,
+                manifests_dir=checkout.manifests_dir,
+                revision=checkout.revision,
+                source_root=checkout.root,
+            )
+        )
         return result if result.revision is not None else replace(result, revision=checkout.revision)
 
     return fetching_tick
@@ -267,20 +274,25 @@ class Loop:
             )
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, one-line explanation) for ``/readyz``. Ready when the last tick succeeded, or the
-        last success is at most ``stale_after`` old, or nothing succeeded yet but the process started
-        less than ``readiness_grace`` ago. The explanation is the last tick's one-line error."""
+        """(ready, reason) for ``/readyz``. Ready when the last tick succeeded, or the last success is
+        at most ``stale_after`` old, or nothing succeeded yet but the process started less than
+        ``readiness_grace`` ago. The reason is one of a fixed set (``types.readiness_reasons``): the
+        class of the last failure at most, never its text (the log has that)."""
         with self._cv:
             now, last, success = self._clock(), self._last_result, self._last_success_at
             stale_after = self.settings.stale_after or 3 * self.settings.interval
             if last is not None and last.ok:
                 return True, "ready"
-            error = (last.error or "tick failed") if last is not None else "no tick has finished yet"
+            failed = (last.error_class or "error") if last is not None else None
+            if failed is not None and failed not in ERROR_CLASSES:
+                failed = "error"
             if success is not None and now - success <= stale_after:
-                return True, f"ready; the last tick failed: {error}"
+                return True, f"ready (the last tick failed: {failed})"
             if success is None and now - self._started_at <= self.settings.readiness_grace:
                 return True, "starting"
-            return False, error
+            if failed is None:
+                return False, "not ready: no tick has finished yet"
+            return False, f"not ready: the last tick failed: {failed}"
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -321,12 +333,17 @@ class Loop:
             if not isinstance(result, TickResult):
                 raise TypeError(f"tick returned {type(result).__name__}, not TickResult")
         except SwarmSecretsError as exc:  # a user-fixable error: one line, no traceback
-            result = TickResult(ok=False, changed=False, error=_one_line(exc))
+            result = TickResult(ok=False, changed=False, error=_one_line(exc), error_class=error_class(exc))
         except Exception as exc:  # a bug: keep serving, but show the traceback
             bug = exc
             # The message of an unexpected exception is not known to be value-free: keep it out of
             # /readyz, the traceback in the log has it.
-            result = TickResult(ok=False, changed=False, error=f"unexpected {type(exc).__name__} (see log)")
+            result = TickResult(
+                ok=False,
+                changed=False,
+                error=f"unexpected {type(exc).__name__} (see log)",
+                error_class="internal",
+            )
         duration = time.perf_counter() - started
         try:
             self.metrics.observe(result, duration)

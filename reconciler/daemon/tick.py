@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reconciler import converge
+from reconciler.core import guard
 from reconciler.daemon.types import Tick, TickRequest, TickResult
 from reconciler.engine import executor
 from reconciler.engine.executor import ApplyOptions
@@ -46,6 +47,9 @@ class TickSettings:
     """Apply even when the swarm records a newer commit of a set (``--allow-older-revision``)."""
     revision_check: RevisionCheckMode = "error"
     """When ancestry cannot be decided: fail the tick (error) or warn and apply (``--revision-check``)."""
+    boundary: guard.Boundary = guard.Boundary()
+    """What the operator allows the manifests (``daemon=True``: env sources need a policy rule). With
+    git, the source root is the checkout, whatever ``boundary.source_root`` says."""
 
 
 def make_tick(settings: TickSettings) -> Tick:
@@ -57,7 +61,15 @@ def make_tick(settings: TickSettings) -> Tick:
 
     def tick(request: TickRequest) -> TickResult:
         manifests = request.manifests_dir or settings.manifests
-        loaded = converge.load([manifests], revision=request.revision)
+        boundary = settings.boundary
+        if request.source_root is not None:  # a git checkout: sources stay inside it
+            boundary = replace(boundary, source_root=request.source_root)
+        loaded = converge.load(
+            [manifests],
+            revision=request.revision,
+            boundary=boundary,
+            complete=settings.apply.prune_orphans,
+        )
         asked = any(r == "manual" or r.startswith("webhook") for r in (request.reason, *request.reasons))
         if held and (asked or loaded.revision != last_revision[0]):
             log.info("retrying %d held rollout(s): %s", len(held), "asked to" if asked else "new revision")
@@ -96,6 +108,7 @@ def make_tick(settings: TickSettings) -> Tick:
             drift_corrected=sum(1 for r in result.rollouts if r.drift and r.ok),
             managed_secrets=managed + len(result.created) - len(result.removed),
             error="; ".join(problems)[:500] or None,
+            error_class=None if result.ok else "rollout",
         )
 
     return tick

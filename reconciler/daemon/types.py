@@ -10,6 +10,37 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reconciler import errors
+
+ERROR_CLASSES = ("manifest", "policy", "source", "git", "engine", "config", "rollout", "error", "internal")
+"""What kind of failure a tick had: the only failure detail ``/readyz`` ever shows (its text could
+name files, services and engine messages, which an unauthenticated endpoint has no business with)."""
+
+
+def error_class(exc: BaseException) -> str:
+    """The :data:`ERROR_CLASSES` entry for an exception a tick raised."""
+    for cls, name in (
+        (errors.ManifestError, "manifest"),
+        (errors.PolicyViolation, "policy"),
+        (errors.PolicyFileError, "policy"),
+        (errors.SourceError, "source"),
+        (errors.GitError, "git"),
+        (errors.SwarmError, "engine"),
+        (errors.ConfigError, "config"),
+        (errors.SwarmSecretsError, "error"),
+    ):
+        if isinstance(exc, cls):
+            return name
+    return "internal"
+
+
+def readiness_reasons() -> frozenset[str]:
+    """Every text ``/readyz`` may answer with (see ``Loop.readiness``)."""
+    fixed = {"ready", "starting", "not ready: no tick has finished yet"}
+    for name in ERROR_CLASSES:
+        fixed |= {f"ready (the last tick failed: {name})", f"not ready: the last tick failed: {name}"}
+    return frozenset(fixed)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TickRequest:
@@ -24,6 +55,8 @@ class TickRequest:
     """Folder to load manifests from (``LoopSettings.manifests_dir``, or the git checkout)."""
     revision: str | None = None
     """Git commit of ``manifests_dir`` when :func:`with_git` fetched it, else None."""
+    source_root: Path | None = None
+    """The git checkout when :func:`with_git` fetched it: every source must stay inside it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,7 +80,9 @@ class TickResult:
     managed_secrets: int = 0
     """Secret objects owned by the tool after the tick."""
     error: str | None = None
-    """One-line error when not ok."""
+    """One-line error when not ok (for the log)."""
+    error_class: str | None = None
+    """One of :data:`ERROR_CLASSES` when not ok (for ``/readyz``)."""
 
 
 Tick = Callable[[TickRequest], TickResult]

@@ -39,6 +39,15 @@ def read_key_file(path: Path) -> bytes:
     return check_key(data)
 
 
+def find_key(swarm: Swarm, key_file: Path | None) -> bytes | None:
+    """The fingerprint key from ``key_file`` or the swarm's config; None when neither exists yet
+    (nothing is created: callers check what they must before the first write)."""
+    if key_file is not None:
+        return read_key_file(key_file)
+    found = swarm.find_config(KEY_CONFIG_NAME)
+    return check_key(found[1]) if found is not None else None
+
+
 def load_key(swarm: Swarm, key_file: Path | None, *, create: bool = True) -> bytes:
     """The fingerprint key: from ``key_file`` if given, else from (or into) the swarm's config.
 

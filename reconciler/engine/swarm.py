@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STACK_LABEL = "com.docker.stack.namespace"
+_HOST_MOUNTS = frozenset({"bind", "npipe"})
 TERMINAL_TASK_STATES = frozenset({"complete", "shutdown", "failed", "rejected", "orphaned", "remove"})
 
 
@@ -141,8 +142,19 @@ def _refs(spec: Mapping[str, Any] | None) -> tuple[SecretRef, ...]:
     return tuple(refs)
 
 
+def _host_path(mount: Mapping[str, Any]) -> str:
+    """The host path a mount exposes: a bind's or named pipe's source, or the ``device`` of a local
+    volume created with bind options (``--opt o=bind --opt device=/var/run``); "" for anything else."""
+    if mount.get("Type") in _HOST_MOUNTS:
+        return str(mount.get("Source") or "")
+    options = ((mount.get("VolumeOptions") or {}).get("DriverConfig") or {}).get("Options") or {}
+    return str(options.get("device") or "") if "bind" in str(options.get("o", "")).split(",") else ""
+
+
 def parse_service(raw: Mapping[str, Any]) -> LiveService:
     spec = raw.get("Spec") or {}
+    container = (spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}
+    labels = spec.get("Labels") or {}
     return LiveService(
         id=raw["ID"],
         name=spec.get("Name", raw["ID"]),
@@ -150,7 +162,12 @@ def parse_service(raw: Mapping[str, Any]) -> LiveService:
         refs=_refs(spec),
         previous_refs=_refs(raw.get("PreviousSpec")),
         update_state=(raw.get("UpdateStatus") or {}).get("State"),
-        stack=(spec.get("Labels") or {}).get(STACK_LABEL),
+        stack=labels.get(STACK_LABEL),
+        labels=labels,
+        # What the trust checks need to tell a service that can reach the engine: host paths it
+        # mounts and the names (never the values) of its environment variables.
+        binds=tuple(_host_path(m) for m in container.get("Mounts") or () if _host_path(m)),
+        env_names=frozenset(str(e).partition("=")[0] for e in container.get("Env") or ()),
     )
 
 

@@ -1,14 +1,20 @@
 """Load SecretSet manifests: find the files, read them with line numbers, validate, build model values.
 
-``load(paths)`` is the only entry point. It reads every ``*.yaml``/``*.yml`` under the given folders
-(and any file given by name), keeps the documents whose ``apiVersion`` is ``swarm-secrets/…``, checks
-them against ``schemas/manifest.v1.json`` (see ``schema.py``) and the cross-file rules (see
-``crosscheck.py``), and returns frozen :class:`~reconciler.core.model.SecretSet` values. Every problem in
-every file is collected and raised together as one :class:`~reconciler.errors.ManifestError`, each
-located as ``file:line: path``.
+``load(paths, boundary)`` is the only entry point. It reads every ``*.yaml``/``*.yml`` under the given
+folders (and any file given by name), keeps the documents that are ours, checks them against
+``schemas/manifest.v1.json`` (see ``schema.py``) and the cross-file rules (see ``crosscheck.py``),
+holds them to the operator's boundary (``core/guard.py``: policy, reserved variables, targets), and
+returns frozen :class:`~reconciler.core.model.SecretSet` values. Every problem in every file is
+collected and raised together (:class:`~reconciler.errors.ManifestError`, or
+:class:`~reconciler.errors.PolicyViolation` when only the boundary is crossed), each located as
+``file:line: path``.
 
 Other YAML documents (a sops-encrypted file, ``.sops.yaml``, a compose file) are skipped without
-being built. Hidden folders (``.git``, ``.github``) are not searched.
+being built. A document that looks like ours but is not one this version reads (``kind: SecretSet``
+or ``kind: Policy``, an ``apiVersion`` like ``swarm-secret/v1``) is an error, never skipped: a skipped
+set would look deleted. Hidden folders (``.git``, ``.github``) are not searched; folders that are
+symlinks are not followed. Manifests found in a folder, and every ``file``/``sops.file`` source, must
+resolve inside the source root (``roots.py``).
 
 This module must not read secret values: sources are recorded (paths made absolute), never opened.
 """
@@ -17,10 +23,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from reconciler.core import guard
 from reconciler.core.model import (
     EnvSource,
     FileSource,
@@ -32,8 +40,9 @@ from reconciler.core.model import (
     Source,
 )
 from reconciler.display import display_path
-from reconciler.errors import ManifestError, Problem
+from reconciler.errors import ManifestError, PolicyViolation, Problem
 from reconciler.manifests.crosscheck import LoadedSet, cross_problems
+from reconciler.manifests.roots import location, resolve_inside, source_root
 from reconciler.manifests.schema import schema_problems
 from reconciler.manifests.yamlload import (
     ComposedDocument,
@@ -49,19 +58,39 @@ log = logging.getLogger(__name__)
 API_GROUP = "swarm-secrets/"
 API_VERSION = "swarm-secrets/v1"
 KIND = "SecretSet"
+POLICY_KIND = "Policy"
+_OUR_KINDS = frozenset({KIND.lower(), POLICY_KIND.lower()})
+_OCTAL_TOKEN = re.compile(r"0[0-7]*|[0-7]")
+"""How a mode may be written as a YAML integer: octal (``0440``), or one digit (the same in both bases)."""
 DEFAULT_PATH = Path("manifests")
 """Where commands look when no path is given."""
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
-def load(paths: Sequence[Path]) -> tuple[SecretSet, ...]:
-    """Every SecretSet under ``paths`` (files or folders), in file order; raises ``ManifestError``
-    with every problem found. Finding no SecretSet at all is a problem too (most likely a wrong path)."""
+def load(
+    paths: Sequence[Path],
+    boundary: guard.Boundary | None = None,
+    *,
+    enforce: bool = True,
+    complete: bool = False,
+) -> tuple[SecretSet, ...]:
+    """Every SecretSet under ``paths`` (files or folders), in file order.
+
+    ``boundary``: the operator's settings (policy, source root, ...); default: no policy, the rules
+    that always apply. ``enforce=False`` skips the boundary checks (``status`` only reads).
+    ``complete``: every manifest must be read, so a folder that is skipped (a symlink) is an error
+    too (``--prune-orphans``, which would otherwise take a skipped set for deleted).
+
+    Raises ``ManifestError`` with every problem found (boundary problems included), or
+    ``PolicyViolation`` when the manifests are sound but cross the boundary. Finding no SecretSet at
+    all is a problem too (most likely a wrong path).
+    """
+    boundary = boundary or guard.Boundary()
     problems: list[Problem] = []
-    files = find_files(paths, problems)
+    files = find_files(paths, problems, boundary.source_root, complete=complete)
     loaded: list[LoadedSet] = []
-    for file in files:
-        loaded += _load_file(file, problems)
+    for file, root in files:
+        loaded += _load_file(file, root, problems)
     if not loaded and not problems:
         where = ", ".join(display_path(p) for p in paths) or "(no path)"
         problems.append(
@@ -76,21 +105,71 @@ def load(paths: Sequence[Path]) -> tuple[SecretSet, ...]:
             )
         )
     problems += cross_problems(loaded)
+    sets = tuple(entry.secret_set for entry in loaded)
+    violations = guard.check_sets(sets, boundary) if enforce else []
     if problems:
-        raise ManifestError(problems)
+        raise ManifestError(_in_file_order(problems + violations, loaded))
+    if violations:
+        raise PolicyViolation(violations)
     log.debug("loaded %d set(s) from %d file(s)", len(loaded), len(files))
-    return tuple(entry.secret_set for entry in loaded)
+    return sets
 
 
-def find_files(paths: Sequence[Path], problems: list[Problem]) -> list[Path]:
-    """The YAML files to read, sorted within each given folder, each once; missing paths are problems."""
+def _in_file_order(problems: list[Problem], loaded: Sequence[LoadedSet]) -> list[Problem]:
+    order = {entry.file: index for index, entry in reversed(list(enumerate(loaded)))}
+    return sorted(problems, key=lambda p: order.get(p.file, -1))
+
+
+def find_files(
+    paths: Sequence[Path],
+    problems: list[Problem],
+    explicit_root: Path | None = None,
+    *,
+    complete: bool = False,
+) -> list[tuple[Path, Path]]:
+    """(file, its source root) of the YAML files to read, sorted within each given folder, each once.
+
+    Missing paths are problems, and so are manifests in a folder that resolve outside its source
+    root (a symlink out of the repository). With ``complete``, so is a symlinked folder (not followed).
+    """
     seen: set[Path] = set()
-    files: list[Path] = []
+    files: list[tuple[Path, Path]] = []
     for given in paths:
+        root = source_root(given, explicit_root)
         if given.is_dir():
-            found = sorted(_walk_yaml(given), key=lambda p: p.as_posix())
+            skipped: list[Path] = []
+            found = sorted(_walk_yaml(given, skipped), key=lambda p: p.as_posix())
+            for folder in skipped:
+                message = "is a symlink to a folder, which is not searched for manifests"
+                if complete:
+                    problems.append(
+                        Problem(
+                            display_path(folder),
+                            None,
+                            "",
+                            f"{message}; --prune-orphans needs every manifest read: move them into a "
+                            "real folder",
+                        )
+                    )
+                else:
+                    log.warning("%s %s", display_path(folder), message)
+            inside = []
+            for file in found:
+                if resolve_inside(file, root) is None:
+                    problems.append(
+                        Problem(
+                            display_path(file),
+                            None,
+                            "",
+                            f"resolves to {os.path.realpath(file)}, outside the source root {root}: "
+                            "a manifest must be a file of the repository, not a symlink out of it; not read",
+                        )
+                    )
+                else:
+                    inside.append(file)
+            found = inside
         elif given.is_file():
-            found = [given]  # named explicitly: read it whatever its extension
+            found = [given]  # named explicitly by the operator: read it whatever its extension
         else:
             problems.append(Problem(display_path(given), None, "", "no such file or folder"))
             continue
@@ -98,20 +177,21 @@ def find_files(paths: Sequence[Path], problems: list[Problem]) -> list[Path]:
             key = file.resolve()
             if key not in seen:
                 seen.add(key)
-                files.append(file)
+                files.append((file, root))
     return files
 
 
-def _walk_yaml(root: Path) -> Iterator[Path]:
+def _walk_yaml(root: Path, skipped: list[Path]) -> Iterator[Path]:
     # os.walk does not follow symlinked folders, so a link loop cannot make the walk endless.
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        skipped += [Path(folder) / d for d in subfolders if os.path.islink(os.path.join(folder, d))]
         for name in names:
             if name.endswith(YAML_SUFFIXES):
                 yield Path(folder) / name
 
 
-def _load_file(file: Path, problems: list[Problem]) -> list[LoadedSet]:
+def _load_file(file: Path, root: Path, problems: list[Problem]) -> list[LoadedSet]:
     shown = display_path(file)
     try:
         text = file.read_bytes().decode("utf-8-sig")
@@ -131,7 +211,7 @@ def _load_file(file: Path, problems: list[Problem]) -> list[LoadedSet]:
     loaded: list[LoadedSet] = []
     try:
         for index, composed in enumerate(compose_documents(text)):
-            entry = _load_document(file, shown, index, composed, problems)
+            entry = _load_document(file, root, shown, index, composed, problems)
             if entry is not None:
                 loaded.append(entry)
     except YamlProblem as exc:
@@ -140,10 +220,23 @@ def _load_file(file: Path, problems: list[Problem]) -> list[LoadedSet]:
 
 
 def _load_document(
-    file: Path, shown: str, index: int, composed: ComposedDocument, problems: list[Problem]
+    file: Path, root: Path, shown: str, index: int, composed: ComposedDocument, problems: list[Problem]
 ) -> LoadedSet | None:
     api = composed.top_level_text("apiVersion")
-    if api is None and composed.top_level_text("kind") == KIND:
+    kind = composed.top_level_text("kind")
+    if kind is not None and kind.lower() == POLICY_KIND.lower():
+        problems.append(
+            Problem(
+                shown,
+                composed.line,
+                "",
+                "a Policy is never read from the manifest folders (whoever writes manifests must not "
+                "set their own limits): the operator gives it to the reconciler with --policy; move it "
+                "out of the manifests",
+            )
+        )
+        return None
+    if api is None and kind is not None and kind.lower() in _OUR_KINDS:
         problems.append(
             Problem(
                 shown,
@@ -153,7 +246,8 @@ def _load_document(
             )
         )
         return None
-    if api is None or not api.startswith(API_GROUP):
+    ours = api is not None and (api.startswith(API_GROUP) or _looks_like_ours(api))
+    if not ours and not (kind is not None and kind.lower() in _OUR_KINDS):
         log.debug("%s: skipping document %d: not a swarm-secrets manifest", shown, index + 1)
         return None
     try:
@@ -170,7 +264,8 @@ def _load_document(
                 ("apiVersion",),
                 (
                     f"unknown apiVersion '{api}': this swarm-secrets reads {API_VERSION}; "
-                    "upgrade swarm-secrets or fix the version"
+                    "upgrade swarm-secrets or fix the version (a document that looks like a manifest "
+                    "is never skipped: a skipped set would look deleted)"
                 ),
             )
         )
@@ -186,34 +281,87 @@ def _load_document(
             )
         )
         return None
-    found = [_at(shown, doc, path, message) for path, message in schema_problems(doc.data)]
-    if found:
-        problems += sorted(found, key=lambda p: p.line or 0)
+    decimal = _decimal_modes(shown, doc)
+    found = [
+        _at(shown, doc, path, message)
+        for path, message in schema_problems(doc.data)
+        if format_path(path) not in {p.path for p in decimal}
+    ]
+    if found or decimal:
+        problems += sorted(found + decimal, key=lambda p: p.line or 0)
         return None
-    return _build(file, shown, doc)
+    entry, source_problems = _build(file, root, shown, doc)
+    problems += source_problems
+    return entry
 
 
 def _at(shown: str, doc: Document, path: PathKey, message: str) -> Problem:
     return Problem(shown, doc.line_of(path), format_path(path), message)
 
 
+def _looks_like_ours(api: str) -> bool:
+    """``swarm-secret/v1``, ``Swarm-Secrets/v1``, ``swarmsecrets.io/v1``: a typo of ours, not another's."""
+    return re.sub(r"[^a-z]", "", api.lower()).startswith("swarmsecret")
+
+
+def _decimal_modes(shown: str, doc: Document) -> list[Problem]:
+    """``mode: 440`` (YAML reads a decimal 440, i.e. 0o670): a problem suggesting ``"0440"``."""
+    problems = []
+    for path, token in doc.int_tokens.items():
+        if len(path) != 6 or path[:2] != ("spec", "secrets") or path[3] != "services" or path[5] != "mode":
+            continue
+        if _OCTAL_TOKEN.fullmatch(token):
+            continue
+        value = _value_at(doc.data, path)
+        if not isinstance(value, int):
+            continue
+        if token.isdigit() and len(token) <= 3 and set(token) <= set("01234567"):
+            suggestion = "0" + token.zfill(3)  # what was meant: the digits, as octal
+        else:
+            suggestion = f"0{value & 0o777:03o}"  # the same bits, written as octal
+        problems.append(
+            _at(
+                shown,
+                doc,
+                path,
+                f"mode {token} is a decimal number (YAML reads it as {value:#o}), not an octal mode: "
+                f'write the mode as a quoted octal string, like "{suggestion}"',
+            )
+        )
+    return problems
+
+
+def _value_at(data: object, path: PathKey) -> object:
+    for part in path:
+        if isinstance(part, int) and isinstance(data, list) and part < len(data):
+            data = data[part]
+        elif isinstance(part, str) and isinstance(data, dict) and part in data:
+            data = data[part]
+        else:
+            return None
+    return data
+
+
 # --- building (the document is schema-valid from here on) -------------------------------------------
 
 
-def _build(file: Path, shown: str, doc: Document) -> LoadedSet:
+def _build(file: Path, root: Path, shown: str, doc: Document) -> tuple[LoadedSet, list[Problem]]:
+    """The set, and the problems of sources that resolve outside the source root."""
     data = cast(Mapping[str, Any], doc.data)  # the schema has checked every shape used below
     name: str = data["metadata"]["name"]
     spec: Mapping[str, Any] = data["spec"]
     folder = Path(os.path.abspath(file)).parent
     secrets: list[SecretSpec] = []
     short: set[tuple[str, int]] = set()
+    problems: list[Problem] = []
     for secret_name, raw in (spec.get("secrets") or {}).items():
         path: PathKey = ("spec", "secrets", secret_name)
         grants = []
         for index, item in enumerate(raw.get("services") or ()):
+            origin = _origin(shown, doc, (*path, "services", index), item)
             if isinstance(item, str):
                 short.add((secret_name, index))
-                grants.append(ServiceGrant(service=item, target=secret_name))
+                grants.append(ServiceGrant(service=item, target=secret_name, origin=origin))
             else:
                 grants.append(
                     ServiceGrant(
@@ -222,13 +370,19 @@ def _build(file: Path, shown: str, doc: Document) -> LoadedSet:
                         uid=str(item.get("uid", "0")),
                         gid=str(item.get("gid", "0")),
                         mode=parse_mode(item.get("mode", 0o444)),
+                        optional=bool(item.get("optional", False)),
+                        origin=origin,
                     )
                 )
+        source = _source(raw["source"], folder, root, shown, doc, (*path, "source"))
+        if isinstance(source, Problem):
+            problems.append(source)
+            continue
         secrets.append(
             SecretSpec(
                 set_name=name,
                 name=secret_name,
-                source=_source(raw["source"], folder),
+                source=source,
                 labels=dict(raw.get("labels") or {}),
                 grants=tuple(grants),
                 origin=Origin(file=shown, line=doc.line_of(path), path=format_path(path)),
@@ -239,20 +393,50 @@ def _build(file: Path, shown: str, doc: Document) -> LoadedSet:
         keep=int(spec.get("keep", 0)),
         secrets=tuple(secrets),
         origin=Origin(file=shown, line=doc.line_of(("metadata", "name")), path="metadata.name"),
+        location=location(file, root),
     )
-    return LoadedSet(secret_set=secret_set, file=shown, document=doc, short_grants=frozenset(short))
+    entry = LoadedSet(secret_set=secret_set, file=shown, document=doc, short_grants=frozenset(short))
+    return entry, problems
 
 
-def _source(raw: Mapping[str, Any], folder: Path) -> Source:
+def _origin(shown: str, doc: Document, path: PathKey, item: object) -> Origin:
+    fields = (
+        {key: line for key in item if (line := doc.lines.get((*path, key))) is not None}
+        if isinstance(item, dict)
+        else {}
+    )
+    return Origin(file=shown, line=doc.line_of(path), path=format_path(path), fields=fields)
+
+
+def _source(
+    raw: Mapping[str, Any], folder: Path, root: Path, shown: str, doc: Document, path: PathKey
+) -> Source | Problem:
+    if "env" in raw:
+        origin = Origin(file=shown, line=doc.line_of((*path, "env")), path=format_path((*path, "env")))
+        return EnvSource(var=raw["env"], origin=origin)
+    at: PathKey = (*path, "sops", "file") if "sops" in raw else (*path, "file")
+    written = raw["sops"]["file"] if "sops" in raw else raw["file"]
+    origin = Origin(file=shown, line=doc.line_of(at), path=format_path(at))
+    file = _under(folder, written)
+    if resolve_inside(file, root) is None:
+        real = os.path.realpath(file)
+        via = f" (through a symlink, to {real})" if real != str(file) else ""
+        return Problem(
+            shown,
+            origin.line,
+            origin.path,
+            f"{written} is outside the source root {root}{via}: a source must be a file of the "
+            "repository that holds the manifests; move it there, or have the operator set --source-root",
+        )
     if "sops" in raw:
         key = raw["sops"].get("key")
         return SopsSource(
-            file=_under(folder, raw["sops"]["file"]),
+            file=file,
             key=None if key is None else tuple(key) if isinstance(key, list) else tuple(key.split(".")),
+            root=root,
+            origin=origin,
         )
-    if "file" in raw:
-        return FileSource(file=_under(folder, raw["file"]))
-    return EnvSource(var=raw["env"])
+    return FileSource(file=file, root=root, origin=origin)
 
 
 def _under(folder: Path, relative: str) -> Path:

@@ -1,4 +1,5 @@
-"""Validate a manifest document against ``schemas/manifest.v1.json`` and explain each failure plainly.
+"""Validate a document against its JSON Schema (``schemas/manifest.v1.json``, ``schemas/policy.v1.json``)
+and explain each failure plainly.
 
 jsonschema's own messages (``{} should be non-empty``, ``'x' does not match '^[a-z0-9]...'``) tell an
 operator little. This module turns every validation error into ``(path, message)`` where the message
@@ -29,6 +30,7 @@ from reconciler.core.model import MAX_OBJECT_NAME
 from reconciler.manifests.yamlload import PathKey
 
 SCHEMA_FILE = "manifest.v1.json"
+POLICY_SCHEMA_FILE = "policy.v1.json"
 
 VERSION_ROOM = len("_v") + 4
 """Characters a logical name leaves for its version suffix: ``_v`` and up to 4 digits (``_v9999``)."""
@@ -37,29 +39,40 @@ MAX_SECRET_NAME = MAX_OBJECT_NAME - VERSION_ROOM
 
 
 @functools.cache
-def manifest_schema() -> dict[str, Any]:
-    """The v1 manifest JSON Schema (draft 2020-12), loaded once."""
-    packaged = importlib.resources.files("reconciler") / "schemas" / SCHEMA_FILE
+def load_schema(file: str = SCHEMA_FILE) -> dict[str, Any]:
+    """A JSON Schema (draft 2020-12) of ``schemas/``, loaded once."""
+    packaged = importlib.resources.files("reconciler") / "schemas" / file
     if packaged.is_file():
         text = packaged.read_text(encoding="utf-8")
     else:  # editable install or source checkout: the schema lives at the repository top
-        text = (Path(__file__).resolve().parents[2] / "schemas" / SCHEMA_FILE).read_text(encoding="utf-8")
+        text = (Path(__file__).resolve().parents[2] / "schemas" / file).read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 
 
+def manifest_schema() -> dict[str, Any]:
+    """The v1 manifest JSON Schema."""
+    return load_schema(SCHEMA_FILE)
+
+
+def policy_schema() -> dict[str, Any]:
+    """The v1 policy JSON Schema."""
+    return load_schema(POLICY_SCHEMA_FILE)
+
+
 @functools.cache
-def _validator() -> Draft202012Validator:
-    schema = manifest_schema()
+def _validator(file: str) -> Draft202012Validator:
+    schema = load_schema(file)
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
 
 
-def schema_problems(data: object) -> list[tuple[PathKey, str]]:
-    """Every schema violation of one document as ``(path, friendly message)``, deduplicated."""
+def schema_problems(data: object, file: str = SCHEMA_FILE) -> list[tuple[PathKey, str]]:
+    """Every violation of one document against schema ``file`` as ``(path, friendly message)``,
+    deduplicated."""
     found: dict[tuple[PathKey, str], None] = {}
-    for error in _validator().iter_errors(data):
-        for problem in _translate(error):
+    for error in _validator(file).iter_errors(data):
+        for problem in _translate(error, _POLICY_HINTS if file == POLICY_SCHEMA_FILE else _REQUIRED_HINTS):
             found.setdefault(problem, None)
     return list(found)
 
@@ -67,7 +80,7 @@ def schema_problems(data: object) -> list[tuple[PathKey, str]]:
 # --- translation -------------------------------------------------------------------------------------
 
 
-def _translate(error: jsonschema.ValidationError) -> Iterable[tuple[PathKey, str]]:
+def _translate(error: jsonschema.ValidationError, hints: dict[str, str]) -> Iterable[tuple[PathKey, str]]:
     path: PathKey = tuple(error.absolute_path)
     keyword = str(error.validator)
     instance = error.instance
@@ -82,7 +95,7 @@ def _translate(error: jsonschema.ValidationError) -> Iterable[tuple[PathKey, str
         # by the caller.
         for name in schema.get("required", []):
             if isinstance(instance, dict) and name not in instance:
-                yield path, f"missing required field '{name}'{_REQUIRED_HINTS.get(name, '')}"
+                yield path, f"missing required field '{name}'{hints.get(name, '')}"
         return
     if keyword == "additionalProperties" and isinstance(instance, dict):
         allowed = sorted(schema.get("properties", {}))
@@ -123,6 +136,14 @@ _REQUIRED_HINTS = {
     "source": ": where the value comes from, one of `sops: {file: ...}`, `file: <path>`, `env: <VARIABLE>`",
     "file": ": the path of the encrypted file, relative to this manifest's folder",
     "service": ": the service name",
+}
+
+_POLICY_HINTS = {
+    "apiVersion": ": add `apiVersion: swarm-secrets/v1`",
+    "kind": ": add `kind: Policy`",
+    "spec": ": add `spec: {rules: [...]}`",
+    "rules": ": the list of rules, in order (may be empty: then every set is denied)",
+    "sets": ": the set-name globs this rule covers, e.g. [shop, shop-*]",
 }
 
 _YAML_TYPES: tuple[tuple[type, str], ...] = (
@@ -288,4 +309,33 @@ _FRIENDLY: dict[str, dict[str, Message]] = {
     "label value": {
         "*": lambda v: f"label values must be strings; got {_yaml_type(v)} {_show(v)}: quote it",
     },
+    "optional": {"*": lambda v: f"optional must be true or false, got {_show(v)}"},
+    # the policy (schemas/policy.v1.json)
+    "rules": {"type": lambda v: f"rules must be a list of rules, got {_yaml_type(v)}"},
+    "rule": {"type": lambda v: f"a rule must be a mapping with at least `sets`, got {_yaml_type(v)}"},
+    "set globs": {
+        "minItems": lambda v: "sets must name at least one set glob (`*` for all)",
+        "type": lambda v: f"sets must be a list of set-name globs, got {_yaml_type(v)}",
+    },
+    "set glob": {
+        "*": lambda v: f"{_show(v)} is not a set-name glob: use lowercase letters, digits, '-', '*', '?'"
+    },
+    "service glob": {
+        "*": lambda v: f"{_show(v)} is not a service-name glob: use letters, digits, '_', '.', '-', '*', '?'"
+    },
+    "stack name": {"*": lambda v: f"{_show(v)} is not a stack name: letters, digits, '_', '.', '-'"},
+    "target glob": {
+        "*": lambda v: f"{_show(v)} is not a target glob: targets are absolute paths, like '/run/secrets/*'"
+    },
+    "variable glob": {
+        "*": lambda v: f"{_show(v)} is not a variable-name glob: use letters, digits, '_', '*', '?'"
+    },
+    "file glob": {
+        "*": lambda v: (
+            f"{_show(v)} is not a file glob: give a path relative to the source root, like 'teams/shop/*'"
+        )
+    },
+    "adopt": {"*": lambda v: f"adopt must be true or false, got {_show(v)}"},
+    "sops settings": {"type": lambda v: f"sops must be a mapping like {{env: [AWS_*]}}, got {_yaml_type(v)}"},
+    "sops variables": {"type": lambda v: f"env must be a list of variable-name globs, got {_yaml_type(v)}"},
 }

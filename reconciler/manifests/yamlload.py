@@ -10,9 +10,10 @@ documents that are not ours (a sops-encrypted file, ``.sops.yaml``) without cons
 their custom tags or odd keys never cause errors.
 
 Rules of the walk: scalars are constructed by the safe constructor (``0440`` is the octal integer 288,
-``true`` a bool); mapping keys are always their text; merge keys (``<<``) work; a recursive alias is
-refused, and so is a document that expands to more than :data:`MAX_NODES` nodes (aliases can blow
-up a small file).
+``true`` a bool) and the text of every integer token is kept as written (``Document.int_tokens``:
+``mode: 440`` and ``mode: 0440`` are told apart); mapping keys are always their text; merge keys
+(``<<``) work; a recursive alias is refused, and so is a document that expands to more than
+:data:`MAX_NODES` nodes (aliases can blow up a small file).
 
 This module reads only the text it is given: no file system access, no logging of content.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeAlias
 
 import yaml
@@ -56,6 +57,9 @@ class Document:
     """Line of the document's root node (1-based)."""
     lines: Mapping[PathKey, int]
     """Line of every mapping key and sequence item, by path; ``()`` is the root."""
+    int_tokens: Mapping[PathKey, str] = field(default_factory=dict)
+    """The text as written of every scalar YAML read as an integer, by path: ``440`` and ``0440``
+    are different mistakes (decimal vs octal) that the built value cannot tell apart."""
 
     def line_of(self, path: PathKey) -> int:
         """The line of ``path``, or of its nearest ancestor that exists (e.g. for a missing key)."""
@@ -107,7 +111,7 @@ class ComposedDocument:
         """Construct the Python data and the line map; raises :class:`YamlProblem`."""
         builder = _Builder(self._loader)
         data = builder.build(self.node, (), set())
-        return Document(data=data, line=self.line, lines=builder.lines)
+        return Document(data=data, line=self.line, lines=builder.lines, int_tokens=builder.int_tokens)
 
 
 def compose_documents(text: str) -> Iterator[ComposedDocument]:
@@ -155,6 +159,7 @@ class _Builder:
     def __init__(self, loader: yaml.SafeLoader) -> None:
         self._loader = loader
         self.lines: dict[PathKey, int] = {}
+        self.int_tokens: dict[PathKey, str] = {}
         self._count = 0
 
     def build(self, node: Node, path: PathKey, active: set[int]) -> object:
@@ -183,11 +188,14 @@ class _Builder:
 
     def _scalar(self, node: ScalarNode, path: PathKey) -> object:
         try:
-            return self._loader.construct_object(node, deep=True)
+            value = self._loader.construct_object(node, deep=True)
         except yaml.MarkedYAMLError as exc:
             raise YamlProblem(
                 _describe(exc).replace("YAML syntax error", "bad YAML value"), _mark_line(exc), path
             ) from None
+        if type(value) is int:  # a plain token YAML read as a number: keep how it was written
+            self.int_tokens[path] = str(node.value)
+        return value
 
     def _mapping(self, node: MappingNode, path: PathKey, active: set[int]) -> dict[str, object]:
         # Merged mappings (`<<: *anchor`) first, so the lines of keys written here win over theirs.

@@ -32,7 +32,9 @@ JSON shape (``format_version`` 1; fields are only ever added within a version)::
                 "reason": "rollback target of shop_web (PreviousSpec)"}],
       "blocked": [{"set": "shop", "secret": "api_key", "reason": "…"}],
       "warnings": ["service 'shop_worker' not found; skipped (granted db_password)"],
-      "orphaned_sets": ["old"]
+      "orphaned_sets": ["old"],
+      "policy": [{"set": "shop", "rule": 1,   # with --policy: the rule governing each set
+                  "where": "policy rule 1 (policy.yaml:5)"}]      # [] without a policy
     }
 
 This module is pure: no I/O (it returns strings; the caller prints), no terminal detection (the caller
@@ -147,6 +149,7 @@ def render_text(plan: Plan, *, color: bool = False) -> str:
         paint(_DIM, f"# kept {k.name} ({k.set_name}/{k.secret} v{k.version}): {k.reason}") for k in plan.kept
     ]
     lines += [paint(_YELLOW, f"warning: {w}") for w in plan.warnings]
+    lines += [paint(_DIM, f"policy: set {g.set_name}: {g.where}") for g in plan.governance]
     if lines:
         lines.append("")
     lines.append(summary_line(plan))
@@ -224,6 +227,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "blocked": [{"set": b.set_name, "secret": b.secret, "reason": b.reason} for b in plan.blocked],
         "warnings": list(plan.warnings),
         "orphaned_sets": list(plan.orphaned_sets),
+        "policy": [{"set": g.set_name, "rule": g.rule, "where": g.where} for g in plan.governance],
     }
 
 
@@ -329,6 +333,9 @@ def render_markdown(plan: Plan, *, max_chars: int = MARKDOWN_MAX_CHARS) -> str:
     the full list)".
     """
     head = f"### swarm-secrets plan\n\n**{md_escape(summary_line(plan))}**\n\n"
+    if plan.governance:
+        rules = "; ".join(f"{g.set_name}: {g.where}" for g in plan.governance)
+        head += f"_Policy: {md_escape(rules)}_\n\n"
     sections = _sections(plan)
     full = head + "".join(s.render() for s in sections)
     if len(full) <= max_chars:

@@ -43,4 +43,5 @@ def render_status_text(report: StatusReport) -> str:
         )
     for name, why in report.unmanaged_referenced:
         lines.append(f"unmanaged secret {name} (left alone): {why}")
+    lines += [f"policy: set {g.set_name}: {g.where}" for g in report.governance]
     return "\n".join(lines) + "\n"

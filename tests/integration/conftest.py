@@ -86,9 +86,11 @@ class Lab:
         monitor_ns: int = 1_000_000_000,
         labels: Mapping[str, str] | None = None,
         env: Sequence[str] = (),
+        mounts: Sequence[Mapping[str, Any]] = (),
+        name: str | None = None,
     ) -> str:
         """Create a service with the raw API (as a person would with the CLI) and wait for it."""
-        name = self.name(suffix)
+        name = name or self.name(suffix)
         spec: dict[str, Any] = {
             "Name": name,
             "Labels": dict(labels or {}),
@@ -97,6 +99,7 @@ class Lab:
                     "Image": TEST_IMAGE,
                     "Command": list(command),
                     "Env": list(env),
+                    "Mounts": [dict(m) for m in mounts],
                     "StopGracePeriod": 1_000_000_000,
                     "Secrets": [self.secret_ref(**s) for s in secrets],
                 },
@@ -191,6 +194,16 @@ class Lab:
             "spec": {"keep": keep, "secrets": dict(secrets_spec)},
         }
         return self.write(filename, yaml.safe_dump(doc, sort_keys=False))
+
+    def versions(self) -> dict[str, int]:
+        """Object → version index of this test's secrets and services and of every config: equal
+        before and after a command means the command changed nothing."""
+        found = {f"config {c['Spec']['Name']}": c["Version"]["Index"] for c in self.api.configs()}
+        for kind, items in (("secret", self.api.secrets()), ("service", self.api.services())):
+            for item in items:
+                if item["Spec"]["Name"].startswith(self.prefix):
+                    found[f"{kind} {item['Spec']['Name']}"] = item["Version"]["Index"]
+        return found
 
     def cleanup(self) -> None:
         for service in self.api.services():

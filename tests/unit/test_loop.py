@@ -22,7 +22,7 @@ from reconciler import logs
 from reconciler.core.model import SecretValue
 from reconciler.daemon.gitsync import Checkout
 from reconciler.daemon.loop import Backoff, Loop, LoopSettings, with_git
-from reconciler.daemon.types import TickRequest, TickResult
+from reconciler.daemon.types import TickRequest, TickResult, readiness_reasons
 from reconciler.errors import ConfigError, ManifestError, Problem
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -196,7 +196,8 @@ def test_user_error_is_one_line_without_traceback(caplog: pytest.LogCaptureFixtu
     (record,) = [r for r in caplog.records if "tick failed" in r.getMessage()]
     assert record.exc_info is None and "\n" not in record.getMessage()
     assert "a.yaml:3: spec: bad (and 1 more)" in record.getMessage()
-    assert rec.readiness() == (False, "a.yaml:3: spec: bad (and 1 more)")
+    # /readyz gets the class of the failure only, never its text
+    assert rec.readiness() == (False, "not ready: the last tick failed: manifest")
 
 
 def test_own_changes_do_not_cause_a_tick_storm() -> None:
@@ -263,25 +264,27 @@ def test_events_iterable_requests_ticks() -> None:
 
 def test_readiness_rules() -> None:
     now = [100.0]
-    tick = Recorder(OK, TickResult(ok=False, changed=False, error="swarm unreachable"))
+    tick = Recorder(OK, TickResult(ok=False, changed=False, error="swarm unreachable", error_class="engine"))
     rec = Loop(settings(readiness_grace=5, interval=10), tick, clock=lambda: now[0])
     assert rec.readiness() == (True, "starting")
     now[0] = 106
-    assert rec.readiness() == (False, "no tick has finished yet")
+    assert rec.readiness() == (False, "not ready: no tick has finished yet")
     with running(rec):
         wait_for(lambda: tick.finished == 1 and rec.status().last_result is not None)
         assert rec.readiness() == (True, "ready")
         rec.request("manual")
         now[0] += 1  # let the debounce pass on the fake clock
         wait_for(lambda: tick.finished == 2 and not rec.status().ticking)
-    assert rec.readiness() == (True, "ready; the last tick failed: swarm unreachable")
+    assert rec.readiness() == (True, "ready (the last tick failed: engine)")
     now[0] += 31  # more than 3 intervals since the last success
-    assert rec.readiness() == (False, "swarm unreachable")
+    assert rec.readiness() == (False, "not ready: the last tick failed: engine")
+    assert {reason for _, reason in [rec.readiness()]} <= readiness_reasons()
 
 
 def test_with_git_passes_the_checkout() -> None:
     tick = Recorder(OK)
-    wrapped = with_git(tick, lambda: Checkout(revision="abc123", manifests_dir=Path("/co/m")))
+    checkout = Checkout(revision="abc123", manifests_dir=Path("/co/m"), root=Path("/co"))
+    wrapped = with_git(tick, lambda: checkout)
     result = wrapped(TickRequest(reason="interval", reasons=("interval",)))
     assert tick.requests[0].manifests_dir == Path("/co/m") and tick.requests[0].revision == "abc123"
     assert result.revision == "abc123" and result.ok

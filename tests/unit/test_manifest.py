@@ -65,12 +65,16 @@ def _set(name: str, secret: str = "pw", extra: str = "") -> str:
 
 def test_contract_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    (tmp_path / ".git").mkdir()  # a repository: manifests/ and other/ side by side, one source root
     _write(tmp_path, "manifests/shop.yaml", CONTRACT)
     [shop] = load([Path("manifests")])
     assert (shop.name, shop.keep) == ("shop", 1)
     assert shop.origin == Origin(file="manifests/shop.yaml", line=4, path="metadata.name")
     db, api, tls, dotted = shop.secrets
-    assert db.source == SopsSource(file=tmp_path / "manifests/secrets/shop.enc.yaml", key=("db", "password"))
+    root = tmp_path.resolve()
+    assert db.source == SopsSource(
+        file=tmp_path / "manifests/secrets/shop.enc.yaml", key=("db", "password"), root=root
+    )
     assert db.labels == {"team": "data"}
     assert db.grants == (
         ServiceGrant(service="shop_db", target="db_password"),
@@ -79,12 +83,12 @@ def test_contract_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert db.origin == Origin(file="manifests/shop.yaml", line=8, path="spec.secrets.db_password")
     assert api.source == EnvSource(var="API_TOKEN")
     assert api.grants == (ServiceGrant(service="shop_web", target="api_token"),)
-    assert tls.source == FileSource(file=tmp_path / "manifests/certs/tls.key")
+    assert tls.source == FileSource(file=tmp_path / "manifests/certs/tls.key", root=root)
     assert [(g.target, g.path, g.mode) for g in tls.grants] == [
         ("tls/key.pem", "/run/secrets/tls/key.pem", 0o400),
         ("tls_key", "/run/secrets/tls_key", 0o640),
     ]
-    assert dotted.source == SopsSource(file=tmp_path / "other/x.enc.json", key=("db", "host.name"))
+    assert dotted.source == SopsSource(file=tmp_path / "other/x.enc.json", key=("db", "host.name"), root=root)
     assert dotted.grants == ()
     assert all(s.set_name == "shop" for s in shop.secrets)
 

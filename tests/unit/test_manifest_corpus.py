@@ -15,6 +15,12 @@ A case is a folder under ``bad_manifests/`` with manifests, helper files and a `
     [[generate]]                  # big files are made at test time, not committed
     file = "big.bin"
     size = 512000
+    [[outside]]                   # a file next to the case folder, outside its source root
+    file = "key.txt"
+    content = "AGE-SECRET-KEY-1MARKER"
+    [[symlink]]                   # made at test time (a symlink cannot be copied as one portably)
+    link = "pw.txt"
+    to = "../key.txt"             # relative to the link's folder, or absolute
     [[expect]]                    # one per problem: file, line (omit when none), path, message parts
     file = "set.yaml"
     line = 14
@@ -40,7 +46,7 @@ import pytest
 from click.testing import CliRunner
 
 from reconciler.cli import main
-from reconciler.errors import ManifestError, Problem, SourceError
+from reconciler.errors import ManifestError, PolicyViolation, Problem, SourceError
 from reconciler.manifests import loader as manifest
 from reconciler.sources import resolve
 from tests.unit.conftest import AgeKey, Encrypt
@@ -84,6 +90,12 @@ def case(
         (folder / item["plain"]).unlink()  # as in a real repository: only the encrypted file remains
     for item in spec.get("generate", []):
         (folder / item["file"]).write_bytes(b"x" * item["size"])
+    for item in spec.get("outside", []):
+        (tmp_path / item["file"]).write_text(item["content"])
+    for item in spec.get("symlink", []):
+        link = folder / item["link"]
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(item["to"])
     monkeypatch.chdir(folder)
     return Case(folder=folder, spec=spec, environ={**sops_environ, **spec.get("env", {})})
 
@@ -92,7 +104,7 @@ def _problems(case: Case) -> list[Problem]:
     try:
         sets = manifest.load([Path(p) for p in case.paths])
         resolve(sets, case.environ)
-    except (ManifestError, SourceError) as exc:
+    except (ManifestError, PolicyViolation, SourceError) as exc:
         return list(exc.problems)
     return []
 

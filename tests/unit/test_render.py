@@ -200,6 +200,7 @@ def test_json_shape() -> None:
         "blocked",
         "warnings",
         "orphaned_sets",
+        "policy",
     ]
     assert data["format_version"] == FORMAT_VERSION == 1
     assert data["summary"] == {"create": 1, "update": 1, "remove": 1, "blocked": 1, "kept": 4}

@@ -259,7 +259,7 @@ def test_readyz_before_and_after_the_first_success(secret_file: Path) -> None:
     thread = threading.Thread(target=rec.run, daemon=True)
     thread.start()
     try:
-        assert call(base + "/readyz")[:2] == (503, "no tick has finished yet\n")
+        assert call(base + "/readyz")[:2] == (503, "not ready: no tick has finished yet\n")
         gate.set()
         deadline = time.monotonic() + 3
         while rec.status().ticks == 0 and time.monotonic() < deadline:
