@@ -1,0 +1,232 @@
+"""The swarm's lease (engine/lease.py) against the real engine: the record, many concurrent acquirers,
+a holder killed with ``kill -9``, triggers posted for the holder, and a holder that loses its lease.
+
+Each test uses a lease config of its own (the lab prefix), removed afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+
+import docker
+import pytest
+
+from reconciler.engine import lease
+from reconciler.engine.lease import Identity, Lease, LeaseSettings
+from reconciler.engine.swarm import Swarm
+from reconciler.errors import LeaseBusy
+
+from .conftest import Lab
+
+pytestmark = pytest.mark.swarm
+
+
+@pytest.fixture()
+def name(lab: Lab, api: docker.APIClient) -> Iterator[str]:
+    config = lab.name("lease")
+    yield config
+    try:
+        api.remove_config(config)
+    except docker.errors.NotFound:
+        pass
+
+
+def me(purpose: str = "test", pid: int | None = None) -> Identity:
+    return Identity(host="test-host", pid=pid or os.getpid(), revision="0123456789abcdef", purpose=purpose)
+
+
+def test_the_record_says_who_holds_it_and_release_frees_it(swarm: Swarm, name: str) -> None:
+    held = Lease(swarm, me("apply"), LeaseSettings(name=name, ttl=30))
+    held.acquire(wait=0)
+    record = lease.read(swarm, name)
+    assert record is not None and record.token == held.token and not record.free
+    assert record.get("purpose") == "apply" and record.get("host") == "test-host"
+    assert record.get("ttl") == "30" and record.get("transitions") == "1"
+    text = record.describe()
+    assert f"pid {os.getpid()} on host test-host" in text and "revision 0123456789ab" in text
+    assert record.updated_at is not None and abs(record.updated_at - time.time()) < 60
+
+    # a second applier gives up at once with wait=0, naming the holder
+    with pytest.raises(LeaseBusy, match=f"pid {os.getpid()} on host test-host") as busy:
+        Lease(swarm, me(), LeaseSettings(name=name, ttl=30)).acquire(wait=0)
+    assert busy.value.transient
+
+    held.release()
+    record = lease.read(swarm, name)
+    assert record is not None and record.free
+    again = Lease(swarm, me(), LeaseSettings(name=name, ttl=30))
+    again.acquire(wait=0)
+    record = lease.read(swarm, name)
+    assert record is not None and record.get("transitions") == "2"
+    again.release()
+
+
+def test_many_concurrent_acquirers_hold_it_one_at_a_time(docker_host: str, name: str) -> None:
+    count = 8
+    inside: list[int] = []
+    most = [0]
+    guard = threading.Lock()
+    start = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def applier(index: int) -> None:
+        try:
+            with Swarm.connect(docker_host) as swarm:
+                held = Lease(swarm, me(f"worker {index}"), LeaseSettings(name=name, ttl=20))
+                start.wait()
+                held.acquire(wait=120)
+                with guard:
+                    inside.append(index)
+                    most[0] = max(most[0], len(inside))
+                time.sleep(0.2)  # mutating the swarm, as far as anyone can tell
+                with guard:
+                    inside.remove(index)
+                held.release()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=applier, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(180)
+    assert not errors, errors
+    assert most[0] == 1  # never two holders at once
+    with Swarm.connect(docker_host) as swarm:
+        record = lease.read(swarm, name)
+    assert record is not None and record.free and record.get("transitions") == str(count)
+
+
+def test_with_no_wait_exactly_one_of_many_wins(docker_host: str, name: str) -> None:
+    count = 8
+    start = threading.Barrier(count)
+    won: list[Lease] = []
+    busy: list[str] = []
+
+    def applier(index: int) -> None:
+        with Swarm.connect(docker_host) as swarm:
+            held = Lease(swarm, me(f"worker {index}"), LeaseSettings(name=name, ttl=20))
+            start.wait()
+            try:
+                held.acquire(wait=0)
+                won.append(held)
+            except LeaseBusy as exc:
+                busy.append(str(exc))
+
+    threads = [threading.Thread(target=applier, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(won) == 1 and len(busy) == count - 1
+    assert all("for worker" in message and "gave up after 0 s" in message for message in busy)
+    won[0].release()
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from reconciler.engine.lease import Identity, Lease, LeaseSettings
+    from reconciler.engine.swarm import Swarm
+    swarm = Swarm.connect(sys.argv[1])
+    held = Lease(swarm, Identity.here(purpose="doomed"), LeaseSettings(name=sys.argv[2], ttl=float(sys.argv[3])))
+    held.acquire(wait=0)
+    print("held", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def _doomed_holder(docker_host: str, name: str, ttl: float) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, docker_host, name, str(ttl)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    proc.stdout.close()
+    assert line == "held"
+    return proc
+
+
+def test_a_holder_killed_with_kill_9_blocks_others_no_longer_than_the_ttl(
+    swarm: Swarm, docker_host: str, name: str
+) -> None:
+    ttl = 4.0
+    proc = _doomed_holder(docker_host, name, ttl)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    record = lease.read(swarm, name)
+    assert record is not None and record.get("pid") == str(proc.pid)
+
+    # A waiter that arrives right after the kill waits out the TTL, and not much longer.
+    waiter = Lease(swarm, me("next"), LeaseSettings(name=name, ttl=ttl))
+    seen: list[str] = []
+    waiter.acquire(wait=ttl + 3, on_wait=lambda r: seen.append(r.describe()))
+    assert seen and f"pid {proc.pid}" in seen[0] and "for doomed" in seen[0]
+    waiter.release()
+
+
+def test_a_lease_dead_for_longer_than_its_ttl_is_taken_at_once(
+    swarm: Swarm, docker_host: str, name: str
+) -> None:
+    # A newcomer credits the age of the holder's last renewal by the swarm's own clock, so a holder
+    # that died long ago does not make it wait a whole TTL more.
+    ttl = 3.0
+    proc = _doomed_holder(docker_host, name, ttl)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(ttl + 1.5)
+    newcomer = Lease(swarm, me("newcomer"), LeaseSettings(name=name, ttl=ttl))
+    newcomer.acquire(wait=0)
+    newcomer.release()
+
+
+def test_triggers_posted_for_the_holder_are_taken_once(swarm: Swarm, docker_host: str, name: str) -> None:
+    assert lease.post_trigger(swarm, "webhook:github", name=name) is False  # no lease yet
+    held = Lease(swarm, me(), LeaseSettings(name=name, ttl=30))
+    held.acquire(wait=0)
+    with Swarm.connect(docker_host) as standby:
+        assert lease.post_trigger(standby, "webhook:github", name=name)
+        assert lease.post_trigger(standby, "manual", name=name)
+        assert lease.post_trigger(standby, "webhook:github", name=name)  # one entry per reason
+        assert lease.post_trigger(standby, "odd reason; rm -rf /", name=name)
+    assert held.take_pending() == ("manual", "webhook:github", "oddreasonrm-rf")
+    assert held.take_pending() == ()
+    # posting moved UpdatedAt but not the holder's renewal counter: nobody takes a dead holder's
+    # lease for alive because of triggers
+    record = lease.read(swarm, name)
+    assert record is not None and record.get("writer") == "holder"
+    held.release()
+    assert lease.post_trigger(swarm, "manual", name=name) is False  # free: reconcile yourself
+
+
+def test_renewal_hands_triggers_over_and_a_taken_lease_is_noticed(swarm: Swarm, name: str) -> None:
+    handed: list[tuple[str, ...]] = []
+    held = Lease(swarm, me(), LeaseSettings(name=name, ttl=3), on_pending=handed.append)
+    held.acquire(wait=0)
+    assert lease.post_trigger(swarm, "webhook:gitea", name=name)
+    deadline = time.monotonic() + 10
+    while not handed and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert handed == [("webhook:gitea",)]
+    assert held.held and not held.lost
+
+    # someone writes another holder into the record (a takeover): the holder notices at its next renewal
+    record = lease.read(swarm, name)
+    assert record is not None
+    labels = dict(record.labels, **{lease.LEASE_LABEL + "holder": "someone-else"})
+    swarm.update_config_labels(record.config_id, record.version, name, labels)
+    deadline = time.monotonic() + 10
+    while not held.lost and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert held.lost and not held.held
+    held.release()  # does not free someone else's lease
+    record = lease.read(swarm, name)
+    assert record is not None and record.token == "someone-else"
