@@ -96,7 +96,9 @@ def make_tick(settings: TickSettings) -> Tick:
                     if holding is not None:
                         prepared = prepare(swarm)
                     if not prepared.plan.empty:
-                        result = executor.execute(prepared.plan, prepared.desired, loaded.values, swarm, options)
+                        result = executor.execute(
+                            prepared.plan, prepared.desired, loaded.values, swarm, options
+                        )
                 lost = holding is not None and holding.lost
             managed = sum(1 for s in prepared.live.secrets if s.managed)
         if result is None:

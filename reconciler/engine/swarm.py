@@ -387,7 +387,9 @@ class Swarm:
 
         return self._call(f"reading config {name}", get)
 
-    def update_config_labels(self, config_id: str, version: int, name: str, labels: Mapping[str, str]) -> None:
+    def update_config_labels(
+        self, config_id: str, version: int, name: str, labels: Mapping[str, str]
+    ) -> None:
         """Replace the labels of a config, only if it is still at ``version`` (the engine's optimistic
         concurrency). Someone else's write in between raises :class:`SwarmConflict`."""
 

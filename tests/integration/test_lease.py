@@ -136,7 +136,8 @@ HOLDER = textwrap.dedent(
     from reconciler.engine.lease import Identity, Lease, LeaseSettings
     from reconciler.engine.swarm import Swarm
     swarm = Swarm.connect(sys.argv[1])
-    held = Lease(swarm, Identity.here(purpose="doomed"), LeaseSettings(name=sys.argv[2], ttl=float(sys.argv[3])))
+    settings = LeaseSettings(name=sys.argv[2], ttl=float(sys.argv[3]))
+    held = Lease(swarm, Identity.here(purpose="doomed"), settings)
     held.acquire(wait=0)
     print("held", flush=True)
     time.sleep(600)
