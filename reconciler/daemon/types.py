@@ -24,6 +24,10 @@ class TickRequest:
     """Folder to load manifests from (``LoopSettings.manifests_dir``, or the git checkout)."""
     revision: str | None = None
     """Git commit of ``manifests_dir`` when :func:`with_git` fetched it, else None."""
+    stalled_revision: str | None = None
+    """The revision at which the last tick failed with an error retrying cannot fix (the loop is
+    waiting for a change); :func:`with_git` skips a tick that finds that revision again, unless a
+    webhook or ``POST /reconcile`` asked for it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,6 +52,12 @@ class TickResult:
     """Secret objects owned by the tool after the tick."""
     error: str | None = None
     """One-line error when not ok."""
+    transient: bool = True
+    """When not ok: retrying later with the same inputs may succeed (engine, network, a rollout), so
+    the loop backs off and retries. False for a bad manifest, source, policy or setting
+    (``SwarmSecretsError.transient``): the loop then waits for a change instead."""
+    skipped: bool = False
+    """Nothing was tried: the revision that failed with a permanent error is still the newest."""
 
 
 Tick = Callable[[TickRequest], TickResult]

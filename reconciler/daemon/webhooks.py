@@ -1,49 +1,43 @@
-"""The HTTP side of the service: webhook authenticity checks and the listener that serves them.
+"""Webhook authenticity, the secrets of the HTTP side, and de-duplication of deliveries (pure).
 
 Each forge proves a delivery differently:
 
-* GitHub: ``X-Hub-Signature-256: sha256=<hex>``, the HMAC-SHA256 of the raw body keyed with the secret.
+* GitHub: ``X-Hub-Signature-256: sha256=<hex>``, the HMAC-SHA256 of the raw body keyed with its secret.
 * Gitea (and Forgejo): ``X-Gitea-Signature: <hex>``, the same HMAC without the prefix.
-* GitLab: ``X-Gitlab-Token: <secret>``, the secret itself.
+* GitLab: ``X-Gitlab-Token: <token>``, the token itself, sent with every delivery.
 
-The ``verify*`` and :func:`is_ping` functions are pure (no I/O, no clock, no logging) and
-constant-time (:func:`hmac.compare_digest`); a missing or malformed proof is simply "not verified".
+**One secret per purpose** (:class:`SecretFiles`): the GitHub HMAC key, the GitLab token, the Gitea
+HMAC key, the bearer token of ``POST /reconcile`` and an optional bearer token for ``/metrics`` and
+``/readyz``. An HMAC key never travels; a token travels with every request (through proxies and their
+logs), so :func:`load_secrets` refuses a token that equals any other configured secret: one leaked
+token must not forge signatures or reach another endpoint. The deprecated ``--webhook-secret-file``
+sets only the two HMAC keys (GitHub, Gitea), which is safe; it no longer enables GitLab or
+``/reconcile``, whose tokens need files of their own.
 
-:class:`HttpListener` serves, in a daemon thread (stdlib ``ThreadingHTTPServer``)::
+**Deliveries** carry an ID (:data:`DELIVERY_HEADERS`); :class:`DeliveryLog` remembers the IDs of
+authenticated deliveries for a window, so a forge's redelivery, or a replay of a captured request,
+triggers nothing a second time. A delivery without an ID is accepted (older GitLab sends none); a replay
+of one then costs one harmless, level-based tick and never lifts a hold (``tick.clears_held``).
 
-    POST /hooks/github|gitlab|gitea   202 + one tick requested ("webhook:<provider>"); GitHub ping → 200
-                                      401 bad/missing proof, 411 no Content-Length, 413 body > limit,
-                                      404 when no secret is configured
-    POST /reconcile                   202 "reconcile now", Authorization: Bearer <webhook secret>
-    GET  /healthz                     200 "ok" while the process runs
-    GET  /readyz                      200 or 503 with the last error (one line) from App.readiness()
-    GET  /metrics                     Prometheus text exposition
-    anything else                     404 unknown path, 405 wrong method
-
-It talks to the loop only through the small :class:`App` protocol. This module must not parse
-webhook bodies, log them, or log a signature, a token or the secret; and must not decide when a tick
-runs (``loop.py`` does: a request here is only a request).
+Everything here is pure (no I/O apart from reading the secret files, no logging) and constant-time
+where a secret is compared (:func:`hmac.compare_digest`); a missing or malformed proof is simply "not
+verified". It must not parse webhook bodies.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
-import socket
-import sys
+import re
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Final, Protocol
-from urllib.parse import urlsplit
+from typing import Final
 
-from reconciler.daemon.metrics import Metrics
 from reconciler.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 PROVIDERS: Final = ("github", "gitlab", "gitea")
 """The forges with a ``POST /hooks/<provider>`` endpoint."""
@@ -62,32 +56,118 @@ EVENT_HEADERS: Final = {
 }
 """The request header that names the event (``push``, ``ping``, …)."""
 
+DELIVERY_HEADERS: Final = {
+    "github": ("X-GitHub-Delivery",),
+    "gitlab": ("Idempotency-Key", "X-Gitlab-Event-UUID"),
+    "gitea": ("X-Gitea-Delivery",),
+}
+"""Headers naming a delivery, first found wins; a forge's redelivery repeats the same value."""
+
 MAX_SECRET_BYTES: Final = 4096
 """A webhook secret is a short token; anything bigger is the wrong file."""
 
+_DELIVERY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
-def load_secret(path: Path) -> bytes:
-    """The webhook secret stored in ``path``, without trailing newline characters.
+
+# --- the secrets ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecretFiles:
+    """Where each secret of the HTTP side is read from; None leaves that endpoint disabled."""
+
+    github: Path | None = None
+    """HMAC key of GitHub deliveries (``--github-webhook-secret-file``)."""
+    gitlab: Path | None = None
+    """Token GitLab sends in ``X-Gitlab-Token`` (``--gitlab-webhook-token-file``)."""
+    gitea: Path | None = None
+    """HMAC key of Gitea/Forgejo deliveries (``--gitea-webhook-secret-file``)."""
+    reconcile: Path | None = None
+    """Bearer token of ``POST /reconcile`` (``--reconcile-token-file``)."""
+    metrics: Path | None = None
+    """Bearer token for ``/metrics`` and ``/readyz``; None leaves them open (``--metrics-token-file``)."""
+
+
+OPTION_NAMES: Final = {
+    "github": "--github-webhook-secret-file",
+    "gitlab": "--gitlab-webhook-token-file",
+    "gitea": "--gitea-webhook-secret-file",
+    "reconcile": "--reconcile-token-file",
+    "metrics": "--metrics-token-file",
+}
+HMAC_KEYS: Final = frozenset({"github", "gitea"})
+"""Secrets that never leave this process (the others are sent by clients with every request)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Secrets:
+    """The loaded secrets; ``repr`` shows which are set, never a byte of them."""
+
+    github: bytes | None = field(default=None, repr=False)
+    gitlab: bytes | None = field(default=None, repr=False)
+    gitea: bytes | None = field(default=None, repr=False)
+    reconcile: bytes | None = field(default=None, repr=False)
+    metrics: bytes | None = field(default=None, repr=False)
+
+    def hook(self, provider: str) -> bytes | None:
+        """The secret of ``/hooks/<provider>``, or None when that endpoint is disabled."""
+        return getattr(self, provider, None) if provider in PROVIDERS else None
+
+    @property
+    def configured(self) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(self) if getattr(self, f.name) is not None)
+
+    def __repr__(self) -> str:
+        return f"Secrets(configured={self.configured!r})"
+
+
+def load_secret(path: Path, what: str = "webhook secret") -> bytes:
+    """The secret stored in ``path``, without trailing newline characters.
 
     Raises :class:`ConfigError` (naming the file, never its content) when the file cannot be read,
-    is empty or is implausibly large: an empty secret would make every GitLab delivery without a
-    token header look valid.
+    is empty or is implausibly large: an empty secret would make every delivery without a proof
+    header look valid.
     """
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"webhook secret file {path}: cannot read it: {exc.strerror}") from exc
+        raise ConfigError(f"{what} file {path}: cannot read it: {exc.strerror}") from exc
     secret = raw.rstrip(b"\r\n")
     if not secret:
-        raise ConfigError(f"webhook secret file {path} is empty: write the shared secret into it")
+        raise ConfigError(f"{what} file {path} is empty: write the secret into it")
     if len(secret) > MAX_SECRET_BYTES:
-        raise ConfigError(f"webhook secret file {path} is larger than {MAX_SECRET_BYTES} bytes")
+        raise ConfigError(f"{what} file {path} is larger than {MAX_SECRET_BYTES} bytes")
     return secret
 
 
+def load_secrets(files: SecretFiles) -> Secrets:
+    """Read every configured file; refuse a token that equals another secret (module docstring)."""
+    loaded: dict[str, bytes] = {}
+    for purpose in OPTION_NAMES:
+        path: Path | None = getattr(files, purpose)
+        if path is not None:
+            loaded[purpose] = load_secret(
+                path, OPTION_NAMES[purpose].removeprefix("--").removesuffix("-file")
+            )
+    for purpose, secret in loaded.items():
+        if purpose in HMAC_KEYS:
+            continue
+        for other, other_secret in loaded.items():
+            if other != purpose and hmac.compare_digest(secret, other_secret):
+                raise ConfigError(
+                    f"{OPTION_NAMES[purpose]} and {OPTION_NAMES[other]} hold the same secret: a token "
+                    "is sent with every request, so it must not double as an HMAC key or another "
+                    "endpoint's token; give each purpose a secret of its own"
+                )
+    return Secrets(**loaded)
+
+
+# --- proofs --------------------------------------------------------------------------------------
+
+
 def _wire(text: str) -> bytes | None:
-    # http.server decodes header values as ISO-8859-1, so encoding back gives the bytes the client
-    # sent; a str that does not encode cannot have come from the wire and cannot match.
+    # HTTP header values are ISO-8859-1 on the wire, so encoding back gives the bytes the client sent;
+    # a str that does not encode cannot have come from the wire and cannot match.
     try:
         return text.strip().encode("latin-1")
     except UnicodeEncodeError:
@@ -139,7 +219,7 @@ def verify(provider: str, body: bytes, proof: str | None, secret: bytes) -> bool
 
 
 def verify_bearer(authorization: str | None, secret: bytes) -> bool:
-    """True when an ``Authorization`` header is ``Bearer <secret>`` (used by ``POST /reconcile``)."""
+    """True when an ``Authorization`` header is ``Bearer <secret>``."""
     if not authorization or not secret:
         return False
     scheme, _, token = authorization.strip().partition(" ")
@@ -158,7 +238,61 @@ def is_ping(provider: str, event: str | None) -> bool:
     return provider == "github" and (event or "").strip().lower() == "ping"
 
 
-# --- HTTP: webhooks, health, metrics -------------------------------------------------------------
+# --- deliveries ----------------------------------------------------------------------------------
+
+
+class BadDeliveryId(ValueError):
+    """A delivery header is present but is not a plausible ID (answered 400)."""
+
+
+def delivery_id(provider: str, header: Callable[[str], str | None]) -> str | None:
+    """The delivery ID from the first of ``DELIVERY_HEADERS[provider]`` present, or None.
+
+    ``header(name)`` returns a request header's value. Raises :class:`BadDeliveryId` for a value that
+    is not a short token (it would only be stored, never trusted, but there is no reason to keep junk).
+    """
+    for name in DELIVERY_HEADERS.get(provider, ()):
+        value = header(name)
+        if value is not None:
+            value = value.strip()
+            if not _DELIVERY_ID.fullmatch(value):
+                raise BadDeliveryId(f"{name} is not a delivery ID")
+            return value
+    return None
+
+
+class DeliveryLog:
+    """Delivery IDs seen within ``window`` seconds, at most ``capacity`` of them (oldest go first).
+
+    Thread-safe. Only IDs of authenticated deliveries are recorded, so nobody without the secret can
+    fill it up or make a genuine delivery look like a replay.
+    """
+
+    def __init__(
+        self,
+        *,
+        window: float = 24 * 3600.0,
+        capacity: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window, self.capacity, self._clock = window, capacity, clock
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def first_time(self, provider: str, delivery: str) -> bool:
+        """Record a delivery; False when the same one was recorded within the window."""
+        now = self._clock()
+        key = (provider, delivery)
+        with self._lock:
+            while self._seen and (len(self._seen) >= self.capacity or next(iter(self._seen.values())) < now):
+                self._seen.popitem(last=False)
+            if key in self._seen:
+                return False
+            self._seen[key] = now + self.window
+            return True
+
+
+# --- where to listen -----------------------------------------------------------------------------
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -169,215 +303,3 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, int(port)
-
-
-class App(Protocol):
-    """What the listener needs from the loop (``loop.Loop`` implements it)."""
-
-    metrics: Metrics
-    webhook_secret: bytes | None
-    """The shared secret of ``/hooks/*`` and ``/reconcile``; None disables those endpoints."""
-
-    def request(self, reason: str) -> bool: ...
-
-    def readiness(self) -> tuple[bool, str]: ...
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a stuck client must not keep the process alive after run() returns
-
-    def __init__(self, app: App, address: tuple[str, int], *, max_body: int, timeout: float) -> None:
-        self.app, self.max_body, self.request_timeout = app, max_body, timeout
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients hanging up or stalling mid-request are routine; anything else is a bug worth a
-        # traceback (the default handler would print it to stderr, bypassing logging).
-        exc = sys.exc_info()[1]
-        level = logging.DEBUG if isinstance(exc, OSError) else logging.ERROR
-        log.log(level, "http request from %s failed", client_address[0], exc_info=True)
-
-
-class HttpListener:
-    """The HTTP server in a daemon thread; :meth:`close` stops it."""
-
-    def __init__(self, app: App, listen: str, *, max_body: int = 1024 * 1024, timeout: float = 10.0) -> None:
-        try:
-            self._server = _Server(app, parse_listen(listen), max_body=max_body, timeout=timeout)
-        except OSError as exc:
-            raise ConfigError(f"--listen {listen}: cannot listen: {exc.strerror}") from exc
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="reconciler-http",
-            daemon=True,
-        )
-        self._thread.start()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Routes: POST /hooks/{github,gitlab,gitea}, POST /reconcile, GET /healthz, /readyz, /metrics."""
-
-    server_version = "swarm-secrets"
-    sys_version = ""
-
-    @property
-    def _srv(self) -> _Server:
-        assert isinstance(self.server, _Server)
-        return self.server
-
-    @property
-    def app(self) -> App:
-        return self._srv.app
-
-    def setup(self) -> None:
-        super().setup()
-        # A stalled client must not hold a thread (and its buffers) for ever.
-        self.connection.settimeout(self._srv.request_timeout)
-
-    def _dispatch(self) -> None:
-        route = _ROUTES.get(urlsplit(self.path).path)
-        if route is None:
-            self._reply(HTTPStatus.NOT_FOUND, "not found")
-        elif self.command != route[0] and not (self.command == "HEAD" and route[0] == "GET"):
-            self._reply(HTTPStatus.METHOD_NOT_ALLOWED, f"use {route[0]}", allow=route[0])
-        else:
-            route[1](self)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _dispatch
-
-    def _reply(
-        self,
-        code: HTTPStatus,
-        text: str | bytes,
-        *,
-        content_type: str = "text/plain; charset=utf-8",
-        allow: str | None = None,
-    ) -> None:
-        body = text if isinstance(text, bytes) else (text + "\n").encode()
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        if allow is not None:
-            self.send_header("Allow", allow)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _body(self, *, required: bool) -> tuple[bytes | None, str]:
-        """The request body, or (None, outcome) after answering 400/411/413. Never reads past the
-        limit, and never reads at all when the announced length is too big."""
-        limit = self._srv.max_body
-        raw = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding") or (raw is None and required):
-            self._reply(HTTPStatus.LENGTH_REQUIRED, "Content-Length required")
-            return None, "length_required"
-        length = int(raw) if raw is not None and raw.strip().isdigit() else (0 if raw is None else -1)
-        if length < 0:
-            self._reply(HTTPStatus.BAD_REQUEST, "bad Content-Length")
-            return None, "bad_request"
-        if length > limit:
-            self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes")
-            self._drain(limit)
-            return None, "too_large"
-        body = self.rfile.read(length)
-        if len(body) != length:
-            self._reply(HTTPStatus.BAD_REQUEST, "body shorter than Content-Length")
-            return None, "bad_request"
-        return body, "ok"
-
-    def _drain(self, limit: int) -> None:
-        # Discard what the client already sent (at most `limit` bytes, for at most a second) so it
-        # reads our 413 instead of a connection reset from closing on unread data.
-        self.close_connection = True
-        try:
-            self.connection.settimeout(1.0)
-            while limit > 0 and (chunk := self.rfile.read(min(limit, 65536))):
-                limit -= len(chunk)
-        except OSError:
-            pass
-
-    def _hook(self, provider: str) -> None:
-        app = self.app
-        if app.webhook_secret is None:
-            app.metrics.observe_webhook(provider, "disabled")
-            self._reply(HTTPStatus.NOT_FOUND, "webhooks are disabled: no webhook secret file is configured")
-            return
-        body, outcome = self._body(required=True)
-        if body is None:
-            app.metrics.observe_webhook(provider, outcome)
-            return
-        proof = self.headers.get(PROOF_HEADERS[provider])
-        if not verify(provider, body, proof, app.webhook_secret):
-            app.metrics.observe_webhook(provider, "unauthorized")
-            log.warning(
-                "webhook %s from %s rejected: %s signature",
-                provider,
-                self.client_address[0],
-                "bad" if proof else "missing",
-            )
-            self._reply(HTTPStatus.UNAUTHORIZED, "signature missing or wrong")
-            return
-        if is_ping(provider, self.headers.get(EVENT_HEADERS[provider])):
-            app.metrics.observe_webhook(provider, "ping")
-            self._reply(HTTPStatus.OK, "pong")
-            return
-        app.metrics.observe_webhook(provider, "accepted")
-        app.request(f"webhook:{provider}")
-        log.info("webhook %s accepted: tick requested", provider)
-        self._reply(HTTPStatus.ACCEPTED, "accepted")
-
-    def _reconcile(self) -> None:
-        app = self.app
-        if app.webhook_secret is None:
-            self._reply(HTTPStatus.NOT_FOUND, "disabled: no webhook secret file is configured")
-            return
-        body, _ = self._body(required=False)
-        if body is None:
-            return
-        if not verify_bearer(self.headers.get("Authorization"), app.webhook_secret):
-            log.warning("POST /reconcile from %s rejected: bad or missing token", self.client_address[0])
-            self._reply(HTTPStatus.UNAUTHORIZED, "Authorization: Bearer <webhook secret> required")
-            return
-        app.request("manual")
-        self._reply(HTTPStatus.ACCEPTED, "accepted")
-
-    def _readyz(self) -> None:
-        ready, why = self.app.readiness()
-        self._reply(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, why)
-
-    def _metrics(self) -> None:
-        body, content_type = self.app.metrics.render()
-        self._reply(HTTPStatus.OK, body, content_type=content_type)
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        # The path only: a query string could carry a token some client put there.
-        log.debug("%s %s -> %s", self.command, urlsplit(self.path).path, code)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http: " + format, *args)
-
-
-def _hook_route(provider: str) -> Callable[[_Handler], None]:
-    return lambda handler: handler._hook(provider)
-
-
-_ROUTES: dict[str, tuple[str, Callable[[_Handler], None]]] = {
-    "/healthz": ("GET", lambda h: h._reply(HTTPStatus.OK, "ok")),
-    "/readyz": ("GET", _Handler._readyz),
-    "/metrics": ("GET", _Handler._metrics),
-    "/reconcile": ("POST", _Handler._reconcile),
-    **{f"/hooks/{p}": ("POST", _hook_route(p)) for p in PROVIDERS},
-}
