@@ -17,7 +17,6 @@ import pytest
 from click.testing import CliRunner
 
 from reconciler.cli import main
-from reconciler.daemon import gitsync
 from reconciler.daemon.gitsync import GitSettings, GitSync, default_state_dir, ensure_private_dir, mask_url
 from reconciler.errors import ConfigError, GitError
 
@@ -223,9 +222,9 @@ def test_a_checkout_swapped_after_the_start_is_refused(remote: Remote, tmp_path:
 
 
 def test_default_state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(gitsync.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert default_state_dir() == Path("/var/lib/swarm-secrets")
-    monkeypatch.setattr(gitsync.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     assert default_state_dir() == tmp_path / "swarm-secrets"
     monkeypatch.setenv("XDG_STATE_HOME", "relative/ignored")
