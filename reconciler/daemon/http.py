@@ -45,7 +45,7 @@ from typing import Any, Final, Protocol, cast
 from tornado import netutil, web
 from tornado.http1connection import HTTP1Connection
 from tornado.httpserver import HTTPServer
-from tornado.iostream import IOStream
+from tornado.iostream import IOStream, StreamClosedError
 
 from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.webhooks import (
@@ -69,6 +69,8 @@ MAX_HEADER_BYTES: Final = 16 * 1024
 """Request line plus headers; a forge's delivery needs a few KiB."""
 BODY_BUDGET: Final = 16 * 1024 * 1024
 """Bytes of request bodies being received at once, across all connections."""
+LINGER: Final = 1.0
+"""Seconds a refused request's unread body is discarded for before its connection is closed."""
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 5\r\nConnection: close\r\n\r\nbusy\n"
 
 
@@ -201,7 +203,7 @@ class _Post(_Base):
     ALLOWED = "POST"
     provider = ""  # for the metrics of /hooks/*
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:  # type: ignore[override]
         self.body = bytearray()
         self.reserved = 0
         if not self.method_allowed() or not self.enabled():
@@ -209,15 +211,17 @@ class _Post(_Base):
         headers = self.request.headers
         raw = headers.get("Content-Length")
         if "Transfer-Encoding" in headers or raw is None:
-            return self.refuse(HTTPStatus.LENGTH_REQUIRED, "Content-Length required", "length_required")
+            return await self.refuse_unread(
+                HTTPStatus.LENGTH_REQUIRED, "Content-Length required", "length_required"
+            )
         if not raw.strip().isdigit():  # Tornado checks it only after this point
-            return self.refuse(HTTPStatus.BAD_REQUEST, "bad Content-Length", "bad_request")
+            return await self.refuse_unread(HTTPStatus.BAD_REQUEST, "bad Content-Length", "bad_request")
         length = int(raw)
         if length > self.state.max_body:
             too_large = f"body larger than {self.state.max_body} bytes"
-            return self.refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, too_large, "too_large")
+            return await self.refuse_unread(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, too_large, "too_large")
         if self.state.body_bytes + length > BODY_BUDGET:
-            return self.refuse(HTTPStatus.SERVICE_UNAVAILABLE, "busy: try again", "busy")
+            return await self.refuse_unread(HTTPStatus.SERVICE_UNAVAILABLE, "busy: try again", "busy")
         self.reserved = length
         self.state.body_bytes += length
         # The body must arrive within what is left of the whole request's deadline.
@@ -232,6 +236,30 @@ class _Post(_Base):
         if self.provider:
             self.app.metrics.observe_webhook(self.provider, outcome)
         self.reply(code, text)
+
+    async def refuse_unread(self, code: HTTPStatus, text: str, outcome: str) -> None:
+        """Answer before the body is read, then discard what the client still sends (at most
+        ``max_body`` bytes, for at most :data:`LINGER` seconds) before closing: closing on unread
+        data would reset the connection, and a client still sending would never see the answer."""
+        if self.provider:
+            self.app.metrics.observe_webhook(self.provider, outcome)
+        stream = self.detach()  # Tornado would close at once after the answer
+        body = (text + "\n").encode()
+        head = (
+            f"HTTP/1.1 {code.value} {code.phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+        )
+        log.debug("%s %s -> %d", self.request.method, self.request.path, code.value)
+        try:
+            await stream.write(head.encode("latin-1") + body)
+            left, until = self.state.max_body, time.monotonic() + LINGER
+            while left > 0 and (remaining := until - time.monotonic()) > 0:
+                chunk = await asyncio.wait_for(stream.read_bytes(min(left, 65536), partial=True), remaining)
+                left -= len(chunk)
+        except (StreamClosedError, TimeoutError):
+            pass
+        finally:
+            stream.close()
 
     def data_received(self, chunk: bytes) -> None:
         if self.reserved:  # else the answer is out already and the rest is discarded
