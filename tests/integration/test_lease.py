@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,9 @@ from collections.abc import Iterator
 
 import docker
 import pytest
+from click.testing import CliRunner
 
+from reconciler.cli import main
 from reconciler.engine import lease
 from reconciler.engine.lease import Identity, Lease, LeaseSettings
 from reconciler.engine.swarm import Swarm
@@ -231,3 +234,121 @@ def test_renewal_hands_triggers_over_and_a_taken_lease_is_noticed(swarm: Swarm, 
     held.release()  # does not free someone else's lease
     record = lease.read(swarm, name)
     assert record is not None and record.token == "someone-else"
+
+
+# --- apply takes the swarm's lease (the default lease name: every test leaves it free) -------------
+
+
+def _apply_cmd(lab: Lab, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "reconciler", "apply", str(lab.root), "--yes", "--timeout", "90", *extra]
+
+
+def _wait_for_holder(swarm: Swarm, pid: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        record = lease.read(swarm)
+        if record is not None and record.get("pid") == str(pid):
+            return
+        assert proc.poll() is None, "the apply ended before it took the lease"
+        time.sleep(0.05)
+    raise AssertionError("the apply never took the lease")
+
+
+def test_two_concurrent_applies_with_different_values_take_turns(lab: Lab, swarm: Swarm) -> None:
+    pw = lab.name("pw")
+    # a rollout that takes a few seconds (3 s monitor), so the second apply comes while the first works
+    app = lab.create_service("app", monitor_ns=3_000_000_000)
+    lab.manifest({pw: {"source": {"env": "PW"}, "services": [app]}})
+    first = subprocess.Popen(
+        _apply_cmd(lab), env=lab.env(PW="alpha"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    _wait_for_holder(swarm, first.pid, first)
+    second = subprocess.Popen(
+        _apply_cmd(lab), env=lab.env(PW="beta"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    # while the first holds the lease, its new version is never collected and the second changes nothing
+    while True:
+        names = lab.secret_names()
+        if first.poll() is not None:
+            break
+        assert f"{pw}_v2" not in names  # read while the first still ran
+        time.sleep(0.05)
+    out1, err1 = first.communicate(timeout=120)
+    out2, err2 = second.communicate(timeout=180)
+    assert first.returncode == 0, (out1 + err1).decode()
+    assert second.returncode == 0, (out2 + err2).decode()
+    assert f"service {app}: converged" in out1.decode() and f"service {app}: converged" in out2.decode()
+    assert f"waiting for the swarm's lease, held by pid {first.pid} on host" in err2.decode()
+    assert "for apply" in err2.decode()
+    # the second applied its own value on top; the first version stays as the rollback target
+    assert lab.service_secret_names(app) == {pw: f"{pw}_v2"}
+    assert lab.secret_names() == {f"{pw}_v1", f"{pw}_v2"}
+    record = lease.read(swarm)
+    assert record is not None and record.free
+
+
+def test_apply_gives_up_naming_the_holder_and_no_lock_or_plan_do_not_wait(lab: Lab, swarm: Swarm) -> None:
+    pw = lab.name("pw")
+    app = lab.create_service("app")
+    lab.manifest({pw: {"source": {"env": "PW"}, "services": [app]}})
+    runner = CliRunner()
+    held = Lease(swarm, Identity.here(purpose="apply", revision="feedfacecafebeef"), LeaseSettings())
+    held.acquire(wait=0)
+    try:
+        result = runner.invoke(
+            main,
+            ["apply", str(lab.root), "--yes", "--lock-timeout", "0"],
+            env=lab.env(PW="x"),
+            catch_exceptions=False,
+        )
+        assert result.exit_code == 1
+        message = result.output
+        assert "another applier holds the swarm's lease" in message
+        assert f"pid {os.getpid()} on host {socket.gethostname()}" in message
+        assert "revision feedfacecafe" in message and "for apply" in message and "since 20" in message
+        assert "Traceback" not in message
+        assert lab.secret_names() == set()  # nothing changed
+        # plan takes no lease
+        plan = runner.invoke(main, ["plan", str(lab.root)], env=lab.env(PW="x"), catch_exceptions=False)
+        assert plan.exit_code == 0 and "create" in plan.output
+        # --no-lock opts out (unsafe while someone else applies; here nobody does)
+        result = runner.invoke(
+            main, ["apply", str(lab.root), "--yes", "--no-lock"], env=lab.env(PW="x"), catch_exceptions=False
+        )
+        assert result.exit_code == 0, result.output
+        # an apply with nothing to do needs no lease either
+        result = runner.invoke(
+            main,
+            ["apply", str(lab.root), "--yes", "--lock-timeout", "0"],
+            env=lab.env(PW="x"),
+            catch_exceptions=False,
+        )
+        assert result.exit_code == 0, result.output
+    finally:
+        held.release()
+
+
+def test_the_next_apply_succeeds_within_the_ttl_after_kill_9_of_the_holder(lab: Lab, swarm: Swarm) -> None:
+    ttl = 4
+    pw = lab.name("pw")
+    app = lab.create_service("app", monitor_ns=5_000_000_000)
+    lab.manifest({pw: {"source": {"env": "PW"}, "services": [app]}})
+    doomed = subprocess.Popen(
+        _apply_cmd(lab, "--lock-ttl", str(ttl)), env=lab.env(PW="one"), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    _wait_for_holder(swarm, doomed.pid, doomed)
+    os.kill(doomed.pid, signal.SIGKILL)
+    doomed.wait()
+    # waiting no longer than the TTL (plus a little for polling) is enough
+    result = CliRunner().invoke(
+        main,
+        ["apply", str(lab.root), "--yes", "--timeout", "90", "--lock-timeout", str(ttl + 3)],
+        env=lab.env(PW="two"),
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert f"held by pid {doomed.pid}" in result.output
+    assert lab.service_secret_names(app) == {pw: f"{pw}_v2"}
+    plan = CliRunner().invoke(main, ["plan", str(lab.root), "--detailed-exitcode"], env=lab.env(PW="two"))
+    assert plan.exit_code == 0, plan.output
