@@ -353,6 +353,11 @@ class HttpListener:
         max_connections: int = 512,
     ) -> None:
         host, port = parse_listen(listen)
+        # Tornado logs every malformed request ("Malformed HTTP message", "Unsatisfiable read") at INFO
+        # on its own loggers: a client's mistake, routine on the internet, not news for the operator.
+        # Its errors (a bug in a handler: "Uncaught exception" with a traceback) still come through.
+        logging.getLogger("tornado.general").setLevel(logging.WARNING)
+        logging.getLogger("tornado.access").setLevel(logging.WARNING)
         try:
             # Bound here, in the caller's thread, so a port in use is a ConfigError at startup.
             self._sockets = netutil.bind_sockets(port, host or None, backlog=128)
@@ -431,8 +436,3 @@ class HttpListener:
             except OSError:
                 pass
 
-
-# Tornado logs malformed requests ("Malformed HTTP message", "Unsatisfiable read") at INFO on its own
-# loggers; a client's mistake is not worth more than DEBUG in ours.
-logging.getLogger("tornado.general").setLevel(logging.WARNING)
-logging.getLogger("tornado.access").setLevel(logging.WARNING)
