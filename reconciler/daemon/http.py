@@ -435,4 +435,3 @@ class HttpListener:
                 sock.close()
             except OSError:
                 pass
-
