@@ -747,7 +747,11 @@ def test_the_stack_command_parses_with_the_real_cli() -> None:
     parsed = parse_cli(command)
     assert parsed.name == "run"
     assert parsed.params["git_ssh_key_file"] == Path("/run/secrets/git_deploy_key")
-    assert parsed.params["webhook_secret_file"] == Path("/run/secrets/webhook_secret")
+    assert parsed.params["github_webhook_secret_file"] == Path("/run/secrets/webhook_secret")
+    assert parsed.params["reconcile_token_file"] == Path("/run/secrets/reconcile_token")
+    assert parsed.params["git_known_hosts_file"] == Path("/etc/swarm-secrets/known_hosts")
+    assert parsed.params["webhook_secret_file"] is None  # deprecated
+    assert "ports" not in stack["services"]["reconciler"]  # nothing published: a TLS proxy in front
     environment = stack["services"]["reconciler"]["environment"]
     assert environment["SWARM_SECRETS_LOG_FORMAT"] in ("text", "json")
 
