@@ -13,14 +13,19 @@ Every error the user can act on derives from :class:`SwarmSecretsError` and rend
     │   ├── SwarmUnavailable     cannot reach the engine (transient)
     │   │   └── NotManager       the engine answers but is not a swarm manager (permanent)
     │   ├── SwarmConflict        someone else changed the object between observe and mutate (re-observe)
-    │   └── SwarmRefused         the engine refused a request permanently (400/404/409 that re-observing
-    │                            does not fix)
+    │   ├── SwarmRefused         the engine refused a request permanently (400/404/409 that re-observing
+    │   │                        does not fix)
+    │   └── LeaseBusy            another applier holds the swarm's lease (wait, or try again later)
     ├── GitError             fetching the manifests from git failed (transient or not)
     ├── RevisionError        the manifests are older than what the swarm runs (or it cannot be told)
     └── ConfigError          a command-line option or setting is wrong
 
-Transient vs permanent is a separate axis: ``transient`` is True where retrying later may succeed;
-``swarm.py`` retries only those, bounded, with tenacity.
+Transient vs permanent is a separate axis: ``transient`` is True where retrying later, with the same
+manifests, sources and settings, may succeed (the network, the engine busy or restarting, a lease held
+by someone else). ``swarm.py`` retries transient reads, bounded, with tenacity; the long-running loop
+backs off and retries transient failures, and *waits for a change* (a new revision, a webhook, a manual
+reconcile) after a permanent one: a bad manifest, a source that cannot be resolved, a policy
+violation (every :class:`ProblemsError`), a wrong setting, git refusing the credentials or the ref.
 
 No message ever contains a secret value: errors are built from names, paths and engine messages,
 never from source content.
@@ -54,6 +59,8 @@ class SwarmSecretsError(Exception):
     """Base of every error the user can act on. ``str()`` is one line, no traceback wanted."""
 
     transient: bool = False
+    """True where retrying later with the same inputs may succeed; False where something must change
+    first (see the module docstring)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +80,9 @@ class Problem:
 
 class ProblemsError(SwarmSecretsError):
     """Base for errors that carry every problem found, not only the first; ``str()`` is one line per
-    problem."""
+    problem. Never transient: the same files give the same problems until someone changes them."""
+
+    transient = False
 
     def __init__(self, problems: list[Problem] | tuple[Problem, ...]) -> None:
         self.problems = tuple(problems)
@@ -106,7 +115,10 @@ class ConfigError(SwarmSecretsError):
 
 
 class SwarmError(SwarmSecretsError):
-    """The Docker engine refused or could not serve a request."""
+    """The Docker engine refused or could not serve a request. Transient unless a subclass or the
+    translation of the engine's answer says otherwise: an engine error (5xx) usually passes."""
+
+    transient = True
 
 
 class SwarmUnavailable(SwarmError):
@@ -124,6 +136,23 @@ class SwarmConflict(SwarmError):
 
 class SwarmRefused(SwarmError):
     """The engine refused a request and repeating it will not help."""
+
+    transient = False
+
+
+class LeaseBusy(SwarmError):
+    """Another applier (``apply`` or a loop tick, here or on another machine) holds the swarm's lease
+    and did not release it within ``--lock-timeout``. ``str()`` names the holder. Transient: the lease
+    is released at the end of that run, or expires one TTL after its holder died."""
+
+    transient = True
+
+
+class LeaseLost(SwarmError):
+    """The lease could not be renewed in time while held (engine unreachable, or someone removed or
+    took over the lease object), so another applier may have run at the same time."""
+
+    transient = True
 
 
 class NotManager(SwarmUnavailable):

@@ -32,6 +32,7 @@ import click
 
 from reconciler import __version__, manifests
 from reconciler.core.guard import Boundary
+from reconciler.engine.lease import LeaseSettings
 from reconciler.errors import ExitCode, ProblemsError, SwarmSecretsError
 from reconciler.logs import JsonFormatter, TextFormatter
 
@@ -215,6 +216,8 @@ def revision_check_options(fn: Callable[P, R]) -> Callable[P, R]:
         "manifests' commit (moves the set back to older values).",
     )(fn)
     return fn
+
+
 # --- the trust boundary: validate, plan, apply, status, run --------------------------------------------
 
 
@@ -316,3 +319,45 @@ def trust_options(fn: Callable[..., R]) -> Callable[..., R]:
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper
+
+
+# --- the swarm's lease: apply and run take it before changing anything ------------------------------
+
+
+def lock_options(fn: Callable[P, R]) -> Callable[P, R]:
+    """``--lock/--no-lock``, ``--lock-timeout``, ``--lock-ttl`` (apply, run); see engine/lease.py."""
+    for option in reversed(
+        (
+            click.option(
+                "--lock/--no-lock",
+                default=True,
+                show_default=True,
+                help="Take the swarm's lease (one applier at a time) before changing anything. "
+                "--no-lock is unsafe while another apply or run changes the same swarm.",
+            ),
+            click.option(
+                "--lock-timeout",
+                type=click.FloatRange(min=0),
+                default=300,
+                show_default=True,
+                metavar="SECONDS",
+                help="How long to wait for a lease another applier holds (0: do not wait), then exit 1 "
+                "naming it.",
+            ),
+            click.option(
+                "--lock-ttl",
+                type=click.FloatRange(min=2),
+                default=60,
+                show_default=True,
+                metavar="SECONDS",
+                help="How long the lease outlives a holder that stopped renewing it (killed, cut off).",
+            ),
+        )
+    ):
+        fn = option(fn)
+    return fn
+
+
+def lease_settings(lock: bool, lock_timeout: float, lock_ttl: float) -> LeaseSettings | None:
+    """The lease settings of :func:`lock_options`, or None for ``--no-lock``."""
+    return LeaseSettings(ttl=lock_ttl, wait=lock_timeout) if lock else None

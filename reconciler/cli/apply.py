@@ -13,13 +13,15 @@ from reconciler.cli.app import (
     engine_options,
     handle_errors,
     key_options,
+    lease_settings,
+    lock_options,
     main,
     manifest_paths,
     revision_check_options,
     rollout_options,
     trust_options,
 )
-from reconciler.engine import executor
+from reconciler.engine import executor, lease
 from reconciler.engine.executor import ApplyOptions, ApplyResult
 from reconciler.engine.swarm import Swarm
 from reconciler.errors import ConfigError, ExitCode
@@ -37,6 +39,7 @@ from reconciler.render.progress import Progress
 )
 @rollout_options
 @revision_check_options
+@lock_options
 @click.option("--stats", is_flag=True, help="Print how many Engine API requests the run made.")
 @trust_options
 @handle_errors
@@ -52,6 +55,9 @@ def apply(
     prune_orphans: bool,
     allow_older_revision: bool,
     revision_check: RevisionCheckMode,
+    lock: bool,
+    lock_timeout: float,
+    lock_ttl: float,
     stats: bool,
 ) -> None:
     """Show the plan, then create versions, roll services, wait for them and collect old versions.
@@ -59,37 +65,62 @@ def apply(
     Refuses (exit 1, nothing changed) manifests older than the commit the swarm records for the same
     set, unless --allow-older-revision.
 
-    Exit codes: 0 converged; 1 error before any change; 3 applied with failures (a rollout rolled
-    back, paused or timed out, or a secret was blocked): the swarm is consistent, fix and re-run.
+    Exit codes: 0 converged; 1 error before any change (also: another applier held the swarm's lease
+    for longer than --lock-timeout); 3 applied with failures (a rollout rolled back, paused or timed
+    out, or a secret was blocked): the swarm is consistent, fix and re-run.
     """
     guard = RevisionGuard(repository=paths[0], allow_older=allow_older_revision, undecidable=revision_check)
     boundary = trust.boundary(paths)
     loaded = converge.load(paths, revision=revision, boundary=boundary, complete=prune_orphans)
+    locking = lease_settings(lock, lock_timeout, lock_ttl)
+
+    def prepare(swarm: Swarm) -> converge.Prepared:
+        return converge.prepare(
+            loaded, swarm, key_file=fingerprint_key_file, prune_orphans=prune_orphans, revision_guard=guard
+        )
+
     with Swarm.connect(docker_host) as swarm:
-        _apply(loaded, swarm, fingerprint_key_file, yes, timeout, concurrency, prune_orphans, stats, guard)
+        prepared = prepare(swarm)
+        if prepared.plan.empty or locking is None:
+            _apply(prepared, swarm, yes, timeout, concurrency, prune_orphans, stats)
+            return
+        _check_can_ask(yes)  # before waiting for the lease, not after
+        # --- the swarm's lease (engine/lease.py): held from before the first mutation to the end. -----
+        # A plan made before waiting may be stale by then: observe and plan again under the lease.
+        with lease.hold(
+            swarm, locking, purpose="apply", revision=loaded.revision, on_wait=_tell_waiting
+        ) as held:
+            prepared = prepare(swarm)
+            _apply(prepared, swarm, yes, timeout, concurrency, prune_orphans, stats)
+            if held is not None and held.lost:
+                click.echo(
+                    "error: the swarm's lease was lost while applying (not renewed in time): another "
+                    "applier may have run at the same time; run apply again",
+                    err=True,
+                )
+                raise click.exceptions.Exit(ExitCode.PARTIAL)
+
+
+def _tell_waiting(record: lease.Record) -> None:
+    click.echo(f"waiting for the swarm's lease, held by {record.describe()}", err=True)
 
 
 def _apply(
-    loaded: converge.Loaded,
+    prepared: converge.Prepared,
     swarm: Swarm,
-    fingerprint_key_file: Path | None,
     yes: bool,
     timeout: float,
     concurrency: int,
     prune_orphans: bool,
     stats: bool,
-    guard: RevisionGuard,
 ) -> None:
-    prepared = converge.prepare(
-        loaded, swarm, key_file=fingerprint_key_file, prune_orphans=prune_orphans, revision_guard=guard
-    )
+    loaded = prepared.loaded
     click.echo(render.render_text(prepared.plan, color=sys.stdout.isatty()).rstrip("\n"))
     if prepared.plan.empty:
         _stats(stats, swarm)
         return
     if not yes:
-        if not sys.stdin.isatty():
-            raise ConfigError("not applying: stdin is not a terminal; pass --yes to apply without asking")
+        _check_can_ask(yes)
         click.confirm("Apply these changes?", abort=True)
     options = ApplyOptions(timeout=timeout, concurrency=concurrency, prune_orphans=prune_orphans)
     try:
@@ -105,6 +136,11 @@ def _apply(
     _stats(stats, swarm)
     if not result.ok:
         raise click.exceptions.Exit(ExitCode.PARTIAL)
+
+
+def _check_can_ask(yes: bool) -> None:
+    if not yes and not sys.stdin.isatty():
+        raise ConfigError("not applying: stdin is not a terminal; pass --yes to apply without asking")
 
 
 def _stats(enabled: bool, swarm: Swarm) -> None:

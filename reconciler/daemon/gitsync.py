@@ -23,9 +23,20 @@ remote URL written to ``.git/config`` or an error message:
   ``http.extraHeader`` set in the *environment* of the git child (``GIT_CONFIG_COUNT`` /
   ``GIT_CONFIG_KEY_0`` / ``GIT_CONFIG_VALUE_0``, git ≥ 2.31). The file is re-read on every sync so a
   rotated token is picked up. Refused over plain http except to a loopback address.
-* **ssh deploy key** (``ssh_key_file``): ``GIT_SSH_COMMAND="ssh -i KEY -o IdentitiesOnly=yes
-  -o BatchMode=yes -o StrictHostKeyChecking=accept-new"``; with ``known_hosts_file`` the host key must
-  be listed there (``StrictHostKeyChecking=yes``), which is the safer setting for production.
+* **ssh**: no trust on first use. An ssh URL needs ``known_hosts_file``: ssh then accepts exactly the
+  host keys listed there (``StrictHostKeyChecking=yes``, no global known_hosts, no learning). The only
+  alternative is the explicit, unsafe ``accept_new_host_key`` (whoever answers first is trusted; the key
+  learned is kept in ``learned_hosts_file`` and pinned from then on). A deploy key (``ssh_key_file``) is
+  passed with ``-i KEY -o IdentitiesOnly=yes``; ``BatchMode=yes`` always.
+* **URLs**: user info in an http(s) URL (``https://token@host/…``, ``https://user:pw@…``) is refused
+  outright: git would keep it in ``.git/config`` and put it in argv. Every message shows URLs through
+  :func:`mask_url`.
+
+**The checkout folder** is private: created with mode 0700, and at start and at every sync it must be
+a real folder (no symlink) owned by this process's user that nobody else may enter
+(:func:`ensure_private_dir`); anything else is refused, never "fixed", since someone else may have
+planted hooks or configuration in it. By default it lives in a state directory
+(:func:`default_state_dir`), not at a guessable path under ``/tmp``.
 
 This module and ``sources/sops.py`` are the only users of :mod:`subprocess` in the package. It must not
 read or parse manifests (the tick does) and must not decide anything about the swarm.
@@ -38,6 +49,7 @@ import ipaddress
 import os
 import re
 import shlex
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -123,7 +135,13 @@ class GitSettings:
     """Private deploy key for ssh URLs. ssh refuses a key its owner shares with others: when the
     process runs as the key's owner, mount it with mode 0400."""
     known_hosts_file: Path | None = None
-    """known_hosts file for ssh; when set, unknown or changed host keys are refused."""
+    """known_hosts file for ssh: the only host keys accepted. Required for ssh URLs unless
+    ``accept_new_host_key``."""
+    accept_new_host_key: bool = False
+    """Unsafe: trust whatever host key the ssh server shows first, then pin it in
+    ``learned_hosts_file``. For trying things out, never for production."""
+    learned_hosts_file: Path | None = None
+    """Where ``accept_new_host_key`` keeps the keys it learned; None: ssh's own ~/.ssh/known_hosts."""
     timeout: float = 120.0
     """Seconds one git command may take before it is killed and the sync fails (transient)."""
     git: str = "git"
@@ -153,6 +171,53 @@ def _is_ssh(url: str) -> bool:
     return "://" not in url and ":" in url.split("/", 1)[0]
 
 
+def mask_url(url: str) -> str:
+    """``url`` as messages show it: user info of an http(s) URL (or any password) and any query string
+    replaced by ``***``; ssh URLs keep their user name (``git@``), which is not a secret."""
+    masked = re.sub(r"(?i)^(https?://)[^/@?#]*@", r"\1***@", url)
+    masked = re.sub(r"^([a-z][a-z0-9+.-]*://[^/@:?#]*:)[^/@?#]*@", r"\1***@", masked)
+    return re.sub(r"\?.*$", "?***", masked) if "://" in masked else masked
+
+
+def default_state_dir() -> Path:
+    """``/var/lib/swarm-secrets`` for root, else ``$XDG_STATE_HOME/swarm-secrets`` (default
+    ``~/.local/state/swarm-secrets``)."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/swarm-secrets")
+    base = os.environ.get("XDG_STATE_HOME", "")
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"
+    return root / "swarm-secrets"
+
+
+def ensure_private_dir(path: Path, what: str = "git checkout folder") -> None:
+    """Create ``path`` with mode 0700, or check that it is a folder (not a symlink) owned by this
+    process's user that no one else may read or enter; :class:`ConfigError` otherwise."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot create it: {exc.strerror}") from exc
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror}") from exc
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{what} {path} is not a folder (a symlink or a file): remove it or choose another")
+    if info.st_uid != os.geteuid():
+        raise ConfigError(
+            f"{what} {path} belongs to uid {info.st_uid}, not to this process (uid {os.geteuid()}): "
+            "someone else could have planted git hooks or configuration in it; remove it or choose a "
+            "folder of your own (--state-dir)"
+        )
+    if info.st_mode & 0o077:
+        raise ConfigError(
+            f"{what} {path} is open to other users (mode {stat.S_IMODE(info.st_mode):o}): make sure "
+            "nobody changed it, then `chmod 700` it, or remove it and let swarm-secrets create it"
+        )
+
+
 def _loopback(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if host == "localhost":
@@ -178,10 +243,11 @@ class GitSync:
         s = self.settings
         if not s.url or s.url.startswith("-"):
             raise ConfigError("--git-url must be a repository URL")
-        if _is_http(s.url) and urlsplit(s.url).password is not None:
+        if _is_http(s.url) and "@" in urlsplit(s.url).netloc:
             raise ConfigError(
-                "--git-url contains a password or token, which git would store in .git/config: "
-                "remove it and use --git-token-file"
+                f"--git-url {mask_url(s.url)} contains user info (a name or token before '@'), which "
+                "git would keep in .git/config and pass in argv: remove it and give the token with "
+                "--git-token-file"
             )
         if not _REF_RE.fullmatch(s.ref) or ".." in s.ref or s.ref.endswith(("/", ".lock")):
             raise ConfigError(f"--git-ref {s.ref!r} is not a branch, tag or ref name")
@@ -213,8 +279,21 @@ class GitSync:
                     f"ssh key file {s.ssh_key_file} is readable by others (mode {mode & 0o777:o}), "
                     "which ssh refuses: mount it with mode 0400 or chmod 600 it"
                 )
+        if _is_ssh(s.url):
+            if s.known_hosts_file is None and not s.accept_new_host_key:
+                raise ConfigError(
+                    f"--git-url {mask_url(s.url)} is an ssh URL: give the server's host key with "
+                    "--git-known-hosts-file (e.g. from `ssh-keyscan -t ed25519 HOST`, checked against the "
+                    "fingerprint the forge publishes); --git-accept-new-host-key trusts whoever answers "
+                    "first and is unsafe"
+                )
+            if s.known_hosts_file is not None and s.accept_new_host_key:
+                raise ConfigError("give either --git-known-hosts-file or --git-accept-new-host-key, not both")
+        elif s.known_hosts_file is not None or s.accept_new_host_key:
+            raise ConfigError("--git-known-hosts-file and --git-accept-new-host-key are for ssh URLs only")
         if s.known_hosts_file is not None and not s.known_hosts_file.is_file():
             raise ConfigError(f"known_hosts file {s.known_hosts_file} does not exist")
+        ensure_private_dir(s.checkout_dir)
 
     def _read_token(self) -> str:
         assert self.settings.token_file is not None
@@ -252,12 +331,18 @@ class GitSync:
                 GIT_CONFIG_KEY_0="http.extraHeader",
                 GIT_CONFIG_VALUE_0=f"Authorization: Basic {self._basic(self._read_token())}",
             )
-        if s.ssh_key_file is not None:
-            ssh = ["ssh", "-i", str(s.ssh_key_file), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"]
+        if _is_ssh(s.url):
+            ssh = ["ssh", "-o", "BatchMode=yes"]
+            if s.ssh_key_file is not None:
+                ssh += ["-i", str(s.ssh_key_file), "-o", "IdentitiesOnly=yes"]
             if s.known_hosts_file is not None:
-                ssh += ["-o", f"UserKnownHostsFile={s.known_hosts_file}", "-o", "StrictHostKeyChecking=yes"]
+                # Exactly these keys: not the system-wide list, and nothing learned or updated.
+                ssh += ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={s.known_hosts_file}"]
+                ssh += ["-o", "GlobalKnownHostsFile=/dev/null", "-o", "UpdateHostKeys=no"]
             else:
                 ssh += ["-o", "StrictHostKeyChecking=accept-new"]
+                if s.learned_hosts_file is not None:
+                    ssh += ["-o", f"UserKnownHostsFile={s.learned_hosts_file}"]
             env["GIT_SSH_COMMAND"] = shlex.join(ssh)
         return env
 
@@ -267,9 +352,11 @@ class GitSync:
         return [self.settings.git, "-c", "advice.detachedHead=false", *args]
 
     def scrub(self, text: str) -> str:
-        """``text`` with the token, its Basic header and any URL password replaced by ``***``."""
+        """``text`` with the token, its Basic header and any URL user info or password replaced by
+        ``***``."""
         for secret in self._secrets():
             text = text.replace(secret, "***")
+        text = re.sub(r"(?i)(https?://)[^/@\s]+@", r"\1***@", text)
         return re.sub(r"(://[^/@\s:]*:)[^@/\s]+@", r"\1***@", text)
 
     def _git(self, *args: str, env: dict[str, str], what: str) -> str:
@@ -304,8 +391,9 @@ class GitSync:
     def sync(self) -> Checkout:
         """Fetch ``ref`` and check it out; return the commit and the manifests folder."""
         s = self.settings
+        ensure_private_dir(s.checkout_dir)  # again: it must not have been swapped since the start
         env = self.environment()
-        where = self.scrub(s.url)
+        where = mask_url(s.url)
         self._prepare(env)
         # A checkout made by an older version fetched one commit deep: complete it once.
         deepen = ("--unshallow",) if (s.checkout_dir / ".git" / "shallow").exists() else ()

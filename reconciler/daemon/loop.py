@@ -21,8 +21,16 @@ seconds; :meth:`Loop.suppress_events_until` extends that window from outside. A 
 hidden by this window is still found by the next interval tick.
 
 Failures (``ok=False``, a :class:`SwarmSecretsError` raised by the tick, or any other exception,
-which is logged with its traceback as a bug) never end the loop: it retries after the backoff delay.
-Explicit requests (webhook, ``POST /reconcile``) do not wait for that delay, events do.
+which is logged with its traceback as a bug) never end the loop. A failure that may pass (engine
+unreachable or answering 5xx, a network error, git timing out, a rollout that failed, the swarm's
+lease held by another applier) is retried after the backoff delay; explicit requests (webhook,
+``POST /reconcile``) do not wait for that delay, events do. A failure that cannot heal by retrying
+(``transient`` False: a bad manifest, a source that cannot be resolved, a policy violation, a wrong
+setting, git refusing the ref or the credentials) makes the loop **wait for a change** instead: no
+retry timer and no backoff; the next tick comes from the interval, a webhook, ``POST /reconcile`` or
+an event, and with git an interval or event tick that finds the same revision again stops right
+after the fetch (:func:`with_git`). ``/readyz``, ``/metrics`` (``ticks_total{result="stalled"}``,
+``waiting_for_change``) and the log line say which kind of failure it was.
 
 SIGTERM/SIGINT set the stop flag: the tick in hand finishes (it is never interrupted), then
 :meth:`Loop.run` returns 0. A second signal raises SystemExit(130) at once.
@@ -49,10 +57,23 @@ from types import FrameType
 from typing import Any
 
 from reconciler import logs
-from reconciler.daemon import http as webhooks
+from reconciler.daemon import http, webhooks
 from reconciler.daemon.gitsync import Checkout
 from reconciler.daemon.metrics import Metrics
-from reconciler.daemon.types import ERROR_CLASSES, Tick, TickRequest, TickResult, error_class
+from reconciler.daemon.types import (
+    FAILING,
+    NOT_STARTED,
+    READY,
+    READY_RETRYING,
+    STALLED,
+    STARTING,
+    Tick,
+    TickRequest,
+    TickResult,
+    error_class,
+    with_class,
+)
+from reconciler.daemon.webhooks import SecretFiles
 from reconciler.errors import ConfigError, ExitCode, SwarmSecretsError
 
 log = logging.getLogger(__name__)
@@ -91,12 +112,14 @@ class LoopSettings:
     listen: str | None = ":8080"
     """``host:port`` of the HTTP listener (``:8080`` = every IPv4 address, ``[::]:8080`` for IPv6,
     port 0 = any free port); None turns webhooks, health and metrics off."""
-    webhook_secret_file: Path | None = None
-    """File with the shared secret for ``/hooks/*`` and ``POST /reconcile``; None disables them."""
+    secrets: SecretFiles = SecretFiles()
+    """The files of the webhook secrets and tokens, one per purpose; an endpoint without one is off."""
     max_body: int = 1024 * 1024
     """Largest webhook body accepted; bigger ones get 413 and are never read."""
     http_timeout: float = 10.0
-    """Socket timeout of one HTTP request, so a stalled client cannot hold a thread for ever."""
+    """Deadline of a whole HTTP request (head and body) from the moment its connection is accepted."""
+    http_max_connections: int = 512
+    """Open HTTP connections at most; more are answered 503 at once."""
     readiness_grace: float = 0.0
     """Seconds after start during which ``/readyz`` says ready before any tick succeeded; 0 means not
     ready until the first success."""
@@ -117,8 +140,8 @@ class LoopSettings:
             raise ConfigError("backoff_factor must be at least 1")
         if self.stale_after is not None and self.stale_after <= 0:
             raise ConfigError("stale_after must be greater than 0")
-        if self.max_body <= 0:
-            raise ConfigError("max_body must be greater than 0")
+        if self.max_body <= 0 or self.http_max_connections <= 0:
+            raise ConfigError("max_body and http_max_connections must be greater than 0")
         if self.listen is not None:
             webhooks.parse_listen(self.listen)
 
@@ -158,6 +181,8 @@ class Status:
     last_success_at: float | None
     consecutive_failures: int
     pending: tuple[str, ...]
+    stalled: bool = False
+    """The last tick failed with an error retrying cannot fix: waiting for a change."""
 
 
 def _one_line(exc: BaseException) -> str:
@@ -165,23 +190,49 @@ def _one_line(exc: BaseException) -> str:
     return lines[0] if len(lines) == 1 else f"{lines[0]} (and {len(lines) - 1} more)"
 
 
+def failure(exc: SwarmSecretsError, revision: str | None = None) -> TickResult:
+    """The result of a tick that raised ``exc``: one line, its class, and whether retrying may heal it."""
+    return TickResult(
+        ok=False,
+        changed=False,
+        revision=revision,
+        error=_one_line(exc),
+        error_class=error_class(exc),
+        transient=exc.transient,
+    )
+
+
+def _asked(reasons: tuple[str, ...]) -> bool:
+    """A person or a forge asked for this tick (not a timer, not a Docker event)."""
+    return any(r.startswith(("webhook:", "manual")) for r in reasons)
+
+
 def with_git(tick: Tick, fetch: Callable[[], Checkout]) -> Tick:
     """A tick that first syncs the git checkout (``GitSync(...).sync``), then runs ``tick`` on it.
 
     The request gets the checkout's ``manifests_dir`` and ``revision``; a result without a revision
-    gets the fetched one. A :class:`~reconciler.daemon.gitsync.GitError` fails the tick like any other.
+    gets the fetched one, and so does the failure of a tick that raised. A
+    :class:`~reconciler.daemon.gitsync.GitError` fails the tick like any other. While the loop waits
+    for a change (``request.stalled_revision``), a tick that finds that same revision again and was
+    not asked for by a webhook or ``POST /reconcile`` stops here (``skipped``).
     """
 
     def fetching_tick(request: TickRequest) -> TickResult:
         checkout = fetch()
-        result = tick(
-            replace(
-                request,
-                manifests_dir=checkout.manifests_dir,
-                revision=checkout.revision,
-                source_root=checkout.root,
+        stalled = request.stalled_revision
+        if stalled is not None and checkout.revision == stalled and not _asked(request.reasons):
+            return TickResult(ok=False, changed=False, revision=stalled, transient=False, skipped=True)
+        try:
+            result = tick(
+                replace(
+                    request,
+                    manifests_dir=checkout.manifests_dir,
+                    revision=checkout.revision,
+                    source_root=checkout.root,
+                )
             )
-        )
+        except SwarmSecretsError as exc:
+            return failure(exc, checkout.revision)
         return result if result.revision is not None else replace(result, revision=checkout.revision)
 
     return fetching_tick
@@ -207,9 +258,8 @@ class Loop:
         self._rng = rng or random.Random()
         self._stop = stop_event or threading.Event()
         self._cv = threading.Condition()  # an RLock: the signal handler may run inside `with self._cv`
-        # Read the secret now so a bad file fails at startup, not at the first delivery.
-        secret_file = settings.webhook_secret_file
-        self.webhook_secret = webhooks.load_secret(secret_file) if secret_file is not None else None
+        # Read the secrets now so a bad file fails at startup, not at the first delivery.
+        self.secrets = webhooks.load_secrets(settings.secrets)
         self.backoff = Backoff(
             base=settings.backoff_base,
             factor=settings.backoff_factor,
@@ -228,7 +278,9 @@ class Loop:
         self._ticks = 0
         self._last_result: TickResult | None = None
         self._last_success_at: float | None = None
-        self.http: webhooks.HttpListener | None = None
+        self._stalled_revision: str | None = None
+        self._stalled = False
+        self.http: http.HttpListener | None = None
 
     # --- requests, from any thread -------------------------------------------------------------
 
@@ -271,28 +323,28 @@ class Loop:
                 last_success_at=self._last_success_at,
                 consecutive_failures=self.backoff.failures,
                 pending=tuple(sorted(self._pending, key=self._pending.__getitem__)),
+                stalled=self._stalled,
             )
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason) for ``/readyz``. Ready when the last tick succeeded, or the last success is
-        at most ``stale_after`` old, or nothing succeeded yet but the process started less than
-        ``readiness_grace`` ago. The reason is one of a fixed set (``types.readiness_reasons``): the
-        class of the last failure at most, never its text (the log has that)."""
+        at most ``stale_after`` old and the failure may pass, or nothing succeeded yet but the process
+        started less than ``readiness_grace`` ago. The reason is one of a fixed set
+        (``types.readiness_reasons``): a state and the class of the last failure, never its text (the
+        log has that)."""
         with self._cv:
             now, last, success = self._clock(), self._last_result, self._last_success_at
             stale_after = self.settings.stale_after or 3 * self.settings.interval
             if last is not None and last.ok:
-                return True, "ready"
-            failed = (last.error_class or "error") if last is not None else None
-            if failed is not None and failed not in ERROR_CLASSES:
-                failed = "error"
+                return True, READY
+            failed = last.error_class if last is not None else None
+            if last is not None and not last.transient:
+                return False, with_class(STALLED, failed)  # retrying cannot heal it: no grace either
             if success is not None and now - success <= stale_after:
-                return True, f"ready (the last tick failed: {failed})"
+                return True, with_class(READY_RETRYING, failed)
             if success is None and now - self._started_at <= self.settings.readiness_grace:
-                return True, "starting"
-            if failed is None:
-                return False, "not ready: no tick has finished yet"
-            return False, f"not ready: the last tick failed: {failed}"
+                return True, STARTING
+            return (False, with_class(FAILING, failed)) if last is not None else (False, NOT_STARTED)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -325,15 +377,31 @@ class Loop:
         return None
 
     def _run_tick(self, reasons: tuple[str, ...]) -> None:
-        request = TickRequest(reason=reasons[0], reasons=reasons, manifests_dir=self.settings.manifests_dir)
+        with self._cv:
+            stalled_revision = self._stalled_revision
+        request = TickRequest(
+            reason=reasons[0],
+            reasons=reasons,
+            manifests_dir=self.settings.manifests_dir,
+            stalled_revision=stalled_revision,
+        )
         bug: Exception | None = None
         started = time.perf_counter()
         try:
             result = self._tick(request)
             if not isinstance(result, TickResult):
                 raise TypeError(f"tick returned {type(result).__name__}, not TickResult")
+            if result.skipped and self._last_result is not None:
+                # Nothing was tried: the failure that made the loop wait still stands.
+                last = self._last_result
+                result = replace(
+                    result,
+                    error=last.error,
+                    error_class=last.error_class,
+                    revision=result.revision or last.revision,
+                )
         except SwarmSecretsError as exc:  # a user-fixable error: one line, no traceback
-            result = TickResult(ok=False, changed=False, error=_one_line(exc), error_class=error_class(exc))
+            result = failure(exc)
         except Exception as exc:  # a bug: keep serving, but show the traceback
             bug = exc
             # The message of an unexpected exception is not known to be value-free: keep it out of
@@ -360,10 +428,16 @@ class Loop:
             self._ticks += 1
             self._last_result = result
             delay = None
+            self._stalled = not result.ok and not result.transient
+            self._stalled_revision = result.revision if self._stalled else None
             if result.ok:
                 self.backoff.reset()
                 self._retry_at = None
                 self._last_success_at = now
+            elif self._stalled:
+                # Retrying the same inputs would fail the same way: wait for a change, not a timer.
+                self.backoff.reset()
+                self._retry_at = None
             else:
                 delay = self.backoff.next_delay()
                 self._retry_at = now + delay
@@ -386,10 +460,17 @@ class Loop:
         bug: Exception | None,
     ) -> None:
         why, rev = ",".join(request.reasons), result.revision or "-"
-        if not result.ok:
+        if result.skipped:
+            log.debug("tick (%s): revision %s is still the one that failed; waiting for a change", why, rev)
+        elif not result.ok:
             # One line (plus a traceback for a bug); the loop keeps running either way.
             error = result.error or "no error given"
-            msg = f"tick failed ({why}) after {duration:.1f}s: {error}; retrying in {delay or 0:.1f}s"
+            then = (
+                f"retrying in {delay or 0:.1f}s"
+                if result.transient
+                else "not retrying: waiting for a change (a new revision, a webhook or POST /reconcile)"
+            )
+            msg = f"tick failed ({why}) after {duration:.1f}s at revision {rev}: {error}; {then}"
             log.error("%s", msg, exc_info=(type(bug), bug, bug.__traceback__) if bug is not None else None)
         elif result.changed:
             rollouts = ", ".join(f"{k}={v}" for k, v in result.rollouts.items() if v) or "none"
@@ -422,11 +503,12 @@ class Loop:
     def start_http(self) -> tuple[str, int] | None:
         """Start the HTTP listener now (``run`` does it otherwise); return the bound address."""
         if self.http is None and self.settings.listen is not None:
-            self.http = webhooks.HttpListener(
+            self.http = http.HttpListener(
                 self,
                 self.settings.listen,
                 max_body=self.settings.max_body,
                 timeout=self.settings.http_timeout,
+                max_connections=self.settings.http_max_connections,
             )
             log.info("listening on http://%s:%d", *self.http.address)
         return self.http.address if self.http is not None else None

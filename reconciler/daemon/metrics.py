@@ -5,7 +5,10 @@ one, so two instances (two tests, or a test and a running service) never see eac
 and ``GET /metrics`` shows exactly these series. Every name starts with ``swarm_secrets_``:
 
 =============================================  =====================================================
-``ticks_total{result}``                        ticks by ``success`` / ``failure``
+``ticks_total{result}``                        ticks by ``success`` / ``failure`` (may pass: retried
+                                               with backoff) / ``stalled`` (cannot heal by retrying)
+``waiting_for_change``                         1 while the loop waits for a change after a ``stalled``
+                                               tick (bad manifest, source, policy, setting), else 0
 ``tick_duration_seconds``                      histogram of tick wall time (rollout waits included)
 ``last_success_timestamp_seconds``             Unix time of the last successful tick
 ``managed_secrets``                            secret objects owned by the tool, after the last success
@@ -46,6 +49,8 @@ WEBHOOK_RESULTS: Final = (
     "too_large",
     "length_required",
     "bad_request",
+    "duplicate",
+    "busy",
 )
 """Outcomes of a webhook delivery as counted by ``webhook_requests_total``."""
 
@@ -66,6 +71,12 @@ class Metrics:
         self._revision: str | None = None
         reg = self.registry
         self.ticks = Counter(PREFIX + "ticks", "Reconcile ticks by result.", ["result"], registry=reg)
+        self.waiting = Gauge(
+            PREFIX + "waiting_for_change",
+            "1 while the last tick failed with an error retrying cannot fix (bad manifest, source, "
+            "policy or setting) and the loop waits for a new revision, a webhook or POST /reconcile.",
+            registry=reg,
+        )
         self.tick_duration = Histogram(
             PREFIX + "tick_duration_seconds",
             "Wall time of one reconcile tick, rollout waits included.",
@@ -103,7 +114,7 @@ class Metrics:
             registry=reg,
         )
         # Create the fixed label combinations now so every series exists (as 0) from the first scrape.
-        for result in ("success", "failure"):
+        for result in ("success", "failure", "stalled"):
             self.ticks.labels(result=result)
         for result in ROLLOUT_RESULTS:
             self.rollouts.labels(result=result)
@@ -115,7 +126,9 @@ class Metrics:
         secrets gauge and the last-success time move only on success, because a failed tick may not
         have counted anything.
         """
-        self.ticks.labels(result="success" if result.ok else "failure").inc()
+        stalled = not result.ok and not result.transient
+        self.ticks.labels(result="success" if result.ok else "stalled" if stalled else "failure").inc()
+        self.waiting.set(1 if stalled else 0)
         self.tick_duration.observe(max(0.0, duration))
         if result.created > 0:
             self.versions_created.inc(result.created)

@@ -17,15 +17,16 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from reconciler import converge
 from reconciler.core import guard
 from reconciler.daemon.types import Tick, TickRequest, TickResult
-from reconciler.engine import executor
+from reconciler.engine import executor, lease
 from reconciler.engine.executor import ApplyOptions
+from reconciler.engine.lease import LeaseSettings
 from reconciler.engine.swarm import Swarm
 from reconciler.errors import SwarmSecretsError
 from reconciler.manifests.revision import RevisionCheckMode, RevisionGuard
@@ -50,12 +51,26 @@ class TickSettings:
     boundary: guard.Boundary = guard.Boundary()
     """What the operator allows the manifests (``daemon=True``: env sources need a policy rule). With
     git, the source root is the checkout, whatever ``boundary.source_root`` says."""
+    lease: LeaseSettings | None = field(default_factory=LeaseSettings)
+    """The swarm's lease, taken before a tick changes anything; None (``--no-lock``) takes none."""
+    stop: threading.Event | None = None
+    """Set when the service stops: a tick waiting for the lease gives up at once."""
+
+
+def clears_held(reasons: Sequence[str], revision: str | None, last_revision: str | None) -> bool:
+    """Whether a tick asked for by ``reasons`` at ``revision`` may retry held rollouts.
+
+    Only a new revision or an authenticated ``POST /reconcile`` (``manual``) does. A webhook does not:
+    a replayed or repeated delivery must not re-roll a service whose rollout Swarm just undid (a push
+    that matters brings a new revision anyway). A new value is never held in the first place (its
+    update has other versions).
+    """
+    return "manual" in reasons or revision != last_revision
 
 
 def make_tick(settings: TickSettings) -> Tick:
     # Updates Swarm rolled back or paused, not to be retried while nothing changed: level-based
-    # retries would otherwise restart a service with a bad value every backoff period. A new revision,
-    # a webhook or a manual reconcile clears them; an update to other versions is never held.
+    # retries would otherwise restart a service with a bad value every backoff period (clears_held).
     held: set[tuple[str, frozenset[str]]] = set()
     last_revision: list[str | None] = [None]
 
@@ -70,14 +85,14 @@ def make_tick(settings: TickSettings) -> Tick:
             boundary=boundary,
             complete=settings.apply.prune_orphans,
         )
-        asked = any(r == "manual" or r.startswith("webhook") for r in (request.reason, *request.reasons))
-        if held and (asked or loaded.revision != last_revision[0]):
-            log.info("retrying %d held rollout(s): %s", len(held), "asked to" if asked else "new revision")
+        if held and clears_held((request.reason, *request.reasons), loaded.revision, last_revision[0]):
+            log.info("retrying %d held rollout(s): new revision or POST /reconcile", len(held))
             held.clear()
         last_revision[0] = loaded.revision
         options = replace(settings.apply, held=frozenset(held))
-        with Swarm.connect(settings.docker_host) as swarm:
-            prepared = converge.prepare(
+
+        def prepare(swarm: Swarm) -> converge.Prepared:
+            return converge.prepare(
                 loaded,
                 swarm,
                 key_file=settings.fingerprint_key_file,
@@ -88,18 +103,36 @@ def make_tick(settings: TickSettings) -> Tick:
                     undecidable=settings.revision_check,
                 ),
             )
-            managed = sum(1 for s in prepared.live.secrets if s.managed)
+
+        result: executor.ApplyResult | None = None
+        lost = False
+        with Swarm.connect(settings.docker_host) as swarm:
+            prepared = prepare(swarm)
             for warning in prepared.plan.warnings:
                 log.warning("%s", warning)
-            if prepared.plan.empty:
-                log.info("in sync (%d managed versions, revision %s)", managed, loaded.revision or "-")
-                return TickResult(ok=True, changed=False, revision=loaded.revision, managed_secrets=managed)
-            result = executor.execute(prepared.plan, prepared.desired, loaded.values, swarm, options)
+            if not prepared.plan.empty:
+                # --- the swarm's lease (engine/lease.py): around the execution, planned again under it --
+                with lease.hold(
+                    swarm, settings.lease, purpose="run", revision=loaded.revision, cancel=settings.stop
+                ) as holding:
+                    if holding is not None:
+                        prepared = prepare(swarm)
+                    if not prepared.plan.empty:
+                        result = executor.execute(
+                            prepared.plan, prepared.desired, loaded.values, swarm, options
+                        )
+                lost = holding is not None and holding.lost
+            managed = sum(1 for s in prepared.live.secrets if s.managed)
+        if result is None:
+            log.info("in sync (%d managed versions, revision %s)", managed, loaded.revision or "-")
+            return TickResult(ok=True, changed=False, revision=loaded.revision, managed_secrets=managed)
         held.update(r.key for r in result.rollouts if r.failed_rollout and r.key is not None)
         failures = [f"{r.service}: {r.detail}" for r in result.rollouts if not r.ok]
         problems = [*result.errors, *(f"blocked {b}" for b in result.blocked), *failures]
+        if lost:
+            problems.append("the swarm's lease was lost during the tick: another applier may have run")
         return TickResult(
-            ok=result.ok,
+            ok=result.ok and not lost,
             changed=result.changed,
             revision=loaded.revision,
             created=len(result.created),
@@ -108,7 +141,7 @@ def make_tick(settings: TickSettings) -> Tick:
             drift_corrected=sum(1 for r in result.rollouts if r.drift and r.ok),
             managed_secrets=managed + len(result.created) - len(result.removed),
             error="; ".join(problems)[:500] or None,
-            error_class=None if result.ok else "rollout",
+            error_class=None if result.ok and not lost else "rollout" if not result.ok else "engine",
         )
 
     return tick

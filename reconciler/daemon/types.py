@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from reconciler import errors
 
@@ -34,11 +35,32 @@ def error_class(exc: BaseException) -> str:
     return "internal"
 
 
+READY: Final = "ready"
+STARTING: Final = "starting"
+READY_RETRYING: Final = "ready: the last tick failed and is being retried"
+NOT_STARTED: Final = "not ready: no tick has finished yet"
+FAILING: Final = (
+    "not ready: ticks fail with errors that may pass (engine, network, rollouts); retrying with backoff"
+)
+STALLED: Final = (
+    "not ready: the manifests, a source, the policy or a setting is invalid; waiting for a change "
+    "(a new revision, a webhook or POST /reconcile)"
+)
+"""The states ``/readyz`` reports; a failing state is followed by the class of the last failure
+(:func:`with_class`). Never the text of a failure: that is in the log."""
+
+
+def with_class(state: str, error_class: str | None) -> str:
+    """``state`` with the class of the failure behind it, e.g. ``… (class: manifest)``."""
+    name = error_class if error_class in ERROR_CLASSES else "error"
+    return f"{state} (class: {name})"
+
+
 def readiness_reasons() -> frozenset[str]:
-    """Every text ``/readyz`` may answer with (see ``Loop.readiness``)."""
-    fixed = {"ready", "starting", "not ready: no tick has finished yet"}
+    """Every text ``/readyz`` may answer with (see ``Loop.readiness``): a fixed set."""
+    fixed = {READY, STARTING, NOT_STARTED}
     for name in ERROR_CLASSES:
-        fixed |= {f"ready (the last tick failed: {name})", f"not ready: the last tick failed: {name}"}
+        fixed |= {with_class(state, name) for state in (READY_RETRYING, FAILING, STALLED)}
     return frozenset(fixed)
 
 
@@ -57,6 +79,10 @@ class TickRequest:
     """Git commit of ``manifests_dir`` when :func:`with_git` fetched it, else None."""
     source_root: Path | None = None
     """The git checkout when :func:`with_git` fetched it: every source must stay inside it."""
+    stalled_revision: str | None = None
+    """The revision at which the last tick failed with an error retrying cannot fix (the loop is
+    waiting for a change); :func:`with_git` skips a tick that finds that revision again, unless a
+    webhook or ``POST /reconcile`` asked for it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +109,12 @@ class TickResult:
     """One-line error when not ok (for the log)."""
     error_class: str | None = None
     """One of :data:`ERROR_CLASSES` when not ok (for ``/readyz``)."""
+    transient: bool = True
+    """When not ok: retrying later with the same inputs may succeed (engine, network, a rollout), so
+    the loop backs off and retries. False for a bad manifest, source, policy or setting
+    (``SwarmSecretsError.transient``): the loop then waits for a change instead."""
+    skipped: bool = False
+    """Nothing was tried: the revision that failed with a permanent error is still the newest."""
 
 
 Tick = Callable[[TickRequest], TickResult]

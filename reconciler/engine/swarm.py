@@ -96,9 +96,9 @@ def _translate(exc: Exception, what: str) -> SwarmError:
                 "--docker-host at a manager node"
             )
         if status >= 500:
-            err: SwarmError = SwarmError(text)
-            err.transient = "context deadline exceeded" in explanation or status in (502, 503, 504)
-            return err
+            # An engine error passes more often than not (a leader election, raft dropping a proposal,
+            # a deadline under load): transient, so reads are retried and the loop backs off.
+            return SwarmError(text)
         return SwarmRefused(text)
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
         return SwarmUnavailable(f"{what}: cannot reach the Docker engine ({type(exc).__name__})")
@@ -387,6 +387,43 @@ class Swarm:
                 log.info("engine warning while updating %s: %s", name, warning)
 
         self._call(f"updating service {name}", post)
+
+    # --- the lease object (engine/lease.py): a config whose labels change only by compare-and-swap ---
+
+    @_retry_reads
+    def inspect_config(self, name: str) -> dict[str, Any] | None:
+        """The raw config named exactly ``name`` (``ID``, ``Version``, ``UpdatedAt``, ``Spec``), or None."""
+
+        def get() -> dict[str, Any] | None:
+            try:
+                raw = self._api.inspect_config(name)
+            except docker.errors.NotFound:
+                return None
+            # The engine falls back to an ID prefix when no name matches: only the exact name counts.
+            return cast(dict[str, Any], raw) if (raw.get("Spec") or {}).get("Name") == name else None
+
+        return self._call(f"reading config {name}", get)
+
+    def update_config_labels(
+        self, config_id: str, version: int, name: str, labels: Mapping[str, str]
+    ) -> None:
+        """Replace the labels of a config, only if it is still at ``version`` (the engine's optimistic
+        concurrency). Someone else's write in between raises :class:`SwarmConflict`."""
+
+        def post() -> None:
+            url = self._api._url("/configs/{0}/update", config_id)
+            # Data is left out: the engine keeps it (only labels may change on a config anyway).
+            spec = {"Name": name, "Labels": dict(labels)}
+            response = self._api._post_json(url, data=spec, params={"version": version})
+            self._api._raise_for_status(response)
+
+        self._call(f"updating config {name}", post)
+
+    @_retry_reads
+    def system_time(self) -> str:
+        """The manager's clock (``SystemTime`` of ``GET /info``), RFC 3339 with nanoseconds."""
+        info = self._call("reading engine info", self._api.info)
+        return str(info.get("SystemTime", ""))
 
     # --- events (for the long-running loop) --------------------------------------------------------
 

@@ -65,6 +65,9 @@ _OCTAL_TOKEN = re.compile(r"0[0-7]*|[0-7]")
 DEFAULT_PATH = Path("manifests")
 """Where commands look when no path is given."""
 YAML_SUFFIXES = (".yaml", ".yml")
+MAX_FILE_BYTES = 1024 * 1024
+"""Largest YAML file read from a manifest folder. A manifest is a few KiB; every YAML file there is
+read to find out whether it is one, so this also bounds what a stray or hostile file can cost."""
 
 
 def load(
@@ -194,7 +197,21 @@ def _walk_yaml(root: Path, skipped: list[Path]) -> Iterator[Path]:
 def _load_file(file: Path, root: Path, problems: list[Problem]) -> list[LoadedSet]:
     shown = display_path(file)
     try:
-        text = file.read_bytes().decode("utf-8-sig")
+        with file.open("rb") as stream:
+            raw = stream.read(MAX_FILE_BYTES + 1)  # never more, whatever the file claims to be
+        if len(raw) > MAX_FILE_BYTES:
+            problems.append(
+                Problem(
+                    shown,
+                    None,
+                    "",
+                    f"larger than {MAX_FILE_BYTES // 1024} KiB, the limit for a YAML file in a manifest "
+                    "folder: a manifest is a few KiB; split it, or keep large files out of the manifest "
+                    "folders",
+                )
+            )
+            return []
+        text = raw.decode("utf-8-sig")
     except OSError as exc:
         problems.append(Problem(shown, None, "", f"cannot read the file: {exc.strerror or exc}"))
         return []

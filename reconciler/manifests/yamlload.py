@@ -13,7 +13,10 @@ Rules of the walk: scalars are constructed by the safe constructor (``0440`` is 
 ``true`` a bool) and the text of every integer token is kept as written (``Document.int_tokens``:
 ``mode: 440`` and ``mode: 0440`` are told apart); mapping keys are always their text; merge keys
 (``<<``) work; a recursive alias is refused, and so is a document that expands to more than
-:data:`MAX_NODES` nodes (aliases can blow up a small file).
+:data:`MAX_NODES` nodes (aliases can blow up a small file) or nests collections deeper than
+:data:`MAX_DEPTH`. Nesting too deep for the composer itself (Python's recursion limit with the
+pure-Python loader, libyaml's own limit with the C one) is the same clear problem, never a
+``RecursionError``.
 
 This module reads only the text it is given: no file system access, no logging of content.
 """
@@ -33,6 +36,8 @@ PathKey: TypeAlias = tuple[str | int, ...]
 
 MAX_NODES = 100_000
 """A manifest has a few hundred nodes; more means an alias bomb or the wrong file."""
+MAX_DEPTH = 64
+"""A manifest nests about six levels deep; far more means a hostile or broken file."""
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -129,8 +134,22 @@ def compose_documents(text: str) -> Iterator[ComposedDocument]:
         raise YamlProblem(_describe(exc), _mark_line(exc)) from None
     except yaml.YAMLError as exc:  # ReaderError (bad bytes) and friends carry no mark
         raise YamlProblem(f"not readable as YAML: {exc}", None) from None
+    except RecursionError:
+        # The pure-Python composer recurses once per nesting level; the stack has unwound by now.
+        raise YamlProblem(_too_deep(), _line_of(loader)) from None
     finally:
         loader.dispose()
+
+
+def _too_deep() -> str:
+    return f"YAML nested more than {MAX_DEPTH} levels deep: a manifest needs about six; fix or split the file"
+
+
+def _line_of(loader: yaml.SafeLoader) -> int | None:
+    try:
+        return int(loader.get_mark().line) + 1
+    except Exception:  # noqa: BLE001 - a line number is a nicety
+        return None
 
 
 def _mark_line(exc: yaml.MarkedYAMLError) -> int | None:
@@ -164,6 +183,8 @@ class _Builder:
 
     def build(self, node: Node, path: PathKey, active: set[int]) -> object:
         self._count += 1
+        if len(active) >= MAX_DEPTH:  # `active` holds the collections between the root and here
+            raise YamlProblem(_too_deep(), int(node.start_mark.line) + 1, path[:8])
         if self._count > MAX_NODES:
             raise YamlProblem(
                 f"document expands to more than {MAX_NODES} nodes (alias bomb?); split it or drop aliases",

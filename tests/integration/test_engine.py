@@ -217,7 +217,19 @@ def test_crash_mid_apply_converges_on_the_next_run(lab: Lab, api: docker.APIClie
     lab.manifest({n: {"source": {"env": "PW"}, "services": [svc]} for n in names})
     assert apply(lab, PW="v1").exit_code == 0
     env = lab.env(PW="v2")
-    cmd = [sys.executable, "-m", "reconciler", "apply", str(lab.root), "--yes", "--timeout", "90"]
+    # a short lease TTL: the next run takes over the killed run's lease after 5 s instead of 60 s
+    cmd = [
+        sys.executable,
+        "-m",
+        "reconciler",
+        "apply",
+        str(lab.root),
+        "--yes",
+        "--timeout",
+        "90",
+        "--lock-ttl",
+        "5",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # kill -9 as soon as the first new version exists: between two mutations
     deadline = time.monotonic() + 60

@@ -1,6 +1,7 @@
 """``swarm-secrets run`` as a real process against the throwaway swarm: first reconcile at start,
 drift corrected from Docker events, webhook-triggered rotation, bad signatures refused, metrics,
-SIGTERM, and surviving an engine restart."""
+SIGTERM, surviving an engine restart, ticks that wait for the swarm's lease, and a bad manifest that
+makes the loop wait for a change."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from pathlib import Path
 import docker
 import pytest
 
+from reconciler.engine import lease
+from reconciler.engine.lease import Identity, Lease, LeaseSettings
 from reconciler.engine.swarm import Swarm
 
 from .conftest import Lab
@@ -29,6 +32,7 @@ pytestmark = pytest.mark.swarm
 
 REPO = Path(__file__).resolve().parents[2]
 WEBHOOK_SECRET = b"webhook-shared-secret"
+RECONCILE_TOKEN = b"reconcile-token"
 
 
 def free_port() -> int:
@@ -54,11 +58,14 @@ class Service:
         self.port = free_port()
         secret_file = tmp / "webhook.secret"
         secret_file.write_bytes(WEBHOOK_SECRET + b"\n")
+        token_file = tmp / "reconcile.token"
+        token_file.write_bytes(RECONCILE_TOKEN + b"\n")
         self.log = tmp / "run.log"
         cmd = [
             sys.executable, "-m", "reconciler", "--log-level", "info", "--log-format", "json",
             "run", str(lab.root), "--interval", "300", "--debounce", "0.5", "--timeout", "60",
-            "--listen", f"127.0.0.1:{self.port}", "--webhook-secret-file", str(secret_file), *extra,
+            "--listen", f"127.0.0.1:{self.port}", "--github-webhook-secret-file", str(secret_file),
+            "--reconcile-token-file", str(token_file), "--lock-ttl", "10", *extra,
         ]  # fmt: skip
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(cmd, env=lab.env(), stdout=subprocess.DEVNULL, stderr=log)
@@ -83,6 +90,14 @@ class Service:
                 return int(response.status)
         except urllib.error.HTTPError as exc:
             return int(exc.code)
+
+    def reconcile(self) -> int:
+        request = urllib.request.Request(
+            self.url("/reconcile"), data=b"", method="POST",
+            headers={"Authorization": "Bearer " + RECONCILE_TOKEN.decode()},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
 
     def metric(self, name: str) -> float:
         status, text = self.get("/metrics")
@@ -111,8 +126,13 @@ def service_factory(lab: Lab, tmp_path: Path) -> Iterator[Callable[..., Service]
     yield start
     for svc in started:
         if svc.proc.poll() is None:
-            svc.proc.kill()
-            svc.proc.wait()
+            # SIGTERM first: a tick in hand finishes and frees the swarm's lease for the next test
+            svc.proc.terminate()
+            try:
+                svc.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                svc.proc.kill()
+                svc.proc.wait()
 
 
 def test_run_reconciles_on_start_events_and_webhooks(
@@ -180,13 +200,9 @@ def test_run_survives_an_engine_restart(lab: Lab, service_factory: Callable[...,
     assert svc.proc.poll() is None, "the reconciler died with the engine"
     value.write_text("after")
     # the engine is back: a manual trigger converges to the new value
-    request = urllib.request.Request(
-        svc.url("/reconcile"), data=b"", method="POST",
-        headers={"Authorization": "Bearer " + WEBHOOK_SECRET.decode()},
-    )  # fmt: skip
 
     def triggered_and_converged() -> bool:
-        urllib.request.urlopen(request, timeout=5).close()
+        assert svc.reconcile() == 202
         time.sleep(1)
         return lab.service_secret_names(app) == {pw: f"{pw}_v2"}
 
@@ -238,4 +254,62 @@ def test_a_rolled_back_value_is_not_retried_until_something_changes(
     # fixing the value (a new version) goes ahead at once on the next tick
     value.write_text("good again")
     eventually(lambda: lab.service_secret_names(app) == {flag: f"{flag}_v3"}, 120, "the fixed value")
+    assert svc.stop() == 0
+
+
+def test_a_tick_waits_for_the_lease_another_applier_holds(
+    lab: Lab, swarm: Swarm, service_factory: Callable[..., Service]
+) -> None:
+    pw = lab.name("pw")
+    app = lab.create_service("app")
+    lab.write("pw.txt", "one")
+    lab.manifest({pw: {"source": {"file": "pw.txt"}, "services": [app]}})
+    held = Lease(swarm, Identity.here(purpose="apply", revision="ci-job"), LeaseSettings())
+    held.acquire(wait=0)
+    try:
+        svc = service_factory()
+        time.sleep(4)  # the startup tick found work to do and waits for the lease
+        assert lab.secret_names() == set()
+        assert svc.get("/readyz")[0] == 503
+    finally:
+        held.release()
+    eventually(lambda: lab.service_secret_names(app) == {pw: f"{pw}_v1"}, 90, "the tick after the release")
+
+    def released() -> bool:
+        record = lease.read(swarm)
+        return record is not None and record.free and record.get("purpose") == ""
+
+    eventually(released, 90, "the tick to release the lease once its rollout is watched")
+    log_text = svc.log.read_text()
+    assert "waiting up to 300 s for the lease held by" in log_text
+    assert svc.stop() == 0
+
+
+def test_a_bad_manifest_makes_the_loop_wait_for_a_change(
+    lab: Lab, service_factory: Callable[..., Service]
+) -> None:
+    pw = lab.name("pw")
+    app = lab.create_service("app")
+    lab.write("pw.txt", "one")
+    manifest = lab.manifest({pw: {"source": {"file": "pw.txt"}, "services": [app]}})
+    good = manifest.read_text()
+    manifest.write_text(good.replace("services:", "servicez:"))
+    svc = service_factory("--interval", "300")
+    eventually(lambda: svc.metric('swarm_secrets_ticks_total{result="stalled"}') >= 1, 60, "the stalled tick")
+    status, reason = svc.get("/readyz")
+    assert status == 503 and reason.startswith("not ready: the manifests") and "servicez" not in reason
+    assert svc.metric("swarm_secrets_waiting_for_change") == 1
+    time.sleep(6)  # a transient failure would have been retried after 5 s
+    assert svc.metric('swarm_secrets_ticks_total{result="stalled"}') == 1
+    assert svc.metric('swarm_secrets_ticks_total{result="failure"}') == 0
+    # the fix, then a manual reconcile: converged
+    manifest.write_text(good)
+    assert svc.reconcile() == 202
+    eventually(lambda: lab.service_secret_names(app) == {pw: f"{pw}_v1"}, 90, "the fixed manifest applied")
+    eventually(lambda: svc.get("/readyz")[0] == 200, 30, "readiness")
+    assert svc.metric("swarm_secrets_waiting_for_change") == 0
+    messages = [
+        json.loads(line).get("message", "") for line in svc.log.read_text().splitlines() if line[:1] == "{"
+    ]
+    assert any("waiting for a change" in m and "servicez" in m for m in messages)
     assert svc.stop() == 0

@@ -792,7 +792,11 @@ def test_the_stack_command_parses_with_the_real_cli() -> None:
     parsed = parse_cli(command)
     assert parsed.name == "run"
     assert parsed.params["git_ssh_key_file"] == Path("/run/secrets/git_deploy_key")
-    assert parsed.params["webhook_secret_file"] == Path("/run/secrets/webhook_secret")
+    assert parsed.params["github_webhook_secret_file"] == Path("/run/secrets/webhook_secret")
+    assert parsed.params["reconcile_token_file"] == Path("/run/secrets/reconcile_token")
+    assert parsed.params["git_known_hosts_file"] == Path("/etc/swarm-secrets/known_hosts")
+    assert parsed.params["webhook_secret_file"] is None  # deprecated
+    assert "ports" not in stack["services"]["reconciler"]  # nothing published: a TLS proxy in front
     environment = stack["services"]["reconciler"]["environment"]
     assert environment["SWARM_SECRETS_LOG_FORMAT"] in ("text", "json")
 
@@ -873,7 +877,9 @@ def test_the_pinned_install_resolves_to_this_package(tmp_path: Path) -> None:
         git_env = {**os.environ, "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
         subprocess.run(["git", "-C", str(clone), "tag", ref], check=True, env=git_env)
     # (a PEP 508 URL needs a host: file://localhost/…)
-    local = PINNED_INSTALL.replace(PINNED_INSTALL.split(" @ ")[1].split("@")[0], f"git+file://localhost{clone}")
+    local = PINNED_INSTALL.replace(
+        PINNED_INSTALL.split(" @ ")[1].split("@")[0], f"git+file://localhost{clone}"
+    )
     report = tmp_path / "report.json"
     done = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--no-build-isolation",

@@ -101,5 +101,5 @@ def test_build_image_builds_this_dockerfile_on_this_checkout() -> None:
     script = (REPO / "scripts" / "build-image").read_text(encoding="utf-8")
     [build] = re.findall(r"docker build --force-rm.*?\"\$REPO\"", script, re.DOTALL)
     assert "-f " not in build and "--file" not in build  # the repository's own Dockerfile
-    assert 'BASE_IMAGE=$(awk -F= \'/^ARG BASE=/' in script  # the base is made under the name it expects
+    assert "BASE_IMAGE=$(awk -F= '/^ARG BASE=/" in script  # the base is made under the name it expects
     assert "MAX_AGE_DAYS" in script and "-mtime" in script  # a cached base expires

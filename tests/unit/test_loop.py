@@ -22,8 +22,19 @@ from reconciler import logs
 from reconciler.core.model import SecretValue
 from reconciler.daemon.gitsync import Checkout
 from reconciler.daemon.loop import Backoff, Loop, LoopSettings, with_git
-from reconciler.daemon.types import TickRequest, TickResult, readiness_reasons
-from reconciler.errors import ConfigError, ManifestError, Problem
+from reconciler.daemon.types import (
+    FAILING,
+    NOT_STARTED,
+    READY,
+    READY_RETRYING,
+    STALLED,
+    STARTING,
+    TickRequest,
+    TickResult,
+    readiness_reasons,
+    with_class,
+)
+from reconciler.errors import ConfigError, GitError, ManifestError, Problem, SwarmUnavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 OK = TickResult(ok=True, changed=False)
@@ -196,8 +207,9 @@ def test_user_error_is_one_line_without_traceback(caplog: pytest.LogCaptureFixtu
     (record,) = [r for r in caplog.records if "tick failed" in r.getMessage()]
     assert record.exc_info is None and "\n" not in record.getMessage()
     assert "a.yaml:3: spec: bad (and 1 more)" in record.getMessage()
-    # /readyz gets the class of the failure only, never its text
-    assert rec.readiness() == (False, "not ready: the last tick failed: manifest")
+    assert "waiting for a change" in record.getMessage()
+    # /readyz says which kind of failure, never its text
+    assert rec.readiness() == (False, with_class(STALLED, "manifest"))
 
 
 def test_own_changes_do_not_cause_a_tick_storm() -> None:
@@ -266,19 +278,20 @@ def test_readiness_rules() -> None:
     now = [100.0]
     tick = Recorder(OK, TickResult(ok=False, changed=False, error="swarm unreachable", error_class="engine"))
     rec = Loop(settings(readiness_grace=5, interval=10), tick, clock=lambda: now[0])
-    assert rec.readiness() == (True, "starting")
+    assert rec.readiness() == (True, STARTING)
     now[0] = 106
-    assert rec.readiness() == (False, "not ready: no tick has finished yet")
+    assert rec.readiness() == (False, NOT_STARTED)
     with running(rec):
         wait_for(lambda: tick.finished == 1 and rec.status().last_result is not None)
-        assert rec.readiness() == (True, "ready")
+        assert rec.readiness() == (True, READY)
         rec.request("manual")
         now[0] += 1  # let the debounce pass on the fake clock
         wait_for(lambda: tick.finished == 2 and not rec.status().ticking)
-    assert rec.readiness() == (True, "ready (the last tick failed: engine)")
+    assert rec.readiness() == (True, with_class(READY_RETRYING, "engine"))
     now[0] += 31  # more than 3 intervals since the last success
-    assert rec.readiness() == (False, "not ready: the last tick failed: engine")
+    assert rec.readiness() == (False, with_class(FAILING, "engine"))
     assert {reason for _, reason in [rec.readiness()]} <= readiness_reasons()
+    assert all("unreachable" not in reason for reason in readiness_reasons())
 
 
 def test_with_git_passes_the_checkout() -> None:
@@ -288,6 +301,96 @@ def test_with_git_passes_the_checkout() -> None:
     result = wrapped(TickRequest(reason="interval", reasons=("interval",)))
     assert tick.requests[0].manifests_dir == Path("/co/m") and tick.requests[0].revision == "abc123"
     assert result.revision == "abc123" and result.ok
+
+
+# --- errors that cannot heal by retrying ---------------------------------------------------------
+
+
+def test_a_permanent_error_waits_for_a_change_instead_of_backing_off() -> None:
+    bad = ManifestError([Problem(file="a.yaml", line=1, path="spec", message="bad")])
+    tick = Recorder(bad, bad, OK)
+    rec = Loop(settings(backoff_base=0.01, interval=60), tick)
+    with running(rec):
+        wait_for(lambda: tick.finished == 1 and not rec.status().ticking)
+        time.sleep(0.2)  # a transient failure would have been retried 0.01 s later
+        assert tick.count == 1
+        status = rec.status()
+        assert status.stalled and status.consecutive_failures == 0
+        assert rec.metrics.registry.get_sample_value("swarm_secrets_waiting_for_change") == 1
+        assert rec.metrics.registry.get_sample_value("swarm_secrets_ticks_total", {"result": "stalled"}) == 1
+        rec.request("event")  # an event is a change too: it runs, and fails the same way
+        wait_for(lambda: tick.finished == 2 and not rec.status().ticking)
+        rec.request("webhook:github")  # a push: this time the manifests are fixed
+        wait_for(lambda: tick.finished == 3 and not rec.status().ticking)
+        assert not rec.status().stalled and rec.readiness() == (True, READY)
+        assert rec.metrics.registry.get_sample_value("swarm_secrets_waiting_for_change") == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "stalls", "kind"),
+    [
+        (ManifestError([Problem(file="a", line=None, path="", message="x")]), True, "manifest"),
+        (ConfigError("bad --fingerprint-key-file"), True, "config"),
+        (GitError("ref 'x' not found", transient=False), True, "git"),
+        (GitError("git fetch: connection reset"), False, "git"),
+        (SwarmUnavailable("cannot reach the Docker engine"), False, "engine"),
+    ],
+)
+def test_which_errors_make_the_loop_wait(error: Exception, stalls: bool, kind: str) -> None:
+    tick = Recorder(error)
+    rec = Loop(settings(backoff_base=30), tick)
+    with running(rec):
+        wait_for(lambda: tick.finished == 1 and rec.status().last_result is not None)
+    assert rec.status().stalled is stalls
+    assert rec.readiness() == (False, with_class(STALLED if stalls else FAILING, kind))
+
+
+def test_with_git_skips_the_revision_that_failed_until_asked_or_changed() -> None:
+    revision = ["abc123"]
+    fetches: list[str] = []
+
+    def fetch() -> Checkout:
+        fetches.append(revision[0])
+        return Checkout(revision=revision[0], manifests_dir=Path("/co/m"), root=Path("/co"))
+
+    tick = Recorder()
+    wrapped = with_git(tick, fetch)
+    waiting = TickRequest(reason="interval", reasons=("interval",), stalled_revision="abc123")
+    skipped = wrapped(waiting)
+    assert skipped.skipped and not skipped.ok and not skipped.transient and tick.count == 0
+    assert wrapped(TickRequest(reason="event", reasons=("event",), stalled_revision="abc123")).skipped
+    # asked for by a person or a forge: tried again at the same revision
+    for reason in ("manual", "webhook:gitlab"):
+        assert not wrapped(TickRequest(reason=reason, reasons=(reason,), stalled_revision="abc123")).skipped
+    revision[0] = "def456"  # a new commit: tried
+    assert wrapped(waiting).ok and tick.count == 3
+    assert len(fetches) == 5  # every tick still fetches: that is how a new commit is noticed
+
+
+def test_with_git_gives_a_failure_its_revision() -> None:
+    bad = ManifestError([Problem(file="a.yaml", line=1, path="spec", message="bad")])
+    wrapped = with_git(
+        Recorder(bad), lambda: Checkout(revision="abc123", manifests_dir=Path("/co/m"), root=Path("/co"))
+    )
+    result = wrapped(TickRequest(reason="interval", reasons=("interval",)))
+    assert (result.ok, result.transient, result.revision) == (False, False, "abc123")
+    assert result.error == "a.yaml:1: spec: bad"
+
+
+def test_a_stalled_git_loop_does_not_retry_the_same_revision() -> None:
+    bad = ManifestError([Problem(file="a.yaml", line=1, path="spec", message="bad")])
+    tick = Recorder(bad, bad)
+    rec = Loop(
+        settings(interval=0.05, backoff_base=0.01),
+        with_git(tick, lambda: Checkout(revision="abc123", manifests_dir=Path("/co/m"), root=Path("/co"))),
+    )
+    with running(rec):
+        wait_for(lambda: rec.status().ticks >= 5)
+    assert tick.count == 1  # every later interval tick fetched, found abc123 again and stopped there
+    assert rec.status().stalled and rec.readiness() == (False, with_class(STALLED, "manifest"))
+    assert rec.metrics.registry.get_sample_value("swarm_secrets_waiting_for_change") == 1
+    last = rec.status().last_result
+    assert last is not None and last.error == "a.yaml:1: spec: bad"
 
 
 @pytest.mark.parametrize(

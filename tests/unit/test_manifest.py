@@ -291,3 +291,28 @@ def test_format_path() -> None:
         'spec.secrets["my.secret"].labels["com.example/team"]'
     )
     assert format_path(()) == ""
+
+
+@pytest.mark.parametrize("levels", [1_000, 100_000])
+def test_nesting_deeper_than_the_parser_goes_is_one_problem_not_a_crash(tmp_path: Path, levels: int) -> None:
+    # Deep enough to exhaust the pure-Python composer's recursion (or libyaml's own nesting limit).
+    file = tmp_path / "set.yaml"
+    deep = "[" * levels + "]" * levels
+    file.write_text(
+        "apiVersion: swarm-secrets/v1\nkind: SecretSet\nmetadata: {name: shop}\nspec:\n  secrets:\n"
+        f"    pw:\n      source: {{env: PW}}\n      labels: {{team: {deep}}}\n"
+    )
+    with pytest.raises(ManifestError) as info:
+        load([file])
+    (problem,) = info.value.problems
+    assert problem.file.endswith("set.yaml") and problem.line == 8
+    assert "nest" in problem.message and len(str(problem)) < 300
+
+
+def test_a_yaml_file_over_the_cap_is_not_read(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"a: " + b"x" * manifest.MAX_FILE_BYTES)
+    with pytest.raises(ManifestError) as info:
+        load([tmp_path])
+    (problem,) = info.value.problems
+    assert problem.file.endswith("big.yaml") and "larger than 1024 KiB" in problem.message

@@ -24,7 +24,7 @@ def api_error(status: int, explanation: str) -> docker.errors.APIError:
         (409, "secret db_v1 already exists", SwarmConflict, True),
         (500, "rpc error: code = Unknown desc = update out of sequence", SwarmConflict, True),
         (500, "context deadline exceeded", SwarmError, True),
-        (500, "something broke", SwarmError, False),
+        (500, "something broke", SwarmError, True),
         (
             503,
             "This node is not a swarm manager. Manager is being prepared or has trouble",
