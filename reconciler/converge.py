@@ -1,20 +1,38 @@
-"""One reconciliation, step by step, shared by the CLI commands and the long-running loop.
+"""One reconciliation, end to end, shared by the CLI (``plan``, ``apply``), the loop tick and the benchmarks.
+
+    load → resolve → observe → plan → checks → show → approve → (guards) execute → report
 
 1. :func:`load` reads and validates the manifests and resolves every source. It touches no swarm,
    so a bad manifest, a missing key or an undecryptable file stops the run before anything changes.
-2. :func:`prepare` connects the results to one swarm: the fingerprint key, the desired state, the
-   live state and the plan.
-3. ``executor.execute`` applies a prepared plan.
+2. :func:`prepare` connects that to one swarm: the fingerprint key, the desired state, the live state
+   and the plan; then runs the **pre-mutation checks** (:data:`Check`): each gets the
+   :class:`Prepared` state and returns problems; any problem stops the run (:class:`CheckFailed`,
+   exit 1) before anything is shown, approved or changed. ``plan`` runs them too.
+3. :func:`converge` shows the plan (a ``show`` callback), asks an **approval strategy**
+   (:data:`Approval`: :func:`auto_approve` for ``--yes`` and the loop, the CLI's prompt, a saved
+   plan), and hands the approved plan to the executor inside the **guards** (:data:`Guard`: context
+   managers around execution, e.g. an applier lease). It returns an :class:`Outcome` that the CLI and
+   the loop render.
+
+The executor performs exactly the approved plan. When the swarm moved in between, it asks the
+:func:`replanner` made here for a fresh plan and goes on only when that is within the approved one
+(see ``core/plan.py``); otherwise it stops with "the swarm changed since the plan; plan again".
+
+Adding a step: a check is a function ``(Prepared) -> Sequence[Problem]``; a guard a function
+``(Prepared) -> AbstractContextManager``. Put one that every run needs into :func:`builtin_checks` /
+:func:`builtin_guards`, one that depends on an option into :attr:`Settings.checks` /
+:attr:`Settings.guards` where the settings are built (``cli/``, ``daemon/tick.py``).
 
 Values stay inside :class:`Loaded` (as :class:`~reconciler.core.model.SecretValue`) and are handed only
-to the executor; the desired state and the plan carry fingerprints.
+to the executor; the desired state and the plan carry keyed fingerprints.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler import sources
@@ -22,8 +40,11 @@ from reconciler.core import planner
 from reconciler.core.desired import Values, build_desired
 from reconciler.core.model import DesiredState, LiveState, SecretSet
 from reconciler.core.plan import Plan
+from reconciler.engine import executor
+from reconciler.engine.executor import SYSTEM_CLOCK, ApplyOptions, ApplyResult, Clock, ProgressFn, Replan
 from reconciler.engine.keysource import load_key
-from reconciler.engine.swarm import Swarm
+from reconciler.engine.protocol import Swarm
+from reconciler.errors import CheckFailed, Problem
 from reconciler.manifests import loader as manifest
 from reconciler.manifests.revision import detect_revision
 
@@ -43,6 +64,49 @@ class Prepared:
     plan: Plan
 
 
+Check = Callable[[Prepared], Sequence[Problem]]
+"""A pre-mutation check: problems found in the loaded and observed state (empty: go on)."""
+Guard = Callable[[Prepared], AbstractContextManager[object]]
+"""Entered before execution, left after it (e.g. an applier lease); raising refuses the run."""
+Approval = Callable[[Prepared], Plan | None]
+"""Given the prepared run, the plan to execute (usually ``prepared.plan``), or None to stop."""
+Show = Callable[[Prepared], None]
+"""Shows the plan before approval (the CLI prints it, the loop logs its warnings)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    key_file: Path | None = None
+    """HMAC key file; None: the key kept in the swarm's Docker config."""
+    read_only: bool = False
+    """``plan``: never write, not even the fingerprint key config."""
+    apply: ApplyOptions = field(default_factory=ApplyOptions)
+    """Rollout timeout, concurrency, orphan pruning, held updates."""
+    checks: tuple[Check, ...] = ()
+    """Pre-mutation checks beyond :func:`builtin_checks`."""
+    guards: tuple[Guard, ...] = ()
+    """Guards around execution beyond :func:`builtin_guards`."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """What one :func:`converge` did."""
+
+    prepared: Prepared
+    approved: Plan | None = None
+    """The plan handed to the executor; None when nothing was executed (empty plan or declined)."""
+    result: ApplyResult | None = None
+    """The executor's report; None when nothing was executed."""
+
+    @property
+    def ok(self) -> bool:
+        return self.result is None or self.result.ok
+
+    @property
+    def changed(self) -> bool:
+        return self.result is not None and self.result.changed
+
+
 def load(
     paths: Sequence[Path], *, revision: str | None = None, environ: Mapping[str, str] | None = None
 ) -> Loaded:
@@ -52,24 +116,95 @@ def load(
     return Loaded(sets=sets, values=values, revision=revision or detect_revision(paths, environ))
 
 
-def prepare(
-    loaded: Loaded,
-    swarm: Swarm,
-    *,
-    key_file: Path | None = None,
-    prune_orphans: bool = False,
-    read_only: bool = False,
-) -> Prepared:
-    """``read_only``: for ``plan``, which must not even create the fingerprint key config."""
+def builtin_checks(settings: Settings) -> tuple[Check, ...]:
+    """Checks every run makes, whatever the options (none yet; policy and revision checks go here)."""
+    return ()
+
+
+def builtin_guards(settings: Settings) -> tuple[Guard, ...]:
+    """Guards around every execution (none yet; an applier lease goes here)."""
+    return ()
+
+
+def prepare(loaded: Loaded, swarm: Swarm, settings: Settings | None = None) -> Prepared:
+    """Key, desired state, live state and plan; then the pre-mutation checks (:class:`CheckFailed`)."""
+    settings = settings or Settings()
     # Observing is mostly waiting for the engine: fetch the key and fingerprint the values meanwhile.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe") as pool:
         observing = pool.submit(swarm.observe)
-        key = load_key(swarm, key_file, create=not read_only)
+        key = load_key(swarm, settings.key_file, create=not settings.read_only)
         desired = build_desired(loaded.sets, loaded.values, key, revision=loaded.revision)
         live = observing.result()
-    return Prepared(
+    prepared = Prepared(
         loaded=loaded,
         desired=desired,
         live=live,
-        plan=planner.plan(desired, live, prune_orphans=prune_orphans),
+        plan=planner.plan(desired, live, prune_orphans=settings.apply.prune_orphans),
     )
+    problems = [p for check in (*builtin_checks(settings), *settings.checks) for p in check(prepared)]
+    if problems:
+        raise CheckFailed(problems)
+    return prepared
+
+
+def replanner(prepared: Prepared, swarm: Swarm, settings: Settings) -> Replan:
+    """The executor's way to plan again: observe, then plan the same desired state."""
+
+    def replan() -> tuple[LiveState, Plan]:
+        live = swarm.observe()
+        return live, planner.plan(prepared.desired, live, prune_orphans=settings.apply.prune_orphans)
+
+    return replan
+
+
+def auto_approve(prepared: Prepared) -> Plan:
+    """Approve the plan as it is (``apply --yes``, the loop, the benchmarks)."""
+    return prepared.plan
+
+
+def converge(
+    loaded: Loaded,
+    swarm: Swarm,
+    *,
+    approval: Approval,
+    settings: Settings | None = None,
+    show: Show | None = None,
+    progress: ProgressFn | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> Outcome:
+    """One reconciliation of ``loaded`` against ``swarm`` (see the module docstring)."""
+    settings = settings or Settings()
+    prepared = prepare(loaded, swarm, settings)
+    if show is not None:
+        show(prepared)
+    approved = approval(prepared)
+    if approved is None or approved.empty:
+        return Outcome(prepared=prepared)
+    result = execute(prepared, approved, swarm, settings, progress=progress, clock=clock)
+    return Outcome(prepared=prepared, approved=approved, result=result)
+
+
+def execute(
+    prepared: Prepared,
+    approved: Plan,
+    swarm: Swarm,
+    settings: Settings,
+    *,
+    progress: ProgressFn | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> ApplyResult:
+    """Run the executor on ``approved`` inside the guards."""
+    with ExitStack() as stack:
+        for guard in (*builtin_guards(settings), *settings.guards):
+            stack.enter_context(guard(prepared))
+        return executor.execute(
+            approved,
+            prepared.loaded.values,
+            swarm,
+            live=prepared.live,
+            replan=replanner(prepared, swarm, settings),
+            options=settings.apply,
+            progress=progress,
+            clock=clock,
+            revision=prepared.desired.revision,
+        )

@@ -6,7 +6,8 @@ Every error the user can act on derives from :class:`SwarmSecretsError` and rend
     SwarmSecretsError
     ├── ProblemsError        carries every problem found, each a Problem (file:line: path: message)
     │   ├── ManifestError    fix the manifest (schema, names, cross-file rules)    → exit 1
-    │   └── SourceError      fix the key, the file or the variable a value comes from → exit 1
+    │   ├── SourceError      fix the key, the file or the variable a value comes from → exit 1
+    │   └── CheckFailed      a pre-mutation check (``converge``) refused the run        → exit 1
     ├── SwarmError           the engine said no or is not usable
     │   ├── SwarmUnavailable     cannot reach the engine (transient)
     │   │   └── NotManager       the engine answers but is not a swarm manager (permanent)
@@ -65,7 +66,9 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        # A problem of the swarm or the run (a pre-mutation check) has no file: just the message.
+        return f"{where}: {text}" if where else text
 
 
 class ProblemsError(SwarmSecretsError):
@@ -85,6 +88,11 @@ class SourceError(ProblemsError):
     """One or more secret values could not be resolved (missing file or variable, sops failure, bad
     key path, empty or oversized value). Each problem names manifest file, manifest path and what to
     do."""
+
+
+class CheckFailed(ProblemsError):
+    """A pre-mutation check of ``converge`` (policy, revision, saved plan, …) found problems in the
+    loaded and observed state: nothing was changed."""
 
 
 class ConfigError(SwarmSecretsError):

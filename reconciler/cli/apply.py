@@ -16,7 +16,7 @@ from reconciler.cli.app import (
     manifest_paths,
     rollout_options,
 )
-from reconciler.engine import executor
+from reconciler.core.plan import Plan
 from reconciler.engine.executor import ApplyOptions, ApplyResult
 from reconciler.engine.swarm import Swarm
 from reconciler.errors import ConfigError, ExitCode
@@ -48,46 +48,50 @@ def apply(
     """Show the plan, then create versions, roll services, wait for them and collect old versions.
 
     Exit codes: 0 converged; 1 error before any change; 3 applied with failures (a rollout rolled
-    back, paused or timed out, or a secret was blocked): the swarm is consistent, fix and re-run.
+    back, paused, was superseded or timed out, a secret was blocked, or the swarm changed since the
+    plan was shown): the swarm is consistent, fix and re-run.
     """
     loaded = converge.load(paths, revision=revision)
+    settings = converge.Settings(
+        key_file=fingerprint_key_file,
+        apply=ApplyOptions(timeout=timeout, concurrency=concurrency, prune_orphans=prune_orphans),
+    )
     with Swarm.connect(docker_host) as swarm:
-        _apply(loaded, swarm, fingerprint_key_file, yes, timeout, concurrency, prune_orphans, stats)
-
-
-def _apply(
-    loaded: converge.Loaded,
-    swarm: Swarm,
-    fingerprint_key_file: Path | None,
-    yes: bool,
-    timeout: float,
-    concurrency: int,
-    prune_orphans: bool,
-    stats: bool,
-) -> None:
-    prepared = converge.prepare(loaded, swarm, key_file=fingerprint_key_file, prune_orphans=prune_orphans)
-    click.echo(render.render_text(prepared.plan, color=sys.stdout.isatty()).rstrip("\n"))
-    if prepared.plan.empty:
+        try:
+            outcome = converge.converge(
+                loaded,
+                swarm,
+                approval=converge.auto_approve if yes else _prompt,
+                settings=settings,
+                show=_show,
+                progress=Progress(),
+            )
+        except KeyboardInterrupt:
+            click.echo(
+                "interrupted: rollouts already started go on in the swarm; run apply again to watch "
+                "them and collect old versions",
+                err=True,
+            )
+            raise click.exceptions.Exit(ExitCode.INTERRUPTED) from None
+        if outcome.result is not None:
+            click.echo(_result_text(outcome.result))
         _stats(stats, swarm)
-        return
-    if not yes:
-        if not sys.stdin.isatty():
-            raise ConfigError("not applying: stdin is not a terminal; pass --yes to apply without asking")
-        click.confirm("Apply these changes?", abort=True)
-    options = ApplyOptions(timeout=timeout, concurrency=concurrency, prune_orphans=prune_orphans)
-    try:
-        result = executor.execute(prepared.plan, prepared.desired, loaded.values, swarm, options, Progress())
-    except KeyboardInterrupt:
-        click.echo(
-            "interrupted: rollouts already started go on in the swarm; run apply again to watch "
-            "them and collect old versions",
-            err=True,
-        )
-        raise click.exceptions.Exit(ExitCode.INTERRUPTED) from None
-    click.echo(_result_text(result))
-    _stats(stats, swarm)
-    if not result.ok:
+    if not outcome.ok:
         raise click.exceptions.Exit(ExitCode.PARTIAL)
+
+
+def _show(prepared: converge.Prepared) -> None:
+    click.echo(render.render_text(prepared.plan, color=sys.stdout.isatty()).rstrip("\n"))
+
+
+def _prompt(prepared: converge.Prepared) -> Plan | None:
+    """The interactive approval: ask on a terminal; refuse to guess without one."""
+    if prepared.plan.empty:
+        return prepared.plan
+    if not sys.stdin.isatty():
+        raise ConfigError("not applying: stdin is not a terminal; pass --yes to apply without asking")
+    click.confirm("Apply these changes?", abort=True)
+    return prepared.plan
 
 
 def _stats(enabled: bool, swarm: Swarm) -> None:
@@ -101,18 +105,21 @@ def _result_text(result: ApplyResult) -> str:
         lines.append("created: " + ", ".join(result.created))
     for rollout in result.rollouts:
         lines.append(
-            f"service {rollout.service}: {rollout.outcome.replace('_', ' ')} "
+            f"service {rollout.service}: {rollout.outcome.value.replace('_', ' ')} "
             f"({rollout.detail}; {rollout.seconds:.1f} s)"
         )
     if result.removed:
         lines.append("removed: " + ", ".join(result.removed))
+    lines.extend(f"kept {k} (planned for removal, but still needed)" for k in result.kept_back)
     if result.kept:
         lines.append(f"kept: {result.kept} superseded version(s) (see `swarm-secrets status` for why)")
     lines.extend(f"blocked: {b}" for b in result.blocked)
     lines.extend(f"warning: {w}" for w in result.warnings)
     lines.extend(f"error: {e}" for e in result.errors)
     failed = [r for r in result.rollouts if not r.ok]
-    if result.ok:
+    if result.stale:
+        lines.append(f"Apply stopped: {result.stale}. Nothing outside the shown plan was done.")
+    elif result.ok:
         lines.append(
             f"Apply complete: {len(result.created)} created, {len(result.rollouts)} services updated, "
             f"{len(result.removed)} removed."

@@ -16,6 +16,7 @@ from reconciler.cli.app import (
     manifest_paths,
 )
 from reconciler.core.plan import Plan
+from reconciler.engine.executor import ApplyOptions
 from reconciler.engine.swarm import Swarm
 from reconciler.errors import ExitCode
 from reconciler.render import plan as render
@@ -62,9 +63,10 @@ def plan(
     """Show what apply would change; change nothing. Never prints a value."""
     loaded = converge.load(paths, revision=revision)
     with Swarm.connect(docker_host) as swarm:
-        prepared = converge.prepare(
-            loaded, swarm, key_file=fingerprint_key_file, prune_orphans=prune_orphans, read_only=True
+        settings = converge.Settings(
+            key_file=fingerprint_key_file, read_only=True, apply=ApplyOptions(prune_orphans=prune_orphans)
         )
+        prepared = converge.prepare(loaded, swarm, settings)
     click.echo(_render(prepared.plan, fmt).rstrip("\n"))
     if detailed_exitcode and not prepared.plan.empty:
         raise click.exceptions.Exit(ExitCode.CHANGES)

@@ -18,7 +18,11 @@ What it decides, in this order:
 Orphaned sets (managed objects whose set no manifest declares) are reported and left alone unless
 ``prune_orphans``: then they are revoked and collected like a deleted secret.
 
-How a :class:`RefChange` applies to a service is defined by :func:`apply_ref_changes`.
+How a :class:`RefChange` applies to a service is defined once, in ``core/refs.py``. The planner uses
+that rule to predict the services after its own updates, so that collection is exact: a version that
+only the PreviousSpec of a service this plan updates references stops being a rollback target once
+the update is made (the old Spec becomes the new PreviousSpec). It is planned as a removal *after*
+that rollout (:attr:`RemoveSecret.after`), which the executor re-checks against a fresh observation.
 
 This module is pure: no docker, no subprocess, no clock, no I/O, no logging of values (it never sees
 one). Output order is deterministic: by set, secret, service, path, version.
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from reconciler.core.collect import Cause, Scope, collect
 from reconciler.core.fingerprint import fingerprint_key_id
@@ -51,11 +55,9 @@ from reconciler.core.model import (
     version_name,
 )
 from reconciler.core.plan import Action, Blocked, CreateSecret, Plan, RefChange, UpdateService
+from reconciler.core.refs import apply_ref_changes
 
-__all__ = ["apply_ref_changes", "fingerprint_key_id", "plan"]
-
-OLD_SEPARATOR = ", "
-"""Joins the names in :attr:`RefChange.old` when several references share one path."""
+__all__ = ["fingerprint_key_id", "plan", "predict"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,7 +143,8 @@ def plan(desired: DesiredState, live: LiveState, *, prune_orphans: bool = False)
     currents, creates, blocked = _resolve_versions(desired, index)
     frozen = frozenset((b.set_name, b.secret) for b in blocked)
     updates, service_warnings = _plan_services(desired, live, index, currents, loaded, pruned, frozen)
-    removals, kept = collect(_scopes(desired, index, currents, frozen, pruned), live)
+    after = predict(live, updates, creates)
+    removals, kept = collect(_scopes(desired, index, currents, frozen, pruned), live, after=after)
     actions: tuple[Action, ...] = (*creates, *updates, *removals)
     return Plan(
         actions=actions,
@@ -386,7 +389,7 @@ def _service_changes(
                 path=path,
                 set_name=owner.set_name,
                 secret=owner.logical,
-                old=OLD_SEPARATOR.join(sorted({r.secret_name for r in ours})),
+                old=tuple(sorted({r.secret_name for r in ours})),
                 new=None,
                 target=ours[0].target,
                 uid=ours[0].uid,
@@ -412,7 +415,7 @@ def _wanted_change(
 ) -> RefChange | None:
     grant = want.grant
 
-    def change(old: str | None, reason: str) -> RefChange:
+    def change(old: tuple[str, ...], reason: str) -> RefChange:
         return RefChange(
             path=path,
             set_name=want.set_name,
@@ -427,10 +430,10 @@ def _wanted_change(
         )
 
     if not refs:
-        return change(None, f"grant {want.secret} to {service.name} at {path}")
+        return change((), f"grant {want.secret} to {service.name} at {path}")
     if len(refs) == 1 and _unchanged(refs[0], grant, current):
         return None  # the common case, checked before any reason text is built
-    old = OLD_SEPARATOR.join(sorted({r.secret_name for r in refs}))
+    old = tuple(sorted({r.secret_name for r in refs}))
     if len(refs) > 1:
         targets = ", ".join(sorted(r.target for r in refs))
         return change(old, f"{len(refs)} references at one path ({targets}); keep one to {current.name}")
@@ -483,7 +486,8 @@ def _owner_change(ref: SecretRef, grant: ServiceGrant) -> str:
 
 
 def _update_summary(changes: Sequence[RefChange]) -> str:
-    ops = ["added" if c.old is None else "removed" if c.new is None else "replaced" for c in changes]
+    words = {"add": "added", "remove": "removed", "replace": "replaced"}
+    ops = [words[c.op] for c in changes]
     detail = ", ".join(f"{ops.count(op)} {op}" for op in ("added", "replaced", "removed") if op in ops)
     noun = "reference changes" if len(changes) == 1 else "references change"
     return f"{len(changes)} {noun} ({detail})"
@@ -524,33 +528,27 @@ def _scopes(
         )
 
 
-# --- applying a plan's reference changes ------------------------------------------------------------
+# --- the services after this plan's updates --------------------------------------------------------
 
 
-def apply_ref_changes(
-    refs: Sequence[SecretRef], changes: Sequence[RefChange], secret_ids: Mapping[str, str]
-) -> tuple[SecretRef, ...]:
-    """The references a service has after ``changes``; ``secret_ids`` maps each ``new`` name to its id.
-
-    Per change: drop every reference whose normalized path is ``change.path`` *and* whose secret name is
-    listed in ``change.old`` (``", "``-separated when several references share the path; a foreign
-    reference at the same path is not listed and stays), then add one reference to ``change.new`` when
-    set, with the target as written. Untouched references keep their order. ``KeyError`` when a new
-    name has no id (its version was not created).
-    """
-    result = list(refs)
-    for change in changes:
-        olds = set(change.old.split(OLD_SEPARATOR)) if change.old else set()
-        result = [r for r in result if not (r.path == change.path and r.secret_name in olds)]
-        if change.new is not None:
-            result.append(
-                SecretRef(
-                    secret_id=secret_ids[change.new],
-                    secret_name=change.new,
-                    target=change.target or change.path,
-                    uid=change.uid,
-                    gid=change.gid,
-                    mode=change.mode,
-                )
-            )
-    return tuple(result)
+def predict(
+    live: LiveState, updates: Sequence[UpdateService], creates: Sequence[CreateSecret] = ()
+) -> LiveState:
+    """``live`` as it will be once ``updates`` are made: each updated service's Spec holds the
+    rewritten references (``core/refs.py``) and its PreviousSpec the references it has now. Secrets
+    and tasks are left as observed (old tasks stop only after a rollout, and collecting around them
+    is the next plan's business)."""
+    if not updates:
+        return live
+    ids = {s.name: s.id for s in live.secrets}
+    ids.update({c.name: f"planned:{c.name}" for c in creates})
+    by_id = {u.service_id: u for u in updates}
+    services = []
+    for service in live.services:
+        update = by_id.get(service.id)
+        if update is None:
+            services.append(service)
+            continue
+        refs = apply_ref_changes(service.refs, update.changes, ids)
+        services.append(replace(service, refs=refs, previous_refs=service.refs))
+    return replace(live, services=tuple(services))

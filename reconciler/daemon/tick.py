@@ -1,8 +1,10 @@
 """Wiring for ``swarm-secrets run``: the reconcile tick and the Docker events feed for the loop.
 
-:func:`make_tick` returns the :data:`~reconciler.daemon.loop.Tick` the loop calls: load and resolve the
-manifests (a bad commit fails here, before the swarm is touched), connect, plan, apply when the plan
-is not empty, and summarise the outcome as a :class:`~reconciler.daemon.loop.TickResult`. It connects anew
+:func:`make_tick` returns the :data:`~reconciler.daemon.types.Tick` the loop calls: load and resolve the
+manifests (a bad commit fails here, before the swarm is touched), connect, and :func:`converge
+<reconciler.converge.converge>` with the loop's auto-approval, then summarise the outcome as a
+:class:`~reconciler.daemon.types.TickResult`. When the swarm changed between the tick's plan and its
+execution, the tick stops (not ok) and the loop simply ticks again. It connects anew
 on every tick, so an engine restart between ticks costs one failed tick at most.
 
 :func:`docker_events` yields one item per secret or service event and reconnects (with a capped
@@ -23,7 +25,6 @@ from pathlib import Path
 
 from reconciler import converge
 from reconciler.daemon.types import Tick, TickRequest, TickResult
-from reconciler.engine import executor
 from reconciler.engine.executor import ApplyOptions
 from reconciler.engine.swarm import Swarm
 from reconciler.errors import SwarmSecretsError
@@ -58,31 +59,38 @@ def make_tick(settings: TickSettings) -> Tick:
             log.info("retrying %d held rollout(s): %s", len(held), "asked to" if asked else "new revision")
             held.clear()
         last_revision[0] = loaded.revision
-        options = replace(settings.apply, held=frozenset(held))
-        with Swarm.connect(settings.docker_host) as swarm:
-            prepared = converge.prepare(
-                loaded,
-                swarm,
-                key_file=settings.fingerprint_key_file,
-                prune_orphans=settings.apply.prune_orphans,
-            )
-            managed = sum(1 for s in prepared.live.secrets if s.managed)
+        run_settings = converge.Settings(
+            key_file=settings.fingerprint_key_file, apply=replace(settings.apply, held=frozenset(held))
+        )
+
+        def show(prepared: converge.Prepared) -> None:
             for warning in prepared.plan.warnings:
                 log.warning("%s", warning)
-            if prepared.plan.empty:
-                log.info("in sync (%d managed versions, revision %s)", managed, loaded.revision or "-")
-                return TickResult(ok=True, changed=False, revision=loaded.revision, managed_secrets=managed)
-            result = executor.execute(prepared.plan, prepared.desired, loaded.values, swarm, options)
+
+        with Swarm.connect(settings.docker_host) as swarm:
+            outcome = converge.converge(
+                loaded, swarm, approval=converge.auto_approve, settings=run_settings, show=show
+            )
+        managed = sum(1 for s in outcome.prepared.live.secrets if s.managed)
+        result = outcome.result
+        if result is None:
+            log.info("in sync (%d managed versions, revision %s)", managed, loaded.revision or "-")
+            return TickResult(ok=True, changed=False, revision=loaded.revision, managed_secrets=managed)
         held.update(r.key for r in result.rollouts if r.failed_rollout and r.key is not None)
         failures = [f"{r.service}: {r.detail}" for r in result.rollouts if not r.ok]
-        problems = [*result.errors, *(f"blocked {b}" for b in result.blocked), *failures]
+        problems = [
+            *([result.stale] if result.stale else []),
+            *result.errors,
+            *(f"blocked {b}" for b in result.blocked),
+            *failures,
+        ]
         return TickResult(
             ok=result.ok,
             changed=result.changed,
             revision=loaded.revision,
             created=len(result.created),
             removed=len(result.removed),
-            rollouts=dict(collections.Counter(r.outcome for r in result.rollouts)),
+            rollouts=dict(collections.Counter(r.outcome.value for r in result.rollouts)),
             drift_corrected=sum(1 for r in result.rollouts if r.drift and r.ok),
             managed_secrets=managed + len(result.created) - len(result.removed),
             error="; ".join(problems)[:500] or None,
