@@ -90,7 +90,7 @@ def make_tick(settings: TickSettings) -> Tick:
             revision=loaded.revision,
             created=len(result.created),
             removed=len(result.removed),
-            rollouts=dict(collections.Counter(r.outcome.value for r in result.rollouts)),
+            rollouts=dict(collections.Counter(r.outcome for r in result.rollouts)),
             drift_corrected=sum(1 for r in result.rollouts if r.drift and r.ok),
             managed_secrets=managed + len(result.created) - len(result.removed),
             error="; ".join(problems)[:500] or None,

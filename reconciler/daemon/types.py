@@ -41,7 +41,8 @@ class TickResult:
     removed: int = 0
     """Secret versions removed."""
     rollouts: Mapping[str, int] = field(default_factory=dict)
-    """Rollouts by outcome: converged, rolled_back, timed_out, paused, failed."""
+    """Rollouts by outcome (a :class:`~reconciler.core.rollout.Outcome` value: converged, rolled_back,
+    paused, superseded, timed_out, failed, unchanged, held)."""
     drift_corrected: int = 0
     """Service updates whose reason was drift."""
     managed_secrets: int = 0

@@ -223,7 +223,7 @@ class _Execution:
             extra = outside(fresh, self.approved)
             if extra:
                 self.stale = f"{STALE} (not in the approved plan: {describe(extra)})"
-                log.warning("%s", self.stale)
+                log.info("%s", self.stale)
                 raise _Stale(self.stale)
             return fresh
 

@@ -12,8 +12,8 @@ contract suite in ``tests/contract/`` runs the same checks against this fake and
 * a service update keeps the old Spec as PreviousSpec and starts a rollout when the task template
   changed and tasks run; every call moves every rollout one step (time passes): new tasks start
   (running, or failed when the service's ``health`` rejects what it mounts), then the update
-  completes, or its ``FailureAction`` pauses it or rolls it back (Spec and PreviousSpec swapped,
-  ``rollback_started`` → ``rollback_completed``); ``stuck`` tasks never start;
+  completes, or its ``FailureAction`` pauses it or rolls it back (PreviousSpec becomes the Spec and is
+  dropped, ``rollback_started`` → ``rollback_completed``); ``stuck`` tasks never start;
 * a foreign writer (:meth:`foreign_write`) and a manual rollback (:meth:`manual_rollback`);
 * crash points: :meth:`crash_after` makes the n-th mutation raise :class:`Crash` once it is done,
   and every call after it too, as if the process had died there.
@@ -212,10 +212,11 @@ class FakeSwarm:
             self._write(service, spec)
 
     def manual_rollback(self, name: str) -> None:
-        """``docker service rollback NAME``."""
+        """``docker service rollback NAME``: Spec and PreviousSpec swap; refused without a previous spec."""
         with self._lock:
             service = self.service_by_name(name)
-            assert service.previous is not None
+            if service.previous is None:
+                raise SwarmRefused(f"service {name} does not have a previous spec")
             service.spec, service.previous = service.previous, service.spec
             self._set_status(service, "rollback_started", "manually requested rollback", new=True)
             service.phase = "rollback"
@@ -439,8 +440,9 @@ class FakeSwarm:
                 self._set_status(service, "completed", "update completed")
                 service.phase = ""
             elif action == "rollback":
+                # An automatic rollback drops PreviousSpec (a manual one swaps the two).
                 assert service.previous is not None
-                service.spec, service.previous = service.previous, service.spec
+                service.spec, service.previous = service.previous, None
                 self._set_status(
                     service,
                     "rollback_started",
