@@ -9,10 +9,10 @@
    :class:`Prepared` state and returns problems; any problem stops the run (:class:`CheckFailed`,
    exit 1) before anything is shown, approved or changed. ``plan`` runs them too.
 3. :func:`converge` shows the plan (a ``show`` callback), asks an **approval strategy**
-   (:data:`Approval`: :func:`auto_approve` for ``--yes`` and the loop, the CLI's prompt, a saved
-   plan), and hands the approved plan to the executor inside the **guards** (:data:`Guard`: context
-   managers around execution, e.g. an applier lease). It returns an :class:`Outcome` that the CLI and
-   the loop render.
+   (:data:`Approval`: :func:`auto_approve` for ``--yes`` and the loop, the CLI's prompt,
+   :func:`saved_plan_approval` for ``apply --plan``), and hands the approved plan to the executor
+   inside the **guards** (:data:`Guard`: context managers around execution, e.g. an applier lease).
+   It returns an :class:`Outcome` that the CLI and the loop render.
 
 The executor performs exactly the approved plan. When the swarm moved in between, it asks the
 :func:`replanner` made here for a fresh plan and goes on only when that is within the approved one
@@ -40,13 +40,37 @@ from reconciler.core import planner
 from reconciler.core.desired import Values, build_desired
 from reconciler.core.model import DesiredState, LiveState, SecretSet
 from reconciler.core.plan import Plan
+from reconciler.core.saved import SavedPlan, basis_of, moved
 from reconciler.engine import executor
 from reconciler.engine.executor import SYSTEM_CLOCK, ApplyOptions, ApplyResult, Clock, ProgressFn, Replan
 from reconciler.engine.keysource import load_key
 from reconciler.engine.protocol import Swarm
-from reconciler.errors import CheckFailed, Problem
+from reconciler.errors import CheckFailed, PlanOutdated, Problem
 from reconciler.manifests import loader as manifest
+from reconciler.manifests.digest import manifest_digest
 from reconciler.manifests.revision import detect_revision
+
+__all__ = [
+    "Approval",
+    "Check",
+    "Guard",
+    "Loaded",
+    "Outcome",
+    "Prepared",
+    "Settings",
+    "Show",
+    "auto_approve",
+    "builtin_checks",
+    "builtin_guards",
+    "converge",
+    "execute",
+    "load",
+    "manifest_digest",
+    "prepare",
+    "replanner",
+    "save_plan",
+    "saved_plan_approval",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,6 +184,56 @@ def replanner(prepared: Prepared, swarm: Swarm, settings: Settings) -> Replan:
 def auto_approve(prepared: Prepared) -> Plan:
     """Approve the plan as it is (``apply --yes``, the loop, the benchmarks)."""
     return prepared.plan
+
+
+def save_plan(prepared: Prepared, settings: Settings, *, manifests_digest: str) -> SavedPlan:
+    """``prepared.plan`` with what it was computed from, for ``plan --out``."""
+    basis = basis_of(
+        prepared.desired,
+        prepared.live,
+        prepared.plan,
+        manifests_digest=manifests_digest,
+        prune_orphans=settings.apply.prune_orphans,
+    )
+    return SavedPlan(basis=basis, plan=prepared.plan)
+
+
+def saved_plan_approval(saved: SavedPlan, settings: Settings, *, manifests_digest: str) -> Approval:
+    """Approve ``saved.plan`` exactly (``apply --plan``: the saved plan is the approval), but only when
+    nothing it was computed from moved and the plan computed now equals it; otherwise
+    :class:`PlanOutdated` (exit 1) saying what moved, before anything is changed."""
+
+    def approve(prepared: Prepared) -> Plan:
+        now = basis_of(
+            prepared.desired,
+            prepared.live,
+            prepared.plan,
+            manifests_digest=manifests_digest,
+            prune_orphans=settings.apply.prune_orphans,
+        )
+        found = moved(saved.basis, now, prepared.live)
+        if not found and prepared.plan != saved.plan:
+            found.append(
+                f"the plan computed now differs from the saved one ({_difference(saved.plan, prepared.plan)})"
+            )
+        if found:
+            raise PlanOutdated(f"the saved plan no longer applies: {'; '.join(found)}; make a new plan")
+        return saved.plan
+
+    return approve
+
+
+def _difference(saved: Plan, fresh: Plan) -> str:
+    for name, old, new in (
+        ("actions", saved.actions, fresh.actions),
+        ("blocked secrets", saved.blocked, fresh.blocked),
+        ("kept versions", saved.kept, fresh.kept),
+        ("warnings", saved.warnings, fresh.warnings),
+        ("orphaned sets", saved.orphaned_sets, fresh.orphaned_sets),
+    ):
+        if old != new:
+            return f"its {name} differ"
+    return "it differs"
 
 
 def converge(

@@ -14,6 +14,7 @@ Every error the user can act on derives from :class:`SwarmSecretsError` and rend
     │   ├── SwarmConflict        someone else changed the object between observe and mutate (re-observe)
     │   └── SwarmRefused         the engine refused a request permanently (400/404/409 that re-observing
     │                            does not fix)
+    ├── PlanOutdated         a saved plan no longer matches what it was computed from → exit 1
     ├── GitError             fetching the manifests from git failed (transient or not)
     └── ConfigError          a command-line option or setting is wrong
 
@@ -124,6 +125,11 @@ class NotManager(SwarmUnavailable):
     """The engine answers but is not a swarm manager: retrying will not help."""
 
     transient = False
+
+
+class PlanOutdated(SwarmSecretsError):
+    """``apply --plan``: a value, a manifest, a service or a secret moved since the plan was saved, so
+    the saved plan is not applied (nothing changed). ``str()`` says what moved, in one line."""
 
 
 class GitError(SwarmSecretsError):

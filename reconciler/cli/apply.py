@@ -17,6 +17,8 @@ from reconciler.cli.app import (
     rollout_options,
 )
 from reconciler.core.plan import Plan
+from reconciler.core.saved import SavedPlan, loads
+from reconciler.display import display_path
 from reconciler.engine.executor import ApplyOptions, ApplyResult
 from reconciler.engine.swarm import Swarm
 from reconciler.errors import ConfigError, ExitCode
@@ -31,6 +33,15 @@ from reconciler.render.progress import Progress
 @click.option(
     "--yes", "-y", is_flag=True, help="Apply without asking (required when stdin is not a terminal)."
 )
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="Apply exactly this saved plan (from `plan --out FILE`), without asking; refused when "
+    "anything it was computed from changed.",
+)
 @rollout_options
 @click.option("--stats", is_flag=True, help="Print how many Engine API requests the run made.")
 @handle_errors
@@ -40,6 +51,7 @@ def apply(
     fingerprint_key_file: Path | None,
     revision: str | None,
     yes: bool,
+    plan_file: Path | None,
     timeout: float,
     concurrency: int,
     prune_orphans: bool,
@@ -50,21 +62,32 @@ def apply(
     Exit codes: 0 converged; 1 error before any change; 3 applied with failures (a rollout rolled
     back, paused, was superseded or timed out, a secret was blocked, or the swarm changed since the
     plan was shown): the swarm is consistent, fix and re-run.
+
+    With --plan FILE, apply exactly the saved plan: it is the approval (no prompt). When a value, a
+    manifest, a service or a secret it was computed from changed, nothing is done and the exit code
+    is 1, with one line saying what moved.
     """
+    saved = _read_saved(plan_file) if plan_file is not None else None
+    if saved is not None:
+        if prune_orphans and not saved.basis.prune_orphans:
+            raise ConfigError("--prune-orphans was not given to the plan saved in the file; make a new plan")
+        prune_orphans = saved.basis.prune_orphans
     loaded = converge.load(paths, revision=revision)
     settings = converge.Settings(
         key_file=fingerprint_key_file,
+        # Applying a saved plan changes nothing before it is verified, not even the key config.
+        read_only=saved is not None,
         apply=ApplyOptions(timeout=timeout, concurrency=concurrency, prune_orphans=prune_orphans),
     )
+    approval: converge.Approval = converge.auto_approve if yes else _prompt
+    show: converge.Show | None = _show
+    if saved is not None and plan_file is not None:
+        approval = _saved_approval(saved, plan_file, settings, converge.manifest_digest(paths, loaded.sets))
+        show = None
     with Swarm.connect(docker_host) as swarm:
         try:
             outcome = converge.converge(
-                loaded,
-                swarm,
-                approval=converge.auto_approve if yes else _prompt,
-                settings=settings,
-                show=_show,
-                progress=Progress(),
+                loaded, swarm, approval=approval, settings=settings, show=show, progress=Progress()
             )
         except KeyboardInterrupt:
             click.echo(
@@ -82,6 +105,31 @@ def apply(
 
 def _show(prepared: converge.Prepared) -> None:
     click.echo(render.render_text(prepared.plan, color=sys.stdout.isatty()).rstrip("\n"))
+
+
+def _read_saved(path: Path) -> SavedPlan:
+    try:
+        return loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the saved plan {display_path(path)}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{display_path(path)} is not a usable saved plan: {exc}") from None
+
+
+def _saved_approval(
+    saved: SavedPlan, path: Path, settings: converge.Settings, digest: str
+) -> converge.Approval:
+    check = converge.saved_plan_approval(saved, settings, manifests_digest=digest)
+
+    def approve(prepared: converge.Prepared) -> Plan | None:
+        plan = check(prepared)
+        if plan is None:
+            return None
+        click.echo(f"Applying the saved plan {display_path(path)}; nothing it was made from has changed.")
+        click.echo(render.render_text(plan, color=sys.stdout.isatty()).rstrip("\n"))
+        return plan
+
+    return approve
 
 
 def _prompt(prepared: converge.Prepared) -> Plan | None:

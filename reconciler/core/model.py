@@ -225,6 +225,8 @@ class LiveSecret:
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
     created_at: str = ""
+    index: int = 0
+    """The object version index (moves whenever the secret's labels are written); saved plans keep it."""
     # Read from the labels once, at construction: the planner asks for them thousands of times.
     set_name: str | None = field(init=False)
     """``LABEL_SET``: the set that owns the secret, if any."""

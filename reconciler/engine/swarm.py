@@ -135,6 +135,7 @@ def parse_secret(raw: Mapping[str, Any]) -> LiveSecret:
         name=spec.get("Name", ""),
         labels=dict(spec.get("Labels") or {}),
         created_at=raw.get("CreatedAt", ""),
+        index=int((raw.get("Version") or {}).get("Index", 0)),
     )
 
 

@@ -72,6 +72,7 @@ def test_a_created_secret_is_observed_with_its_labels(world: World) -> None:
     assert (found.name, dict(found.labels)) == (name, labels)
     assert found.managed and found.version == 1 and found.set_name == "shop"
     assert found.created_at
+    assert found.index > 0  # the object version index, which saved plans record
 
 
 def test_secret_names_are_unique_case_insensitively(world: World) -> None:
