@@ -26,7 +26,7 @@ from reconciler.render.status import render_status_json, render_status_text
 def status(paths: tuple[Path, ...], docker_host: str | None, fmt: str) -> None:
     """Per set and secret: current version, its users, superseded versions and why each is kept;
     orphaned sets; unmanaged secrets nothing references. Reads manifests offline (no keys needed)."""
-    sets = {s.name: s.keep for s in manifests.load(paths)} if all(p.exists() for p in paths) else None
+    sets = manifests.load(paths) if all(p.exists() for p in paths) else None
     with Swarm.connect(docker_host) as swarm:
         report = build_status(swarm.observe(), sets)
     click.echo(render_status_json(report) if fmt == "json" else render_status_text(report), nl=False)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from reconciler.core.model import LiveSecret, LiveState
 from reconciler.core.plan import Kept, RemoveSecret
 
-__all__ = ["Cause", "Scope", "collect", "protections"]
+__all__ = ["Cause", "Scope", "collect", "current_version", "protections"]
 
 
 class Cause(enum.Enum):
@@ -59,6 +59,15 @@ class Scope:
     """Number of the current version, existing or created by the plan; for reasons only."""
     keep: int = 0
     cause: Cause = Cause.SUPERSEDED
+
+
+def current_version(versions: Iterable[LiveSecret], fingerprint: str | None) -> LiveSecret | None:
+    """The one idea of "current": the newest version whose fingerprint label is ``fingerprint`` (the
+    planner: None when the value has no version yet). Without a fingerprint (``status`` reads no
+    values) the newest version, which is the planner's choice too unless the value returned to an
+    older version."""
+    candidates = [v for v in versions if fingerprint is None or v.fingerprint == fingerprint]
+    return max(candidates, key=lambda v: (v.version or 0, v.name, v.id), default=None)
 
 
 def collect(

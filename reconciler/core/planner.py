@@ -4,7 +4,7 @@ What it decides, in this order:
 
 1. **Versions.** For each desired logical secret, the *current* version is the highest managed version
    of that set whose fingerprint label equals the desired fingerprint. Without one, a
-   :class:`CreateSecret` makes ``<name>_v<N>`` with N one past the highest version of that logical name
+   :class:`CreateSecret` makes ``<secret>_v<N>`` with N one past the highest version of that secret
    in *any* set (names are global), unless an object already holds that name case-insensitively: then
    the secret is :class:`Blocked` and every reference to it is left as it is.
 2. **References.** One :class:`UpdateService` per service, holding every :class:`RefChange`: add what is
@@ -34,7 +34,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from reconciler.core.collect import Cause, Scope, collect
+from reconciler.core.collect import Cause, Scope, collect, current_version
 from reconciler.core.fingerprint import fingerprint_key_id
 from reconciler.core.model import (
     LABEL_FINGERPRINT,
@@ -89,7 +89,7 @@ class _Index:
     def __init__(self, live: LiveState, loaded: frozenset[str]) -> None:
         self.by_id: dict[str, LiveSecret] = {s.id: s for s in live.secrets}
         self.names: dict[str, LiveSecret] = {s.name.lower(): s for s in live.secrets}
-        # (set, logical) -> versions, oldest first; a managed secret without set or logical label is
+        # (set, secret) -> versions, oldest first; a managed secret without set or secret label is
         # malformed and belongs to nobody (never touched).
         self.versions: dict[tuple[str, str], list[LiveSecret]] = defaultdict(list)
         self.highest: dict[str, int] = {}
@@ -97,11 +97,11 @@ class _Index:
         for secret in live.secrets:
             if not secret.managed:
                 continue
-            if not secret.set_name or not secret.logical:
+            if not secret.set_name or not secret.secret:
                 self.malformed.append(secret)
                 continue
-            self.versions[(secret.set_name, secret.logical)].append(secret)
-            self.highest[secret.logical] = max(self.highest.get(secret.logical, 0), _version(secret))
+            self.versions[(secret.set_name, secret.secret)].append(secret)
+            self.highest[secret.secret] = max(self.highest.get(secret.secret, 0), _version(secret))
         for versions in self.versions.values():
             versions.sort(key=lambda s: (_version(s), s.name, s.id))
         self.orphan_counts: dict[str, int] = defaultdict(int)
@@ -112,7 +112,7 @@ class _Index:
     def ours(self, secret_id: str, sets: frozenset[str]) -> LiveSecret | None:
         """The live secret behind a reference when it is a well-formed managed secret of ``sets``."""
         secret = self.by_id.get(secret_id)
-        if secret is None or not secret.managed or not secret.logical or secret.set_name not in sets:
+        if secret is None or not secret.managed or not secret.secret or secret.set_name not in sets:
             return None
         return secret
 
@@ -141,10 +141,10 @@ def plan(desired: DesiredState, live: LiveState, *, prune_orphans: bool = False)
     pruned = frozenset(orphans) if prune_orphans else frozenset()
 
     currents, creates, blocked = _resolve_versions(desired, index)
-    frozen = frozenset((b.set_name, b.secret) for b in blocked)
-    updates, service_warnings = _plan_services(desired, live, index, currents, loaded, pruned, frozen)
+    blocked_keys = frozenset((b.set_name, b.secret) for b in blocked)
+    updates, service_warnings = _plan_services(desired, live, index, currents, loaded, pruned, blocked_keys)
     after = predict(live, updates, creates)
-    removals, kept = collect(_scopes(desired, index, currents, frozen, pruned), live, after=after)
+    removals, kept = collect(_scopes(desired, index, currents, blocked_keys, pruned), live, after=after)
     actions: tuple[Action, ...] = (*creates, *updates, *removals)
     return Plan(
         actions=actions,
@@ -167,32 +167,31 @@ def _resolve_versions(
     highest = dict(index.highest)  # grows as this plan allocates versions, so two sets never collide
     planned_names: set[str] = set()
     for dset in sorted(desired.sets, key=lambda s: s.name):
-        for secret in sorted(dset.secrets, key=lambda s: s.name):
-            key = (dset.name, secret.name)
+        for declared in sorted(dset.secrets, key=lambda s: s.secret):
+            key = (dset.name, declared.secret)
             versions = index.versions.get(key, [])
-            matching = [v for v in versions if v.fingerprint == secret.fingerprint]
-            if matching:
-                found = matching[-1]
+            found = current_version(versions, declared.fingerprint)
+            if found is not None:
                 currents[key] = _Current(
                     version=_version(found), name=found.name, secret_id=found.id, rotation=""
                 )
                 continue
-            number = highest.get(secret.name, 0) + 1
-            name = version_name(secret.name, number)
+            number = highest.get(declared.secret, 0) + 1
+            name = version_name(declared.secret, number)
             problem = _name_problem(name, index, planned_names)
             if problem:
-                blocked.append(Blocked(set_name=dset.name, secret=secret.name, reason=problem))
+                blocked.append(Blocked(set_name=dset.name, secret=declared.secret, reason=problem))
                 continue
-            highest[secret.name] = number
+            highest[declared.secret] = number
             planned_names.add(name.lower())
-            reason, rotation = _create_reason(secret, versions, number, desired.fingerprint_key_id)
+            reason, rotation = _create_reason(declared, versions, number, desired.fingerprint_key_id)
             creates.append(
                 CreateSecret(
                     set_name=dset.name,
-                    secret=secret.name,
+                    secret=declared.secret,
                     version=number,
                     name=name,
-                    labels=_labels(desired, dset, secret, number),
+                    labels=_labels(desired, dset, declared, number),
                     reason=reason,
                 )
             )
@@ -217,18 +216,18 @@ def _name_problem(name: str, index: _Index, planned: set[str]) -> str:
 
 
 def _create_reason(
-    secret: DesiredSecret, versions: Sequence[LiveSecret], number: int, key_id: str
+    declared: DesiredSecret, versions: Sequence[LiveSecret], number: int, key_id: str
 ) -> tuple[str, str]:
     """(reason of the create, short cause for the services that rotate to it)."""
     if not versions:
         if number > 1:
             return (
-                f"new secret (v{number}: {secret.name} has versions up to v{number - 1} in other sets)",
+                f"new secret (v{number}: {declared.secret} has versions up to v{number - 1} in other sets)",
                 "new secret",
             )
         return "new secret", "new secret"
     latest = versions[-1]
-    wanted_key = key_id or fingerprint_key_id(secret.fingerprint)
+    wanted_key = key_id or fingerprint_key_id(declared.fingerprint)
     live_key = fingerprint_key_id(latest.fingerprint)
     if live_key is None:
         return f"v{_version(latest)} has no usable fingerprint label; cannot compare", "new version"
@@ -240,16 +239,16 @@ def _create_reason(
     return f"content changed (v{_version(latest)} has a different fingerprint)", "content changed"
 
 
-def _labels(desired: DesiredState, dset: DesiredSet, secret: DesiredSecret, number: int) -> dict[str, str]:
-    labels = dict(secret.labels)
+def _labels(desired: DesiredState, dset: DesiredSet, declared: DesiredSecret, number: int) -> dict[str, str]:
+    labels = dict(declared.labels)
     # Ours last: a user label can never forge ownership or the version.
     labels.update(
         {
             LABEL_MANAGED: "true",
             LABEL_SET: dset.name,
-            LABEL_SECRET: secret.name,
+            LABEL_SECRET: declared.secret,
             LABEL_VERSION: str(number),
-            LABEL_FINGERPRINT: secret.fingerprint,
+            LABEL_FINGERPRINT: declared.fingerprint,
         }
     )
     if desired.revision:
@@ -267,7 +266,7 @@ def _plan_services(
     currents: Mapping[tuple[str, str], _Current],
     loaded: frozenset[str],
     pruned: frozenset[str],
-    frozen: frozenset[tuple[str, str]],
+    blocked: frozenset[tuple[str, str]],
 ) -> tuple[list[UpdateService], list[str]]:
     wanted_by_service, warnings = _wanted(desired, currents)
     services = {s.name: s for s in live.services}
@@ -287,7 +286,7 @@ def _plan_services(
     updates: list[UpdateService] = []
     for service in sorted(live.services, key=lambda s: (s.name, s.id)):
         wanted = wanted_by_service.get(service.name, {})
-        changes = _service_changes(service, wanted, index, loaded, pruned, frozen)
+        changes = _service_changes(service, wanted, index, loaded, pruned, blocked)
         if not changes:
             continue
         updates.append(
@@ -326,24 +325,26 @@ def _wanted(
     wanted: dict[str, dict[str, _Wanted]] = defaultdict(dict)
     warnings: list[str] = []
     for dset in sorted(desired.sets, key=lambda s: s.name):
-        for secret in sorted(dset.secrets, key=lambda s: s.name):
-            grants = sorted(secret.grants, key=lambda g: (g.service, g.path, g.uid, g.gid, g.mode, g.target))
+        for declared in sorted(dset.secrets, key=lambda s: s.secret):
+            grants = sorted(
+                declared.grants, key=lambda g: (g.service, g.path, g.uid, g.gid, g.mode, g.target)
+            )
             for grant in grants:
                 paths = wanted[grant.service]
                 first = paths.get(grant.path)
                 if first is not None:
-                    if first.grant != grant or (first.set_name, first.secret) != (dset.name, secret.name):
+                    if first.grant != grant or (first.set_name, first.secret) != (dset.name, declared.secret):
                         warnings.append(
                             f"service '{grant.service}': {grant.path} is granted twice "
-                            f"({first.set_name}/{first.secret} and {dset.name}/{secret.name}); "
+                            f"({first.set_name}/{first.secret} and {dset.name}/{declared.secret}); "
                             f"using {first.set_name}/{first.secret}"
                         )
                     continue
                 paths[grant.path] = _Wanted(
                     grant=grant,
                     set_name=dset.name,
-                    secret=secret.name,
-                    current=currents.get((dset.name, secret.name)),
+                    secret=declared.secret,
+                    current=currents.get((dset.name, declared.secret)),
                 )
     return wanted, warnings
 
@@ -354,9 +355,9 @@ def _service_changes(
     index: _Index,
     loaded: frozenset[str],
     pruned: frozenset[str],
-    frozen: frozenset[tuple[str, str]],
+    blocked: frozenset[tuple[str, str]],
 ) -> tuple[RefChange, ...]:
-    """``frozen`` (blocked) secrets keep every reference they have, wherever it is."""
+    """``blocked`` secrets keep every reference they have, wherever it is."""
     by_path: dict[str, list[SecretRef]] = defaultdict(list)
     for ref in service.refs:
         by_path[ref.path].append(ref)
@@ -374,7 +375,7 @@ def _service_changes(
         # A blocked secret keeps even these: were its target moved, revoking the old path while the new
         # one waits for the blocked version would cut the service off.
         ours = sorted(
-            (r for r in refs if _revocable(index.ours(r.secret_id, loaded | pruned), frozen)),
+            (r for r in refs if _revocable(index.ours(r.secret_id, loaded | pruned), blocked)),
             key=lambda r: (r.secret_name, r.target, r.secret_id),
         )
         if not ours:
@@ -383,12 +384,12 @@ def _service_changes(
         if owner.set_name in pruned:
             reason = f"prune orphaned set '{owner.set_name}'"
         else:
-            reason = f"revoke: manifest no longer grants {owner.logical} to {service.name} at {path}"
+            reason = f"revoke: manifest no longer grants {owner.secret} to {service.name} at {path}"
         changes.append(
             RefChange(
                 path=path,
                 set_name=owner.set_name,
-                secret=owner.logical,
+                secret=owner.secret,
                 old=tuple(sorted({r.secret_name for r in ours})),
                 new=None,
                 target=ours[0].target,
@@ -401,8 +402,8 @@ def _service_changes(
     return tuple(changes)
 
 
-def _revocable(secret: LiveSecret | None, frozen: frozenset[tuple[str, str]]) -> bool:
-    return secret is not None and (secret.set_name or "", secret.logical or "") not in frozen
+def _revocable(secret: LiveSecret | None, blocked: frozenset[tuple[str, str]]) -> bool:
+    return secret is not None and (secret.set_name or "", secret.secret or "") not in blocked
 
 
 def _wanted_change(
@@ -459,11 +460,11 @@ def _replace_reason(ref: SecretRef, want: _Wanted, current: _Current, index: _In
     live = index.by_id.get(ref.secret_id)
     if live is None:
         return f"replace '{ref.secret_name}', which no longer exists, with {current.name}"
-    if not live.managed or not live.logical or not live.set_name:
+    if not live.managed or not live.secret or not live.set_name:
         return f"migrate from unmanaged secret '{live.name}' to {current.name}"
-    if (live.set_name, live.logical) != (want.set_name, want.secret):
+    if (live.set_name, live.secret) != (want.set_name, want.secret):
         return (
-            f"replace {live.name} (secret {live.logical} of set '{live.set_name}') with {current.name}, "
+            f"replace {live.name} (secret {live.secret} of set '{live.set_name}') with {current.name}, "
             f"as set '{want.set_name}' grants {want.secret} here"
         )
     if current.secret_id is None:
@@ -500,15 +501,15 @@ def _scopes(
     desired: DesiredState,
     index: _Index,
     currents: Mapping[tuple[str, str], _Current],
-    frozen: frozenset[tuple[str, str]],
+    blocked: frozenset[tuple[str, str]],
     pruned: frozenset[str],
 ) -> Iterator[Scope]:
     keeps = {s.name: s.keep for s in desired.sets}
-    declared = {(s.name, x.name) for s in desired.sets for x in s.secrets}
+    declared = {(s.name, x.secret) for s in desired.sets for x in s.secrets}
     for key in sorted(index.versions):
-        set_name, logical = key
+        set_name, secret = key
         # A blocked secret has no current version yet: whatever exists is still what services use.
-        if key in frozen or (set_name not in keeps and set_name not in pruned):
+        if key in blocked or (set_name not in keeps and set_name not in pruned):
             continue
         current = currents.get(key)
         if set_name in pruned:
@@ -519,7 +520,7 @@ def _scopes(
             cause = Cause.DELETED
         yield Scope(
             set_name=set_name,
-            secret=logical,
+            secret=secret,
             versions=tuple(index.versions[key]),
             current_id=current.secret_id if current else None,
             current_version=current.version if current else None,

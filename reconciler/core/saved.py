@@ -77,7 +77,7 @@ def basis_of(
         revision=desired.revision,
         manifests_digest=manifests_digest,
         fingerprint_key_id=desired.fingerprint_key_id,
-        values={f"{s.name}/{x.name}": x.fingerprint for s in desired.sets for x in s.secrets},
+        values={f"{s.name}/{x.secret}": x.fingerprint for s in desired.sets for x in s.secrets},
         prune_orphans=prune_orphans,
         services={u.service_id: (u.service, u.observed_version) for u in plan.updates},
         secrets={i: (secrets[i].name, secrets[i].index) for i in sorted(touched) if i in secrets},

@@ -41,6 +41,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 from reconciler.daemon.metrics import Metrics
+from reconciler.daemon.types import Reason, Trigger
 from reconciler.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class App(Protocol):
     webhook_secret: bytes | None
     """The shared secret of ``/hooks/*`` and ``/reconcile``; None disables those endpoints."""
 
-    def request(self, reason: str) -> bool: ...
+    def request(self, reason: Reason | Trigger) -> bool: ...
 
     def readiness(self) -> tuple[bool, str]: ...
 
@@ -335,7 +336,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(HTTPStatus.OK, "pong")
             return
         app.metrics.observe_webhook(provider, "accepted")
-        app.request(f"webhook:{provider}")
+        app.request(Reason(Trigger.WEBHOOK, provider))
         log.info("webhook %s accepted: tick requested", provider)
         self._reply(HTTPStatus.ACCEPTED, "accepted")
 
@@ -351,7 +352,7 @@ class _Handler(BaseHTTPRequestHandler):
             log.warning("POST /reconcile from %s rejected: bad or missing token", self.client_address[0])
             self._reply(HTTPStatus.UNAUTHORIZED, "Authorization: Bearer <webhook secret> required")
             return
-        app.request("manual")
+        app.request(Trigger.MANUAL)
         self._reply(HTTPStatus.ACCEPTED, "accepted")
 
     def _readyz(self) -> None:

@@ -54,7 +54,7 @@ def make_tick(settings: TickSettings) -> Tick:
     def tick(request: TickRequest) -> TickResult:
         manifests = request.manifests_dir or settings.manifests
         loaded = converge.load([manifests], revision=request.revision)
-        asked = any(r == "manual" or r.startswith("webhook") for r in (request.reason, *request.reasons))
+        asked = any(r.trigger.asked for r in (request.reason, *request.reasons))
         if held and (asked or loaded.revision != last_revision[0]):
             log.info("retrying %d held rollout(s): %s", len(held), "asked to" if asked else "new revision")
             held.clear()

@@ -227,7 +227,7 @@ def _build(file: Path, shown: str, doc: Document) -> LoadedSet:
         secrets.append(
             SecretSpec(
                 set_name=name,
-                name=secret_name,
+                secret=secret_name,
                 source=_source(raw["source"], folder),
                 labels=dict(raw.get("labels") or {}),
                 grants=tuple(grants),

@@ -37,7 +37,7 @@ def loaded(
     specs = tuple(
         SecretSpec(
             set_name="shop",
-            name=name,
+            secret=name,
             source=EnvSource(var="UNUSED"),
             grants=tuple(grants.get(name, ())),
             origin=ORIGIN,

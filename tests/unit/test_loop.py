@@ -22,7 +22,7 @@ from reconciler import logs
 from reconciler.core.model import SecretValue
 from reconciler.daemon.gitsync import Checkout
 from reconciler.daemon.loop import Backoff, Loop, LoopSettings, with_git
-from reconciler.daemon.types import TickRequest, TickResult
+from reconciler.daemon.types import Reason, TickRequest, TickResult, Trigger
 from reconciler.errors import ConfigError, ManifestError, Problem
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,8 +101,8 @@ def test_debounce_coalesces_many_requests_into_one_tick() -> None:
     with running(rec):
         wait_for(lambda: tick.finished == 1)
         for _ in range(5):
-            rec.request("event")
-            rec.request("webhook:github")
+            rec.request(Trigger.EVENT)
+            rec.request(Reason(Trigger.WEBHOOK, "github"))
         wait_for(lambda: tick.count == 2)
         time.sleep(0.25)
         assert tick.count == 2
@@ -118,7 +118,7 @@ def test_requests_during_a_tick_cause_exactly_one_more() -> None:
     with running(rec):
         assert tick.entered.wait(2)
         for _ in range(5):
-            rec.request("manual")
+            rec.request(Trigger.MANUAL)
         assert rec.status().pending == ("manual",)
         gate.set()
         wait_for(lambda: tick.finished == 2)
@@ -165,10 +165,10 @@ def test_urgent_request_skips_the_backoff_but_an_event_waits() -> None:
     rec = Loop(settings(backoff_base=30), tick)
     with running(rec):
         wait_for(lambda: tick.finished == 1)
-        rec.request("event")
+        rec.request(Trigger.EVENT)
         time.sleep(0.1)
         assert tick.count == 1  # the event waits for the 30 s retry
-        rec.request("webhook:gitea")
+        rec.request(Reason(Trigger.WEBHOOK, "gitea"))
         wait_for(lambda: tick.count == 2)
     assert tick.requests[1].reasons == ("event", "webhook:gitea")
 
@@ -206,18 +206,18 @@ def test_own_changes_do_not_cause_a_tick_storm() -> None:
     rec = Loop(settings(event_quiet=0.3), tick)
     with running(rec):
         assert tick.entered.wait(2)
-        rec.request("event")  # the swarm reporting our own service update
+        rec.request(Trigger.EVENT)  # the swarm reporting our own service update
         gate.set()
         wait_for(lambda: tick.finished == 1 and not rec.status().ticking)
-        assert rec.request("event") is False  # inside the quiet window
+        assert rec.request(Trigger.EVENT) is False  # inside the quiet window
         time.sleep(0.1)
         assert tick.count == 1
         time.sleep(0.25)
-        assert rec.request("event") is True  # window over: foreign changes count again
+        assert rec.request(Trigger.EVENT) is True  # window over: foreign changes count again
         wait_for(lambda: tick.count == 2)
         rec.suppress_events_until(time.monotonic() + 60)
-        assert rec.request("event") is False
-        assert rec.request("manual") is True  # only events are suppressed
+        assert rec.request(Trigger.EVENT) is False
+        assert rec.request(Trigger.MANUAL) is True  # only events are suppressed
 
 
 def test_stop_finishes_the_tick_in_hand_then_returns_zero() -> None:
@@ -227,7 +227,7 @@ def test_stop_finishes_the_tick_in_hand_then_returns_zero() -> None:
     with running(rec) as codes:
         assert tick.entered.wait(2)
         rec.stop()
-        rec.request("manual")
+        rec.request(Trigger.MANUAL)
         time.sleep(0.05)
         assert tick.finished == 0  # not interrupted
         gate.set()
@@ -271,7 +271,7 @@ def test_readiness_rules() -> None:
     with running(rec):
         wait_for(lambda: tick.finished == 1 and rec.status().last_result is not None)
         assert rec.readiness() == (True, "ready")
-        rec.request("manual")
+        rec.request(Trigger.MANUAL)
         now[0] += 1  # let the debounce pass on the fake clock
         wait_for(lambda: tick.finished == 2 and not rec.status().ticking)
     assert rec.readiness() == (True, "ready; the last tick failed: swarm unreachable")
@@ -282,7 +282,7 @@ def test_readiness_rules() -> None:
 def test_with_git_passes_the_checkout() -> None:
     tick = Recorder(OK)
     wrapped = with_git(tick, lambda: Checkout(revision="abc123", manifests_dir=Path("/co/m")))
-    result = wrapped(TickRequest(reason="interval", reasons=("interval",)))
+    result = wrapped(TickRequest(reason=Reason(Trigger.INTERVAL), reasons=(Reason(Trigger.INTERVAL),)))
     assert tick.requests[0].manifests_dir == Path("/co/m") and tick.requests[0].revision == "abc123"
     assert result.revision == "abc123" and result.ok
 
@@ -396,3 +396,12 @@ def test_audit_strips_values(caplog: pytest.LogCaptureFixture) -> None:
     data = json.loads(rendered)
     assert data["event"] == "secret_created" and data["secret"] == "db" and data["version"] == 3
     assert data["dropped"] == ["value", "data", "wrapped"] and data["name_"] == "clash"
+
+
+def test_reasons_are_text_that_carries_its_trigger() -> None:
+    reason = Reason(Trigger.WEBHOOK, "github")
+    assert reason == "webhook:github" and reason.trigger is Trigger.WEBHOOK
+    assert Reason(Trigger.EVENT) == "event" and json.dumps([reason]) == '["webhook:github"]'
+    assert {t for t in Trigger if t.explicit} == {Trigger.STARTUP, Trigger.WEBHOOK, Trigger.MANUAL}
+    assert {t for t in Trigger if t.asked} == {Trigger.WEBHOOK, Trigger.MANUAL}
+    assert {t for t in Trigger if t.from_swarm} == {Trigger.EVENT}

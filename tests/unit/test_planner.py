@@ -84,7 +84,7 @@ def _desired(raw: dict[str, Any]) -> DesiredState:
         secrets = tuple(
             DesiredSecret(
                 set_name=set_name,
-                name=name,
+                secret=name,
                 fingerprint=_fingerprint(str(spec["fp"]), spec.get("key", key_id)),
                 labels=spec.get("labels", {}),
                 grants=tuple(_grant(g, name) for g in spec.get("grants", ())),
@@ -317,7 +317,7 @@ def _one_secret(**grant: Any) -> DesiredState:
                 secrets=(
                     DesiredSecret(
                         set_name="shop",
-                        name="db_password",
+                        secret="db_password",
                         fingerprint="hmac-sha256:k1:new",
                         labels={"team": "shop", LABEL_MANAGED: "no"},
                         grants=(ServiceGrant(service="shop_web", target="db_password", **grant),),

@@ -70,7 +70,7 @@ def sample_plan() -> Plan:
                 secrets=(
                     DesiredSecret(
                         set_name="shop",
-                        name="db_password",
+                        secret="db_password",
                         fingerprint=FP["d3"],
                         labels={"team": "shop"},
                         grants=(
@@ -80,7 +80,7 @@ def sample_plan() -> Plan:
                     ),
                     DesiredSecret(
                         set_name="shop",
-                        name="api_key",
+                        secret="api_key",
                         fingerprint=FP["a1"],
                         grants=(ServiceGrant(service="shop_web", target="api_key"),),
                     ),
