@@ -102,6 +102,14 @@ def test_removal_is_refused_for_the_spec_but_not_for_previous_spec_the_rollback_
     assert world.swarm.observe().secret_by_id(by_name[old]) is None
 
 
+def test_removing_a_secret_that_is_gone_is_refused(world: World) -> None:
+    name = world.name("pw_v1")
+    secret_id = world.swarm.create_secret(name, SecretValue(b"a"), {})
+    world.swarm.remove_secret(secret_id, name)
+    with pytest.raises(SwarmRefused):
+        world.swarm.remove_secret(secret_id, name)
+
+
 def test_configs_are_found_by_exact_name_and_created_once(world: World) -> None:
     name = world.name("key")
     assert world.swarm.find_config(name) is None
@@ -148,6 +156,17 @@ def test_a_write_at_a_stale_version_is_a_conflict(world: World) -> None:
     world.foreign_write(service, lambda spec: spec["Labels"].update(by="someone"))
     with pytest.raises(SwarmConflict):
         world.swarm.write_service_secrets(stale, [])
+
+
+def test_a_write_referencing_a_missing_secret_is_refused(world: World) -> None:
+    old = world.secret("pw_v1", b"one")
+    service = world.create_service("app", secrets=[(old, "pw")], replicas=0)
+    gone = world.ref(old, "pw")
+    gone.update(SecretID="0" * 25, SecretName=world.name("gone_v1"))
+    raw = world.swarm.inspect_service(service)
+    with pytest.raises(SwarmRefused):
+        world.swarm.write_service_secrets(raw, [gone])
+    assert world.swarm.inspect_service(service)["Version"] == raw["Version"]
 
 
 def test_running_tasks_hold_their_secrets(world: World) -> None:
