@@ -15,7 +15,6 @@ import yaml
 
 from bench.common import api_client, cleanup, docker_host, timed
 from reconciler import converge
-from reconciler.engine import executor
 from reconciler.engine.swarm import Swarm
 
 N_SECRETS = 1000
@@ -55,9 +54,8 @@ def main() -> None:
         )
         swarm = Swarm.connect(docker_host())
         loaded = converge.load([root])
-        prepared = converge.prepare(loaded, swarm)
-        result = executor.execute(prepared.plan, prepared.desired, loaded.values, swarm)
-        assert result.ok, result
+        outcome = converge.converge(loaded, swarm, approval=converge.auto_approve)
+        assert outcome.ok, outcome.result
         assert converge.prepare(loaded, swarm).plan.empty
 
         client = docker.DockerClient(base_url=docker_host(), version="auto")

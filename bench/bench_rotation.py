@@ -24,7 +24,6 @@ import yaml
 
 from bench.common import IDLE, IMAGE, api_client, cleanup, docker_host
 from reconciler import converge
-from reconciler.engine import executor
 from reconciler.engine.executor import ApplyOptions
 from reconciler.engine.swarm import Swarm
 
@@ -89,18 +88,17 @@ def measure(
         "apiVersion": "swarm-secrets/v1", "kind": "SecretSet", "metadata": {"name": f"{prefix}-bench"},
         "spec": {"secrets": {f"{prefix}_pw": {"source": {"file": "value"}, "services": grants}}},
     }))  # fmt: skip
-    options = ApplyOptions(concurrency=K, timeout=300)
+    settings = converge.Settings(apply=ApplyOptions(concurrency=K, timeout=300))
     with Swarm.connect(docker_host()) as swarm:
         loaded = converge.load([root])
-        prepared = converge.prepare(loaded, swarm)
-        assert executor.execute(prepared.plan, prepared.desired, loaded.values, swarm, options).ok
+        assert converge.converge(loaded, swarm, approval=converge.auto_approve, settings=settings).ok
         (root / "value").write_text("two")
         loaded = converge.load([root])
         start = time.perf_counter()
-        prepared = converge.prepare(loaded, swarm)
-        result = executor.execute(prepared.plan, prepared.desired, loaded.values, swarm, options)
+        outcome = converge.converge(loaded, swarm, approval=converge.auto_approve, settings=settings)
         ours = time.perf_counter() - start
-    assert result.ok and len(result.rollouts) == K, result
+    result = outcome.result
+    assert result is not None and result.ok and len(result.rollouts) == K, result
     return sequential, ours
 
 

@@ -8,7 +8,8 @@ Every error the user can act on derives from :class:`SwarmSecretsError` and rend
     │   ├── ManifestError    fix the manifest (schema, names, cross-file rules)    → exit 1
     │   ├── PolicyViolation  the manifest asks for more than the operator allows     → exit 1
     │   ├── PolicyFileError  fix the operator's policy file (--policy)               → exit 1
-    │   └── SourceError      fix the key, the file or the variable a value comes from → exit 1
+    │   ├── SourceError      fix the key, the file or the variable a value comes from → exit 1
+    │   └── CheckFailed      a pre-mutation check (``converge``) refused the run        → exit 1
     ├── SwarmError           the engine said no or is not usable
     │   ├── SwarmUnavailable     cannot reach the engine (transient)
     │   │   └── NotManager       the engine answers but is not a swarm manager (permanent)
@@ -16,6 +17,7 @@ Every error the user can act on derives from :class:`SwarmSecretsError` and rend
     │   ├── SwarmRefused         the engine refused a request permanently (400/404/409 that re-observing
     │   │                        does not fix)
     │   └── LeaseBusy            another applier holds the swarm's lease (wait, or try again later)
+    ├── PlanOutdated         a saved plan no longer matches what it was computed from → exit 1
     ├── GitError             fetching the manifests from git failed (transient or not)
     ├── RevisionError        the manifests are older than what the swarm runs (or it cannot be told)
     └── ConfigError          a command-line option or setting is wrong
@@ -75,7 +77,9 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        # A problem of the swarm or the run (a pre-mutation check) has no file: just the message.
+        return f"{where}: {text}" if where else text
 
 
 class ProblemsError(SwarmSecretsError):
@@ -108,6 +112,11 @@ class SourceError(ProblemsError):
     """One or more secret values could not be resolved (missing file or variable, sops failure, bad
     key path, empty or oversized value). Each problem names manifest file, manifest path and what to
     do."""
+
+
+class CheckFailed(ProblemsError):
+    """A pre-mutation check of ``converge`` (policy, revision, saved plan, …) found problems in the
+    loaded and observed state: nothing was changed."""
 
 
 class ConfigError(SwarmSecretsError):
@@ -165,6 +174,11 @@ class RevisionError(SwarmSecretsError):
     """Applying the manifests would move a set back to an older commit than the swarm records, or
     ancestry cannot be decided and the operator did not allow going on. Nothing was changed; a newer
     commit (or ``--allow-older-revision`` / ``--revision-check=warn``) resolves it."""
+
+
+class PlanOutdated(SwarmSecretsError):
+    """``apply --plan``: a value, a manifest, a service or a secret moved since the plan was saved, so
+    the saved plan is not applied (nothing changed). ``str()`` says what moved, in one line."""
 
 
 class GitError(SwarmSecretsError):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -21,7 +23,10 @@ from reconciler.cli.app import (
     rollout_options,
     trust_options,
 )
-from reconciler.engine import executor, lease
+from reconciler.core.plan import Plan
+from reconciler.core.saved import SavedPlan, loads
+from reconciler.display import display_path
+from reconciler.engine import lease
 from reconciler.engine.executor import ApplyOptions, ApplyResult
 from reconciler.engine.swarm import Swarm
 from reconciler.errors import ConfigError, ExitCode
@@ -37,6 +42,15 @@ from reconciler.render.progress import Progress
 @click.option(
     "--yes", "-y", is_flag=True, help="Apply without asking (required when stdin is not a terminal)."
 )
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="Apply exactly this saved plan (from `plan --out FILE`), without asking; refused when "
+    "anything it was computed from changed.",
+)
 @rollout_options
 @revision_check_options
 @lock_options
@@ -50,6 +64,7 @@ def apply(
     fingerprint_key_file: Path | None,
     revision: str | None,
     yes: bool,
+    plan_file: Path | None,
     timeout: float,
     concurrency: int,
     prune_orphans: bool,
@@ -62,85 +77,126 @@ def apply(
 ) -> None:
     """Show the plan, then create versions, roll services, wait for them and collect old versions.
 
-    Refuses (exit 1, nothing changed) manifests older than the commit the swarm records for the same
-    set, unless --allow-older-revision.
+    Exit codes: 0 converged; 1 error before any change (also: manifests older than the commit the
+    swarm records for a set, unless --allow-older-revision; another applier held the swarm's lease
+    for longer than --lock-timeout); 3 applied with failures (a rollout rolled back, paused, was
+    superseded or timed out, a secret was blocked, or the swarm changed since the plan was shown):
+    the swarm is consistent, fix and re-run.
 
-    Exit codes: 0 converged; 1 error before any change (also: another applier held the swarm's lease
-    for longer than --lock-timeout); 3 applied with failures (a rollout rolled back, paused or timed
-    out, or a secret was blocked): the swarm is consistent, fix and re-run.
+    With --plan FILE, apply exactly the saved plan: it is the approval (no prompt). When a value, a
+    manifest, a service or a secret it was computed from changed, nothing is done and the exit code
+    is 1, with one line saying what moved.
     """
-    guard = RevisionGuard(repository=paths[0], allow_older=allow_older_revision, undecidable=revision_check)
+    saved = _read_saved(plan_file) if plan_file is not None else None
+    if saved is not None:
+        if prune_orphans and not saved.basis.prune_orphans:
+            raise ConfigError("--prune-orphans was not given to the plan saved in the file; make a new plan")
+        prune_orphans = saved.basis.prune_orphans
     boundary = trust.boundary(paths)
     loaded = converge.load(paths, revision=revision, boundary=boundary, complete=prune_orphans)
+    settings = converge.Settings(
+        key_file=fingerprint_key_file,
+        # Applying a saved plan changes nothing before it is verified, not even the key config.
+        read_only=saved is not None,
+        apply=ApplyOptions(timeout=timeout, concurrency=concurrency, prune_orphans=prune_orphans),
+        revision_guard=RevisionGuard(
+            repository=paths[0], allow_older=allow_older_revision, undecidable=revision_check
+        ),
+    )
+    approval: converge.Approval = converge.auto_approve if yes else _prompt
+    show: converge.Show | None = _show
+    if saved is not None and plan_file is not None:
+        approval = _saved_approval(saved, plan_file, settings, converge.manifest_digest(paths, loaded.sets))
+        show = None
     locking = lease_settings(lock, lock_timeout, lock_ttl)
-
-    def prepare(swarm: Swarm) -> converge.Prepared:
-        return converge.prepare(
-            loaded, swarm, key_file=fingerprint_key_file, prune_orphans=prune_orphans, revision_guard=guard
-        )
-
     with Swarm.connect(docker_host) as swarm:
-        prepared = prepare(swarm)
-        if prepared.plan.empty or locking is None:
-            _apply(prepared, swarm, yes, timeout, concurrency, prune_orphans, stats)
-            return
-        _check_can_ask(yes)  # before waiting for the lease, not after
-        # --- the swarm's lease (engine/lease.py): held from before the first mutation to the end. -----
-        # A plan made before waiting may be stale by then: observe and plan again under the lease.
-        with lease.hold(
+        if locking is not None and saved is None:
+            # A first look that changes nothing: an apply with nothing to do takes no lease, and one
+            # that cannot ask says so before it waits for the lease, not after.
+            first = converge.prepare(loaded, swarm, replace(settings, read_only=True))
+            if first.plan.empty:
+                _show(first)
+                _stats(stats, swarm)
+                return
+            if not yes:
+                _can_ask()
+        # The swarm's lease (engine/lease.py), held from before the plan that is shown and approved to
+        # the end: what another applier changed while this one waited is in that plan.
+        holding: AbstractContextManager[lease.Lease | None] = lease.hold(
             swarm, locking, purpose="apply", revision=loaded.revision, on_wait=_tell_waiting
-        ) as held:
-            prepared = prepare(swarm)
-            _apply(prepared, swarm, yes, timeout, concurrency, prune_orphans, stats)
-            if held is not None and held.lost:
+        )
+        with holding as held:
+            try:
+                outcome = converge.converge(
+                    loaded, swarm, approval=approval, settings=settings, show=show, progress=Progress()
+                )
+            except KeyboardInterrupt:
                 click.echo(
-                    "error: the swarm's lease was lost while applying (not renewed in time): another "
-                    "applier may have run at the same time; run apply again",
+                    "interrupted: rollouts already started go on in the swarm; run apply again to watch "
+                    "them and collect old versions",
                     err=True,
                 )
-                raise click.exceptions.Exit(ExitCode.PARTIAL)
+                raise click.exceptions.Exit(ExitCode.INTERRUPTED) from None
+            if outcome.result is not None:
+                click.echo(_result_text(outcome.result))
+            _stats(stats, swarm)
+            lost = held is not None and held.lost
+    if lost:
+        click.echo(
+            "error: the swarm's lease was lost while applying (not renewed in time): another applier "
+            "may have run at the same time; run apply again",
+            err=True,
+        )
+        raise click.exceptions.Exit(ExitCode.PARTIAL)
+    if not outcome.ok:
+        raise click.exceptions.Exit(ExitCode.PARTIAL)
 
 
 def _tell_waiting(record: lease.Record) -> None:
     click.echo(f"waiting for the swarm's lease, held by {record.describe()}", err=True)
 
 
-def _apply(
-    prepared: converge.Prepared,
-    swarm: Swarm,
-    yes: bool,
-    timeout: float,
-    concurrency: int,
-    prune_orphans: bool,
-    stats: bool,
-) -> None:
-    loaded = prepared.loaded
+def _show(prepared: converge.Prepared) -> None:
     click.echo(render.render_text(prepared.plan, color=sys.stdout.isatty()).rstrip("\n"))
-    if prepared.plan.empty:
-        _stats(stats, swarm)
-        return
-    if not yes:
-        _check_can_ask(yes)
-        click.confirm("Apply these changes?", abort=True)
-    options = ApplyOptions(timeout=timeout, concurrency=concurrency, prune_orphans=prune_orphans)
+
+
+def _read_saved(path: Path) -> SavedPlan:
     try:
-        result = executor.execute(prepared.plan, prepared.desired, loaded.values, swarm, options, Progress())
-    except KeyboardInterrupt:
-        click.echo(
-            "interrupted: rollouts already started go on in the swarm; run apply again to watch "
-            "them and collect old versions",
-            err=True,
-        )
-        raise click.exceptions.Exit(ExitCode.INTERRUPTED) from None
-    click.echo(_result_text(result))
-    _stats(stats, swarm)
-    if not result.ok:
-        raise click.exceptions.Exit(ExitCode.PARTIAL)
+        return loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the saved plan {display_path(path)}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{display_path(path)} is not a usable saved plan: {exc}") from None
 
 
-def _check_can_ask(yes: bool) -> None:
-    if not yes and not sys.stdin.isatty():
+def _saved_approval(
+    saved: SavedPlan, path: Path, settings: converge.Settings, digest: str
+) -> converge.Approval:
+    check = converge.saved_plan_approval(saved, settings, manifests_digest=digest)
+
+    def approve(prepared: converge.Prepared) -> Plan | None:
+        plan = check(prepared)
+        if plan is None:
+            return None
+        click.echo(f"Applying the saved plan {display_path(path)}; nothing it was made from has changed.")
+        click.echo(render.render_text(plan, color=sys.stdout.isatty()).rstrip("\n"))
+        return plan
+
+    return approve
+
+
+def _can_ask() -> None:
+    if not sys.stdin.isatty():
         raise ConfigError("not applying: stdin is not a terminal; pass --yes to apply without asking")
+
+
+def _prompt(prepared: converge.Prepared) -> Plan | None:
+    """The interactive approval: ask on a terminal; refuse to guess without one."""
+    if prepared.plan.empty:
+        return prepared.plan
+    _can_ask()
+    click.confirm("Apply these changes?", abort=True)
+    return prepared.plan
 
 
 def _stats(enabled: bool, swarm: Swarm) -> None:
@@ -154,18 +210,21 @@ def _result_text(result: ApplyResult) -> str:
         lines.append("created: " + ", ".join(result.created))
     for rollout in result.rollouts:
         lines.append(
-            f"service {rollout.service}: {rollout.outcome.replace('_', ' ')} "
+            f"service {rollout.service}: {rollout.outcome.value.replace('_', ' ')} "
             f"({rollout.detail}; {rollout.seconds:.1f} s)"
         )
     if result.removed:
         lines.append("removed: " + ", ".join(result.removed))
+    lines.extend(f"kept {k} (planned for removal, but still needed)" for k in result.kept_back)
     if result.kept:
         lines.append(f"kept: {result.kept} superseded version(s) (see `swarm-secrets status` for why)")
     lines.extend(f"blocked: {b}" for b in result.blocked)
     lines.extend(f"warning: {w}" for w in result.warnings)
     lines.extend(f"error: {e}" for e in result.errors)
     failed = [r for r in result.rollouts if not r.ok]
-    if result.ok:
+    if result.stale:
+        lines.append(f"Apply stopped: {result.stale}. Nothing outside the shown plan was done.")
+    elif result.ok:
         lines.append(
             f"Apply complete: {len(result.created)} created, {len(result.rollouts)} services updated, "
             f"{len(result.removed)} removed."

@@ -33,9 +33,8 @@ def status(paths: tuple[Path, ...], docker_host: str | None, fmt: str, trust: Tr
     orphaned sets; unmanaged secrets nothing references; with --policy, the rule governing each set.
     Reads manifests offline (no keys needed) and only reports: the policy is enforced by plan/apply."""
     boundary = trust.boundary(paths)
-    loaded = manifests.load(paths, boundary, enforce=False) if all(p.exists() for p in paths) else None
-    sets = {s.name: s.keep for s in loaded} if loaded is not None else None
+    sets = manifests.load(paths, boundary, enforce=False) if all(p.exists() for p in paths) else None
     with Swarm.connect(docker_host) as swarm:
         report = build_status(swarm.observe(), sets)
-    report = replace(report, governance=governance(loaded or (), boundary.policy))
+    report = replace(report, governance=governance(sets or (), boundary.policy))
     click.echo(render_status_json(report) if fmt == "json" else render_status_text(report), nl=False)

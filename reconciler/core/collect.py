@@ -11,6 +11,12 @@ may still need it, because the engine's own in-use check reads only each service
 * a task that is not shut down yet uses it (old tasks of a rollout still running);
 * it is among the newest ``keep`` unprotected superseded versions of its set.
 
+Exactness: the plan shows what the executor will remove, so the rules are applied to the swarm as it
+will be once the plan's own service updates are made (``after``, predicted by the planner). A version
+protected now only as the PreviousSpec of services the plan updates is free afterwards: it becomes a
+:class:`RemoveSecret` with ``after`` naming those services, and the executor removes it after their
+rollouts only if a fresh observation still finds it free.
+
 This module is pure: no docker, no subprocess, no clock, no I/O. It never removes the current version
 of a secret, an unmanaged secret, or anything outside the scopes it is given.
 """
@@ -25,7 +31,7 @@ from dataclasses import dataclass
 from reconciler.core.model import LiveSecret, LiveState
 from reconciler.core.plan import Kept, RemoveSecret
 
-__all__ = ["Cause", "Scope", "collect", "protections"]
+__all__ = ["Cause", "Scope", "collect", "current_version", "protections"]
 
 
 class Cause(enum.Enum):
@@ -55,9 +61,27 @@ class Scope:
     cause: Cause = Cause.SUPERSEDED
 
 
-def collect(scopes: Iterable[Scope], live: LiveState) -> tuple[tuple[RemoveSecret, ...], tuple[Kept, ...]]:
-    """Removals and kept versions for ``scopes``, each sorted by set, secret, version."""
+def current_version(versions: Iterable[LiveSecret], fingerprint: str | None) -> LiveSecret | None:
+    """The one idea of "current": the newest version whose fingerprint label is ``fingerprint`` (the
+    planner: None when the value has no version yet). Without a fingerprint (``status`` reads no
+    values) the newest version, which is the planner's choice too unless the value returned to an
+    older version."""
+    candidates = [v for v in versions if fingerprint is None or v.fingerprint == fingerprint]
+    return max(candidates, key=lambda v: (v.version or 0, v.name, v.id), default=None)
+
+
+def collect(
+    scopes: Iterable[Scope], live: LiveState, *, after: LiveState | None = None
+) -> tuple[tuple[RemoveSecret, ...], tuple[Kept, ...]]:
+    """Removals and kept versions for ``scopes``, each sorted by set, secret, version.
+
+    ``after`` is ``live`` once the plan's service updates are made (default: ``live``): what stays
+    protected there is kept (with the reason that holds now); what is protected now but free there is
+    removed after the rollouts of the services whose PreviousSpec holds it.
+    """
     users = protections(live)
+    users_after = users if after is None or after is live else protections(after)
+    rollback_of = _rollback_services(live) if users_after is not users else {}
     removals: list[RemoveSecret] = []
     kept: list[Kept] = []
     for scope in scopes:
@@ -69,7 +93,10 @@ def collect(scopes: Iterable[Scope], live: LiveState) -> tuple[tuple[RemoveSecre
         spared = 0
         for version in superseded:
             number = version.version or 0
-            reason = users.get(version.id, "")
+            # Kept when still protected once the plan's updates are made; the reason that holds now
+            # (e.g. "in use by web", which the update turns into "rollback target of web").
+            reason = (users.get(version.id) or users_after[version.id]) if version.id in users_after else ""
+            waits_for = rollback_of.get(version.id, ()) if version.id in users and not reason else ()
             if not reason and spared < scope.keep:
                 spared += 1
                 reason = f"kept: spec.keep={scope.keep}"
@@ -91,7 +118,8 @@ def collect(scopes: Iterable[Scope], live: LiveState) -> tuple[tuple[RemoveSecre
                     set_name=scope.set_name,
                     secret=scope.secret,
                     version=number,
-                    reason=_removal_reason(scope, number),
+                    reason=_removal_reason(scope, number, waits_for),
+                    after=waits_for,
                 )
             )
     removals.sort(key=lambda r: (r.set_name, r.secret, r.version, r.name))
@@ -99,12 +127,31 @@ def collect(scopes: Iterable[Scope], live: LiveState) -> tuple[tuple[RemoveSecre
     return tuple(removals), tuple(kept)
 
 
-def _removal_reason(scope: Scope, number: int) -> str:
+def _removal_reason(scope: Scope, number: int, after: tuple[str, ...]) -> str:
+    if after:
+        if len(after) == 1:
+            when = f"after {after[0]}'s rollout: no longer its rollback target"
+        else:
+            when = f"after the rollouts of {', '.join(after)}: no longer their rollback target"
+        if scope.cause is Cause.ORPHANED:
+            return f"set '{scope.set_name}' is orphaned (--prune-orphans); {when}"
+        if scope.cause is Cause.DELETED or scope.current_version is None:
+            return f"{scope.secret} was removed from the manifest; {when}"
+        return f"superseded by v{scope.current_version}; {when}"
     if scope.cause is Cause.ORPHANED:
         return f"set '{scope.set_name}' is orphaned (--prune-orphans) and nothing references v{number}"
     if scope.cause is Cause.DELETED or scope.current_version is None:
         return f"{scope.secret} was removed from the manifest and nothing references v{number}"
     return f"superseded by v{scope.current_version} and no longer referenced"
+
+
+def _rollback_services(live: LiveState) -> dict[str, tuple[str, ...]]:
+    """secret id -> services whose PreviousSpec references it, sorted."""
+    services: dict[str, set[str]] = defaultdict(set)
+    for service in live.services:
+        for ref in service.previous_refs:
+            services[ref.secret_id].add(service.name)
+    return {secret_id: tuple(sorted(names)) for secret_id, names in services.items()}
 
 
 def protections(live: LiveState) -> dict[str, str]:

@@ -27,8 +27,8 @@ def build_desired(
                 secrets=tuple(
                     DesiredSecret(
                         set_name=secret_set.name,
-                        name=spec.name,
-                        fingerprint=fingerprint(key, values[(secret_set.name, spec.name)], kid=kid),
+                        secret=spec.secret,
+                        fingerprint=fingerprint(key, values[(secret_set.name, spec.secret)], kid=kid),
                         labels=dict(spec.labels),
                         grants=spec.grants,
                     )

@@ -314,7 +314,7 @@ def check_live(sets: Sequence[SecretSet], live: LiveState, boundary: Boundary) -
     """Every problem that needs the swarm: missing services, the reconciler's own and engine-holding
     services, stack membership, and replacing secrets a set does not own (``adopt``)."""
     services = {s.name: s for s in live.services}
-    owners = {s.id: (s.set_name, s.logical) if s.managed else None for s in live.secrets}
+    owners = {s.id: (s.set_name, s.secret) if s.managed else None for s in live.secrets}
     names = {s.id: s.name for s in live.secrets}
     problems: list[Problem] = []
     for secret_set in sets:
@@ -415,7 +415,7 @@ def _check_adopt(
         if ref.path != grant.path:
             continue
         owner = owners.get(ref.secret_id, None)
-        if owner == (spec.set_name, spec.name) or ref.secret_id not in owners:
+        if owner == (spec.set_name, spec.secret) or ref.secret_id not in owners:
             continue  # its own version, or a reference to a secret that is gone (nothing to take over)
         what = (
             f"the hand-made secret '{names[ref.secret_id]}'"

@@ -12,6 +12,12 @@ Three groups:
 
 Plus :class:`SecretValue`, the only type that holds secret bytes; its ``repr``/``str`` never show them.
 
+One word per concept, everywhere in the code: a **secret** is a logical secret (``db_password``) and a
+field named ``secret`` holds its name; a **version** is one Swarm secret object of it, and a field
+named ``name`` on a version (or on an action about one) is that object's name (``db_password_v3``);
+``set_name`` is the owning SecretSet. A secret that cannot be reconciled until a person acts is
+**blocked**.
+
 This module is pure: no I/O, no docker, no subprocess, no clock.
 """
 
@@ -35,7 +41,7 @@ LABEL_SET = LABEL_PREFIX + "set"
 LABEL_SECRET = LABEL_PREFIX + "secret"
 """The logical secret name (``db_password``)."""
 LABEL_VERSION = LABEL_PREFIX + "version"
-"""The version number N of ``<logical>_v<N>``, as decimal text. Read from here, never from the name."""
+"""The version number N of ``<secret>_v<N>``, as decimal text. Read from here, never from the name."""
 LABEL_FINGERPRINT = LABEL_PREFIX + "fingerprint"
 """Keyed HMAC of the value: ``hmac-sha256:<key id>:<hex>``. Without the key it confirms nothing."""
 LABEL_REVISION = LABEL_PREFIX + "revision"
@@ -61,9 +67,9 @@ def normalize_target(target: str) -> str:
     return posixpath.normpath(path)
 
 
-def version_name(logical: str, version: int) -> str:
-    """The swarm object name of a version: ``db_password_v3``."""
-    return f"{logical}_v{version}"
+def version_name(secret: str, version: int) -> str:
+    """The swarm object name of version ``version`` of the logical secret ``secret``: ``db_password_v3``."""
+    return f"{secret}_v{version}"
 
 
 # --- values -----------------------------------------------------------------------------------------
@@ -184,7 +190,8 @@ class SecretSpec:
     """One logical secret as the manifest declares it (source, not value)."""
 
     set_name: str
-    name: str
+    secret: str
+    """The logical secret's name (``db_password``)."""
     source: Source
     labels: Mapping[str, str] = field(default_factory=dict)
     grants: tuple[ServiceGrant, ...] = ()
@@ -212,7 +219,8 @@ class DesiredSecret:
     """A logical secret with a keyed fingerprint of its resolved value in place of the value."""
 
     set_name: str
-    name: str
+    secret: str
+    """The logical secret's name (``db_password``)."""
     fingerprint: str
     labels: Mapping[str, str] = field(default_factory=dict)
     """User labels from the manifest, copied onto every new version."""
@@ -245,11 +253,13 @@ class LiveSecret:
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
     created_at: str = ""
+    index: int = 0
+    """The object version index (moves whenever the secret's labels are written); saved plans keep it."""
     # Read from the labels once, at construction: the planner asks for them thousands of times.
     set_name: str | None = field(init=False)
     """``LABEL_SET``: the set that owns the secret, if any."""
-    logical: str | None = field(init=False)
-    """``LABEL_SECRET``: the logical secret name."""
+    secret: str | None = field(init=False)
+    """``LABEL_SECRET``: the logical secret this is a version of."""
     version: int | None = field(init=False)
     """``LABEL_VERSION`` when it is a decimal number."""
     fingerprint: str | None = field(init=False)
@@ -261,7 +271,7 @@ class LiveSecret:
         raw = self.labels.get(LABEL_VERSION, "")
         version = int(raw) if raw.isdigit() else None
         object.__setattr__(self, "set_name", self.labels.get(LABEL_SET))
-        object.__setattr__(self, "logical", self.labels.get(LABEL_SECRET))
+        object.__setattr__(self, "secret", self.labels.get(LABEL_SECRET))
         object.__setattr__(self, "version", version)
         object.__setattr__(self, "fingerprint", self.labels.get(LABEL_FINGERPRINT))
         object.__setattr__(self, "managed", self.labels.get(LABEL_MANAGED) == "true" and version is not None)

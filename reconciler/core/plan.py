@@ -1,11 +1,15 @@
 """The plan as data: a tuple of actions, each with a reason a person can read.
 
-The planner (``planner.py``) builds a :class:`Plan`; ``render.py`` prints it as text, JSON or
-Markdown; ``executor.py`` carries it out. A plan never holds a secret value (only names, versions,
-targets and reasons), so every rendering of it is safe to post publicly.
+The planner (``core/planner.py``) builds a :class:`Plan`; ``render/plan.py`` prints it as text, JSON
+or Markdown; ``engine/executor.py`` carries it out. A plan never holds a secret value (only names,
+versions, targets, keyed fingerprints and reasons), so every rendering of it is safe to post publicly.
 
 Order of execution is fixed by kind, not by position: every :class:`CreateSecret` first, then every
 :class:`UpdateService` (concurrently), then every :class:`RemoveSecret` (re-checked after rollouts).
+
+**Exactness.** The executor never performs an action the approved plan does not contain. When the
+swarm moved between planning and execution it may plan again, but may only go on with the fresh plan
+when it is :func:`within` the approved one (see there for the precise rule).
 
 This module is pure: no I/O, no docker, no subprocess, no clock.
 """
@@ -16,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from reconciler.core.model import LABEL_FINGERPRINT
 from reconciler.core.policy import Governance
 
 
@@ -33,13 +38,19 @@ class CreateSecret:
     revision). The fingerprint is keyed, but renderers still leave it out: it helps nobody reading."""
     reason: str
 
+    @property
+    def fingerprint(self) -> str | None:
+        """The keyed fingerprint label of the value the version gets."""
+        return self.labels.get(LABEL_FINGERPRINT)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RefChange:
     """One change to a service's secret references, addressed by the in-container path.
 
-    ``old`` None means add; ``new`` None means remove; both set means replace. ``new`` names a swarm
-    secret that exists now or is created by a :class:`CreateSecret` of the same plan.
+    ``old`` empty means add; ``new`` None means remove; both set means replace. ``new`` names a swarm
+    secret that exists now or is created by a :class:`CreateSecret` of the same plan. How a change
+    applies to a service is defined once, in ``core/refs.py``.
     """
 
     path: str
@@ -48,8 +59,9 @@ class RefChange:
     """The set the new (or, for a removal, the old) reference belongs to; None for foreign refs."""
     secret: str | None
     """Logical name of the new (or removed) reference, when it is one of ours."""
-    old: str | None
-    """Swarm secret name referenced at ``path`` now."""
+    old: tuple[str, ...]
+    """Swarm secret names referenced at ``path`` now and replaced or removed (sorted; empty: add).
+    Several when references share one path."""
     new: str | None
     """Swarm secret name to reference at ``path``."""
     target: str = ""
@@ -58,6 +70,13 @@ class RefChange:
     gid: str = "0"
     mode: int = 0o444
     reason: str
+
+    @property
+    def op(self) -> str:
+        """``add``, ``replace`` or ``remove``."""
+        if not self.old:
+            return "add"
+        return "remove" if self.new is None else "replace"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,6 +103,10 @@ class RemoveSecret:
     secret: str
     version: int
     reason: str
+    after: tuple[str, ...] = ()
+    """Services whose update in this plan frees this version (it is only their PreviousSpec now, and
+    their Spec becomes the new PreviousSpec): it is removed after their rollouts, and only if a fresh
+    look then still finds nothing that may need it."""
 
 
 Action = CreateSecret | UpdateService | RemoveSecret
@@ -137,3 +160,61 @@ class Plan:
     @property
     def removals(self) -> tuple[RemoveSecret, ...]:
         return tuple(a for a in self.actions if isinstance(a, RemoveSecret))
+
+
+# --- exactness ---------------------------------------------------------------------------------------
+
+
+def _change_within(fresh: RefChange, approved: RefChange) -> bool:
+    """Same path, same new reference written the same way, and it replaces no name the approved
+    change did not (a subset: a concurrent run may have done part of it already)."""
+    return (
+        fresh.path == approved.path
+        and fresh.new == approved.new
+        and (fresh.target, fresh.uid, fresh.gid, fresh.mode)
+        == (approved.target, approved.uid, approved.gid, approved.mode)
+        and set(fresh.old) <= set(approved.old)
+    )
+
+
+def action_within(action: Action, approved: Plan) -> bool:
+    """Whether ``action`` (from a fresh plan) is allowed by ``approved``:
+
+    * a create is within when the approved plan creates the same set / secret / name / version with
+      the same keyed fingerprint;
+    * an update is within when the approved plan updates the same service (by id) and each of its
+      reference changes is within one approved change of that service (same path, same ``new`` with
+      the same target, uid, gid and mode, ``old`` a subset of the approved ``old``);
+    * a removal is within when the approved plan removes the same secret (by id and name).
+
+    Reasons are not compared: they are for people and may word the same change differently.
+    """
+    if isinstance(action, CreateSecret):
+        return any(
+            (c.set_name, c.secret, c.name, c.version, c.fingerprint)
+            == (action.set_name, action.secret, action.name, action.version, action.fingerprint)
+            for c in approved.creates
+        )
+    if isinstance(action, UpdateService):
+        same = [u for u in approved.updates if u.service_id == action.service_id]
+        return bool(same) and all(
+            any(_change_within(change, ok) for ok in same[0].changes) for change in action.changes
+        )
+    return any((r.secret_id, r.name) == (action.secret_id, action.name) for r in approved.removals)
+
+
+def outside(fresh: Plan, approved: Plan) -> tuple[Action, ...]:
+    """The creates and updates of ``fresh`` that ``approved`` does not allow (:func:`action_within`).
+
+    Removals of a fresh plan are not looked at: the executor never takes a removal from a fresh plan
+    (it re-checks the approved ones against a fresh observation instead), and versions that became
+    free by themselves (old tasks gone) are no reason to stop; the next plan collects them.
+    """
+    candidates: tuple[Action, ...] = (*fresh.creates, *fresh.updates)
+    return tuple(a for a in candidates if not action_within(a, approved))
+
+
+def within(fresh: Plan, approved: Plan) -> bool:
+    """True when the executor may go on with ``fresh`` in place of ``approved``: :func:`outside`
+    finds nothing."""
+    return not outside(fresh, approved)

@@ -4,7 +4,7 @@ What it decides, in this order:
 
 1. **Versions.** For each desired logical secret, the *current* version is the highest managed version
    of that set whose fingerprint label equals the desired fingerprint. Without one, a
-   :class:`CreateSecret` makes ``<name>_v<N>`` with N one past the highest version of that logical name
+   :class:`CreateSecret` makes ``<secret>_v<N>`` with N one past the highest version of that secret
    in *any* set (names are global), unless an object already holds that name case-insensitively: then
    the secret is :class:`Blocked` and every reference to it is left as it is.
 2. **References.** One :class:`UpdateService` per service, holding every :class:`RefChange`: add what is
@@ -18,7 +18,11 @@ What it decides, in this order:
 Orphaned sets (managed objects whose set no manifest declares) are reported and left alone unless
 ``prune_orphans``: then they are revoked and collected like a deleted secret.
 
-How a :class:`RefChange` applies to a service is defined by :func:`apply_ref_changes`.
+How a :class:`RefChange` applies to a service is defined once, in ``core/refs.py``. The planner uses
+that rule to predict the services after its own updates, so that collection is exact: a version that
+only the PreviousSpec of a service this plan updates references stops being a rollback target once
+the update is made (the old Spec becomes the new PreviousSpec). It is planned as a removal *after*
+that rollout (:attr:`RemoveSecret.after`), which the executor re-checks against a fresh observation.
 
 This module is pure: no docker, no subprocess, no clock, no I/O, no logging of values (it never sees
 one). Output order is deterministic: by set, secret, service, path, version.
@@ -28,9 +32,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from reconciler.core.collect import Cause, Scope, collect
+from reconciler.core.collect import Cause, Scope, collect, current_version
 from reconciler.core.fingerprint import fingerprint_key_id
 from reconciler.core.model import (
     LABEL_FINGERPRINT,
@@ -51,11 +55,9 @@ from reconciler.core.model import (
     version_name,
 )
 from reconciler.core.plan import Action, Blocked, CreateSecret, Plan, RefChange, UpdateService
+from reconciler.core.refs import apply_ref_changes
 
-__all__ = ["apply_ref_changes", "fingerprint_key_id", "plan"]
-
-OLD_SEPARATOR = ", "
-"""Joins the names in :attr:`RefChange.old` when several references share one path."""
+__all__ = ["fingerprint_key_id", "plan", "predict"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,7 +89,7 @@ class _Index:
     def __init__(self, live: LiveState, loaded: frozenset[str]) -> None:
         self.by_id: dict[str, LiveSecret] = {s.id: s for s in live.secrets}
         self.names: dict[str, LiveSecret] = {s.name.lower(): s for s in live.secrets}
-        # (set, logical) -> versions, oldest first; a managed secret without set or logical label is
+        # (set, secret) -> versions, oldest first; a managed secret without set or secret label is
         # malformed and belongs to nobody (never touched).
         self.versions: dict[tuple[str, str], list[LiveSecret]] = defaultdict(list)
         self.highest: dict[str, int] = {}
@@ -95,11 +97,11 @@ class _Index:
         for secret in live.secrets:
             if not secret.managed:
                 continue
-            if not secret.set_name or not secret.logical:
+            if not secret.set_name or not secret.secret:
                 self.malformed.append(secret)
                 continue
-            self.versions[(secret.set_name, secret.logical)].append(secret)
-            self.highest[secret.logical] = max(self.highest.get(secret.logical, 0), _version(secret))
+            self.versions[(secret.set_name, secret.secret)].append(secret)
+            self.highest[secret.secret] = max(self.highest.get(secret.secret, 0), _version(secret))
         for versions in self.versions.values():
             versions.sort(key=lambda s: (_version(s), s.name, s.id))
         self.orphan_counts: dict[str, int] = defaultdict(int)
@@ -110,7 +112,7 @@ class _Index:
     def ours(self, secret_id: str, sets: frozenset[str]) -> LiveSecret | None:
         """The live secret behind a reference when it is a well-formed managed secret of ``sets``."""
         secret = self.by_id.get(secret_id)
-        if secret is None or not secret.managed or not secret.logical or secret.set_name not in sets:
+        if secret is None or not secret.managed or not secret.secret or secret.set_name not in sets:
             return None
         return secret
 
@@ -139,9 +141,10 @@ def plan(desired: DesiredState, live: LiveState, *, prune_orphans: bool = False)
     pruned = frozenset(orphans) if prune_orphans else frozenset()
 
     currents, creates, blocked = _resolve_versions(desired, index)
-    frozen = frozenset((b.set_name, b.secret) for b in blocked)
-    updates, service_warnings = _plan_services(desired, live, index, currents, loaded, pruned, frozen)
-    removals, kept = collect(_scopes(desired, index, currents, frozen, pruned), live)
+    blocked_keys = frozenset((b.set_name, b.secret) for b in blocked)
+    updates, service_warnings = _plan_services(desired, live, index, currents, loaded, pruned, blocked_keys)
+    after = predict(live, updates, creates)
+    removals, kept = collect(_scopes(desired, index, currents, blocked_keys, pruned), live, after=after)
     actions: tuple[Action, ...] = (*creates, *updates, *removals)
     return Plan(
         actions=actions,
@@ -164,32 +167,31 @@ def _resolve_versions(
     highest = dict(index.highest)  # grows as this plan allocates versions, so two sets never collide
     planned_names: set[str] = set()
     for dset in sorted(desired.sets, key=lambda s: s.name):
-        for secret in sorted(dset.secrets, key=lambda s: s.name):
-            key = (dset.name, secret.name)
+        for declared in sorted(dset.secrets, key=lambda s: s.secret):
+            key = (dset.name, declared.secret)
             versions = index.versions.get(key, [])
-            matching = [v for v in versions if v.fingerprint == secret.fingerprint]
-            if matching:
-                found = matching[-1]
+            found = current_version(versions, declared.fingerprint)
+            if found is not None:
                 currents[key] = _Current(
                     version=_version(found), name=found.name, secret_id=found.id, rotation=""
                 )
                 continue
-            number = highest.get(secret.name, 0) + 1
-            name = version_name(secret.name, number)
+            number = highest.get(declared.secret, 0) + 1
+            name = version_name(declared.secret, number)
             problem = _name_problem(name, index, planned_names)
             if problem:
-                blocked.append(Blocked(set_name=dset.name, secret=secret.name, reason=problem))
+                blocked.append(Blocked(set_name=dset.name, secret=declared.secret, reason=problem))
                 continue
-            highest[secret.name] = number
+            highest[declared.secret] = number
             planned_names.add(name.lower())
-            reason, rotation = _create_reason(secret, versions, number, desired.fingerprint_key_id)
+            reason, rotation = _create_reason(declared, versions, number, desired.fingerprint_key_id)
             creates.append(
                 CreateSecret(
                     set_name=dset.name,
-                    secret=secret.name,
+                    secret=declared.secret,
                     version=number,
                     name=name,
-                    labels=_labels(desired, dset, secret, number),
+                    labels=_labels(desired, dset, declared, number),
                     reason=reason,
                 )
             )
@@ -214,18 +216,18 @@ def _name_problem(name: str, index: _Index, planned: set[str]) -> str:
 
 
 def _create_reason(
-    secret: DesiredSecret, versions: Sequence[LiveSecret], number: int, key_id: str
+    declared: DesiredSecret, versions: Sequence[LiveSecret], number: int, key_id: str
 ) -> tuple[str, str]:
     """(reason of the create, short cause for the services that rotate to it)."""
     if not versions:
         if number > 1:
             return (
-                f"new secret (v{number}: {secret.name} has versions up to v{number - 1} in other sets)",
+                f"new secret (v{number}: {declared.secret} has versions up to v{number - 1} in other sets)",
                 "new secret",
             )
         return "new secret", "new secret"
     latest = versions[-1]
-    wanted_key = key_id or fingerprint_key_id(secret.fingerprint)
+    wanted_key = key_id or fingerprint_key_id(declared.fingerprint)
     live_key = fingerprint_key_id(latest.fingerprint)
     if live_key is None:
         return f"v{_version(latest)} has no usable fingerprint label; cannot compare", "new version"
@@ -237,16 +239,16 @@ def _create_reason(
     return f"content changed (v{_version(latest)} has a different fingerprint)", "content changed"
 
 
-def _labels(desired: DesiredState, dset: DesiredSet, secret: DesiredSecret, number: int) -> dict[str, str]:
-    labels = dict(secret.labels)
+def _labels(desired: DesiredState, dset: DesiredSet, declared: DesiredSecret, number: int) -> dict[str, str]:
+    labels = dict(declared.labels)
     # Ours last: a user label can never forge ownership or the version.
     labels.update(
         {
             LABEL_MANAGED: "true",
             LABEL_SET: dset.name,
-            LABEL_SECRET: secret.name,
+            LABEL_SECRET: declared.secret,
             LABEL_VERSION: str(number),
-            LABEL_FINGERPRINT: secret.fingerprint,
+            LABEL_FINGERPRINT: declared.fingerprint,
         }
     )
     if desired.revision:
@@ -264,7 +266,7 @@ def _plan_services(
     currents: Mapping[tuple[str, str], _Current],
     loaded: frozenset[str],
     pruned: frozenset[str],
-    frozen: frozenset[tuple[str, str]],
+    blocked: frozenset[tuple[str, str]],
 ) -> tuple[list[UpdateService], list[str]]:
     wanted_by_service, warnings = _wanted(desired, currents)
     services = {s.name: s for s in live.services}
@@ -284,7 +286,7 @@ def _plan_services(
     updates: list[UpdateService] = []
     for service in sorted(live.services, key=lambda s: (s.name, s.id)):
         wanted = wanted_by_service.get(service.name, {})
-        changes = _service_changes(service, wanted, index, loaded, pruned, frozen)
+        changes = _service_changes(service, wanted, index, loaded, pruned, blocked)
         if not changes:
             continue
         updates.append(
@@ -323,24 +325,26 @@ def _wanted(
     wanted: dict[str, dict[str, _Wanted]] = defaultdict(dict)
     warnings: list[str] = []
     for dset in sorted(desired.sets, key=lambda s: s.name):
-        for secret in sorted(dset.secrets, key=lambda s: s.name):
-            grants = sorted(secret.grants, key=lambda g: (g.service, g.path, g.uid, g.gid, g.mode, g.target))
+        for declared in sorted(dset.secrets, key=lambda s: s.secret):
+            grants = sorted(
+                declared.grants, key=lambda g: (g.service, g.path, g.uid, g.gid, g.mode, g.target)
+            )
             for grant in grants:
                 paths = wanted[grant.service]
                 first = paths.get(grant.path)
                 if first is not None:
-                    if first.grant != grant or (first.set_name, first.secret) != (dset.name, secret.name):
+                    if first.grant != grant or (first.set_name, first.secret) != (dset.name, declared.secret):
                         warnings.append(
                             f"service '{grant.service}': {grant.path} is granted twice "
-                            f"({first.set_name}/{first.secret} and {dset.name}/{secret.name}); "
+                            f"({first.set_name}/{first.secret} and {dset.name}/{declared.secret}); "
                             f"using {first.set_name}/{first.secret}"
                         )
                     continue
                 paths[grant.path] = _Wanted(
                     grant=grant,
                     set_name=dset.name,
-                    secret=secret.name,
-                    current=currents.get((dset.name, secret.name)),
+                    secret=declared.secret,
+                    current=currents.get((dset.name, declared.secret)),
                 )
     return wanted, warnings
 
@@ -351,9 +355,9 @@ def _service_changes(
     index: _Index,
     loaded: frozenset[str],
     pruned: frozenset[str],
-    frozen: frozenset[tuple[str, str]],
+    blocked: frozenset[tuple[str, str]],
 ) -> tuple[RefChange, ...]:
-    """``frozen`` (blocked) secrets keep every reference they have, wherever it is."""
+    """``blocked`` secrets keep every reference they have, wherever it is."""
     by_path: dict[str, list[SecretRef]] = defaultdict(list)
     for ref in service.refs:
         by_path[ref.path].append(ref)
@@ -371,7 +375,7 @@ def _service_changes(
         # A blocked secret keeps even these: were its target moved, revoking the old path while the new
         # one waits for the blocked version would cut the service off.
         ours = sorted(
-            (r for r in refs if _revocable(index.ours(r.secret_id, loaded | pruned), frozen)),
+            (r for r in refs if _revocable(index.ours(r.secret_id, loaded | pruned), blocked)),
             key=lambda r: (r.secret_name, r.target, r.secret_id),
         )
         if not ours:
@@ -380,13 +384,13 @@ def _service_changes(
         if owner.set_name in pruned:
             reason = f"prune orphaned set '{owner.set_name}'"
         else:
-            reason = f"revoke: manifest no longer grants {owner.logical} to {service.name} at {path}"
+            reason = f"revoke: manifest no longer grants {owner.secret} to {service.name} at {path}"
         changes.append(
             RefChange(
                 path=path,
                 set_name=owner.set_name,
-                secret=owner.logical,
-                old=OLD_SEPARATOR.join(sorted({r.secret_name for r in ours})),
+                secret=owner.secret,
+                old=tuple(sorted({r.secret_name for r in ours})),
                 new=None,
                 target=ours[0].target,
                 uid=ours[0].uid,
@@ -398,8 +402,8 @@ def _service_changes(
     return tuple(changes)
 
 
-def _revocable(secret: LiveSecret | None, frozen: frozenset[tuple[str, str]]) -> bool:
-    return secret is not None and (secret.set_name or "", secret.logical or "") not in frozen
+def _revocable(secret: LiveSecret | None, blocked: frozenset[tuple[str, str]]) -> bool:
+    return secret is not None and (secret.set_name or "", secret.secret or "") not in blocked
 
 
 def _wanted_change(
@@ -412,7 +416,7 @@ def _wanted_change(
 ) -> RefChange | None:
     grant = want.grant
 
-    def change(old: str | None, reason: str) -> RefChange:
+    def change(old: tuple[str, ...], reason: str) -> RefChange:
         return RefChange(
             path=path,
             set_name=want.set_name,
@@ -427,10 +431,10 @@ def _wanted_change(
         )
 
     if not refs:
-        return change(None, f"grant {want.secret} to {service.name} at {path}")
+        return change((), f"grant {want.secret} to {service.name} at {path}")
     if len(refs) == 1 and _unchanged(refs[0], grant, current):
         return None  # the common case, checked before any reason text is built
-    old = OLD_SEPARATOR.join(sorted({r.secret_name for r in refs}))
+    old = tuple(sorted({r.secret_name for r in refs}))
     if len(refs) > 1:
         targets = ", ".join(sorted(r.target for r in refs))
         return change(old, f"{len(refs)} references at one path ({targets}); keep one to {current.name}")
@@ -456,11 +460,11 @@ def _replace_reason(ref: SecretRef, want: _Wanted, current: _Current, index: _In
     live = index.by_id.get(ref.secret_id)
     if live is None:
         return f"replace '{ref.secret_name}', which no longer exists, with {current.name}"
-    if not live.managed or not live.logical or not live.set_name:
+    if not live.managed or not live.secret or not live.set_name:
         return f"migrate from unmanaged secret '{live.name}' to {current.name}"
-    if (live.set_name, live.logical) != (want.set_name, want.secret):
+    if (live.set_name, live.secret) != (want.set_name, want.secret):
         return (
-            f"replace {live.name} (secret {live.logical} of set '{live.set_name}') with {current.name}, "
+            f"replace {live.name} (secret {live.secret} of set '{live.set_name}') with {current.name}, "
             f"as set '{want.set_name}' grants {want.secret} here"
         )
     if current.secret_id is None:
@@ -483,7 +487,8 @@ def _owner_change(ref: SecretRef, grant: ServiceGrant) -> str:
 
 
 def _update_summary(changes: Sequence[RefChange]) -> str:
-    ops = ["added" if c.old is None else "removed" if c.new is None else "replaced" for c in changes]
+    words = {"add": "added", "remove": "removed", "replace": "replaced"}
+    ops = [words[c.op] for c in changes]
     detail = ", ".join(f"{ops.count(op)} {op}" for op in ("added", "replaced", "removed") if op in ops)
     noun = "reference changes" if len(changes) == 1 else "references change"
     return f"{len(changes)} {noun} ({detail})"
@@ -496,15 +501,15 @@ def _scopes(
     desired: DesiredState,
     index: _Index,
     currents: Mapping[tuple[str, str], _Current],
-    frozen: frozenset[tuple[str, str]],
+    blocked: frozenset[tuple[str, str]],
     pruned: frozenset[str],
 ) -> Iterator[Scope]:
     keeps = {s.name: s.keep for s in desired.sets}
-    declared = {(s.name, x.name) for s in desired.sets for x in s.secrets}
+    declared = {(s.name, x.secret) for s in desired.sets for x in s.secrets}
     for key in sorted(index.versions):
-        set_name, logical = key
+        set_name, secret = key
         # A blocked secret has no current version yet: whatever exists is still what services use.
-        if key in frozen or (set_name not in keeps and set_name not in pruned):
+        if key in blocked or (set_name not in keeps and set_name not in pruned):
             continue
         current = currents.get(key)
         if set_name in pruned:
@@ -515,7 +520,7 @@ def _scopes(
             cause = Cause.DELETED
         yield Scope(
             set_name=set_name,
-            secret=logical,
+            secret=secret,
             versions=tuple(index.versions[key]),
             current_id=current.secret_id if current else None,
             current_version=current.version if current else None,
@@ -524,33 +529,27 @@ def _scopes(
         )
 
 
-# --- applying a plan's reference changes ------------------------------------------------------------
+# --- the services after this plan's updates --------------------------------------------------------
 
 
-def apply_ref_changes(
-    refs: Sequence[SecretRef], changes: Sequence[RefChange], secret_ids: Mapping[str, str]
-) -> tuple[SecretRef, ...]:
-    """The references a service has after ``changes``; ``secret_ids`` maps each ``new`` name to its id.
-
-    Per change: drop every reference whose normalized path is ``change.path`` *and* whose secret name is
-    listed in ``change.old`` (``", "``-separated when several references share the path; a foreign
-    reference at the same path is not listed and stays), then add one reference to ``change.new`` when
-    set, with the target as written. Untouched references keep their order. ``KeyError`` when a new
-    name has no id (its version was not created).
-    """
-    result = list(refs)
-    for change in changes:
-        olds = set(change.old.split(OLD_SEPARATOR)) if change.old else set()
-        result = [r for r in result if not (r.path == change.path and r.secret_name in olds)]
-        if change.new is not None:
-            result.append(
-                SecretRef(
-                    secret_id=secret_ids[change.new],
-                    secret_name=change.new,
-                    target=change.target or change.path,
-                    uid=change.uid,
-                    gid=change.gid,
-                    mode=change.mode,
-                )
-            )
-    return tuple(result)
+def predict(
+    live: LiveState, updates: Sequence[UpdateService], creates: Sequence[CreateSecret] = ()
+) -> LiveState:
+    """``live`` as it will be once ``updates`` are made: each updated service's Spec holds the
+    rewritten references (``core/refs.py``) and its PreviousSpec the references it has now. Secrets
+    and tasks are left as observed (old tasks stop only after a rollout, and collecting around them
+    is the next plan's business)."""
+    if not updates:
+        return live
+    ids = {s.name: s.id for s in live.secrets}
+    ids.update({c.name: f"planned:{c.name}" for c in creates})
+    by_id = {u.service_id: u for u in updates}
+    services = []
+    for service in live.services:
+        update = by_id.get(service.id)
+        if update is None:
+            services.append(service)
+            continue
+        refs = apply_ref_changes(service.refs, update.changes, ids)
+        services.append(replace(service, refs=refs, previous_refs=service.refs))
+    return replace(live, services=tuple(services))

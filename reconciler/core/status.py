@@ -1,12 +1,16 @@
 """What the swarm holds, per set and logical secret, for ``swarm-secrets status``.
 
-Built from the live state alone plus the *offline* manifests (set names and ``keep``; no values, no
-keys), so it runs anywhere the engine is reachable, including where no decryption key is present.
-For each logical secret: the current version (the newest one a service uses, else the newest), when
-it was made, the services using it, and every superseded version with the reason it is kept (in use,
-a rollback target, used by running tasks, within ``spec.keep``) or the note that the next apply
-collects it. Also: orphaned sets, and unmanaged secrets nothing references (e.g. what a migration
-replaced; they are never removed by this tool).
+Built from the live state alone plus the *offline* manifests (sets, their secrets and ``keep``; no
+values, no keys), so it runs anywhere the engine is reachable, including where no decryption key is
+present. For each secret: the current version, when it was made, the services using it, and every
+superseded version with the reason it is kept or the note that the next apply collects it.
+
+It classifies with the planner's own rules (``core/collect.py``): the same idea of "current"
+(:func:`~reconciler.core.collect.current_version`; without values, the newest version) and the same
+keep rules (Spec, PreviousSpec, running tasks, ``spec.keep``) through
+:func:`~reconciler.core.collect.collect`.
+Also: orphaned sets, and unmanaged secrets nothing references (e.g. what a migration replaced; they
+are never removed by this tool).
 
 Pure: no docker, no I/O. ``render/status.py`` prints a report.
 """
@@ -14,11 +18,11 @@ Pure: no docker, no I/O. ``render/status.py`` prints a report.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from reconciler.core.collect import protections
-from reconciler.core.model import LiveSecret, LiveState
+from reconciler.core.collect import Cause, Scope, collect, current_version, protections
+from reconciler.core.model import LiveSecret, LiveState, SecretSet
 from reconciler.core.policy import Governance
 
 
@@ -54,49 +58,78 @@ class StatusReport:
     """With a policy: the rule governing each loaded set."""
 
 
-def build_status(live: LiveState, sets: Mapping[str, int] | None = None) -> StatusReport:
-    """``sets`` maps the loaded set names to their ``keep``; None when no manifests were given."""
+def build_status(live: LiveState, sets: Sequence[SecretSet] | None = None) -> StatusReport:
+    """``sets`` are the loaded manifests (names, secrets, ``keep``); None when none were given."""
     users: dict[str, list[str]] = defaultdict(list)
     for service in live.services:
         for ref in service.refs:
             users[ref.secret_id].append(service.name)
-    kept_reasons = protections(live)
     groups: dict[tuple[str, str], list[LiveSecret]] = defaultdict(list)
-    for secret in live.secrets:
-        if secret.managed and secret.set_name and secret.logical:
-            groups[(secret.set_name, secret.logical)].append(secret)
-    statuses = []
-    for (set_name, logical), versions in sorted(groups.items()):
-        versions.sort(key=lambda s: s.version or 0, reverse=True)
-        used = [v for v in versions if users.get(v.id)]
-        current = used[0] if used else versions[0]
-        keep = (sets or {}).get(set_name, 0)
-        spared = 0
-        superseded = []
-        for version in versions:
-            if version is current:
-                continue
-            note = kept_reasons.get(version.id, "")
-            if not note and spared < keep:
-                spared += 1
-                note = f"kept: spec.keep={keep}"
-            superseded.append(
-                _version_status(version, users, note or "unreferenced: the next apply collects it")
-            )
-        statuses.append(
-            SecretStatus(
+    for version in live.secrets:
+        if version.managed and version.set_name and version.secret:
+            groups[(version.set_name, version.secret)].append(version)
+    keeps = {s.name: s.keep for s in sets} if sets is not None else None
+    declared = {(s.name, x.secret) for s in sets for x in s.secrets} if sets is not None else None
+    currents: dict[tuple[str, str], LiveSecret] = {}
+    scopes = []
+    for key, versions in sorted(groups.items()):
+        set_name, secret = key
+        current = current_version(versions, None)
+        assert current is not None  # a group has at least one version
+        currents[key] = current
+        if keeps is not None and set_name not in keeps:
+            cause = Cause.ORPHANED
+        elif declared is not None and key not in declared:
+            cause = Cause.DELETED
+        else:
+            cause = Cause.SUPERSEDED
+        scopes.append(
+            Scope(
                 set_name=set_name,
-                secret=logical,
-                current=_version_status(current, users, "current"),
-                superseded=tuple(superseded),
+                secret=secret,
+                versions=tuple(versions),
+                current_id=current.id,
+                current_version=current.version,
+                keep=(keeps or {}).get(set_name, 0),
+                cause=cause,
             )
         )
-    managed_sets = {s.set_name for s in live.secrets if s.managed and s.set_name}
-    orphaned = tuple(sorted(managed_sets - set(sets))) if sets is not None else ()
+    removals, kept = collect(scopes, live)
+    notes = {k.name: k.reason for k in kept}
+    for removal in removals:
+        orphaned = keeps is not None and removal.set_name not in keeps
+        notes[removal.name] = (
+            "unreferenced: `apply --prune-orphans` collects it"
+            if orphaned
+            else "unreferenced: the next apply collects it"
+        )
+    statuses = []
+    for scope in scopes:
+        current = currents[(scope.set_name, scope.secret)]
+        superseded = sorted(
+            (v for v in scope.versions if v.id != current.id),
+            key=lambda v: (v.version or 0, v.name),
+            reverse=True,
+        )
+        note = (
+            "current"
+            if scope.cause is not Cause.DELETED
+            else "current; the secret is no longer in the manifests"
+        )
+        statuses.append(
+            SecretStatus(
+                set_name=scope.set_name,
+                secret=scope.secret,
+                current=_version_status(current, users, note),
+                superseded=tuple(_version_status(v, users, notes[v.name]) for v in superseded),
+            )
+        )
+    orphaned_sets = tuple(sorted({s.set_name for s in scopes} - set(keeps))) if keeps is not None else ()
+    kept_reasons = protections(live)
     unmanaged = [s for s in live.secrets if not s.managed]
     return StatusReport(
         secrets=tuple(statuses),
-        orphaned_sets=orphaned,
+        orphaned_sets=orphaned_sets,
         unmanaged_unreferenced=tuple(sorted(s.name for s in unmanaged if s.id not in kept_reasons)),
         unmanaged_referenced=tuple(
             sorted((s.name, kept_reasons[s.id]) for s in unmanaged if s.id in kept_reasons)

@@ -48,7 +48,7 @@ from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream, StreamClosedError
 
 from reconciler.daemon.metrics import Metrics
-from reconciler.daemon.types import readiness_reasons
+from reconciler.daemon.types import Reason, Trigger, readiness_reasons
 from reconciler.daemon.webhooks import (
     EVENT_HEADERS,
     PROOF_HEADERS,
@@ -82,7 +82,7 @@ class App(Protocol):
     secrets: Secrets
     """Which endpoints are enabled, and their secrets."""
 
-    def request(self, reason: str) -> bool: ...
+    def request(self, reason: Reason | Trigger) -> bool: ...
 
     def readiness(self) -> tuple[bool, str]: ...
 
@@ -314,7 +314,7 @@ class _Hook(_Post):
         if is_ping(provider, headers.get(EVENT_HEADERS[provider])):
             return self.refuse(HTTPStatus.OK, "pong", "ping")
         self.app.metrics.observe_webhook(provider, "accepted")
-        self.app.request(f"webhook:{provider}")
+        self.app.request(Reason(Trigger.WEBHOOK, provider))
         log.info("webhook %s accepted (delivery %s): tick requested", provider, delivery or "-")
         self.reply(HTTPStatus.ACCEPTED, "accepted")
 
@@ -331,7 +331,7 @@ class _Reconcile(_Post):
         if token is None or not verify_bearer(self.request.headers.get("Authorization"), token):
             log.warning("POST /reconcile from %s rejected: bad or missing token", self.request.remote_ip)
             return self.reply(HTTPStatus.UNAUTHORIZED, "Authorization: Bearer <reconcile token> required")
-        self.app.request("manual")
+        self.app.request(Trigger.MANUAL)
         self.reply(HTTPStatus.ACCEPTED, "accepted")
 
 

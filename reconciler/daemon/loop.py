@@ -67,9 +67,11 @@ from reconciler.daemon.types import (
     READY_RETRYING,
     STALLED,
     STARTING,
+    Reason,
     Tick,
     TickRequest,
     TickResult,
+    Trigger,
     error_class,
     with_class,
 )
@@ -81,11 +83,6 @@ log = logging.getLogger(__name__)
 _STOP_POLL = 0.1
 """Longest idle wait between stop-flag checks: an external ``stop_event.set()`` cannot wake the loop's
 condition variable, so the loop looks at the flag at least this often."""
-_IMMEDIATE = frozenset({"startup"})
-"""Reasons that are not debounced."""
-_URGENT_PREFIXES = ("startup", "webhook:", "manual")
-"""Reasons a person or a forge asked for explicitly: they run after the debounce even while backing
-off (a new commit may be the fix). Other requests wait for the retry time."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -180,7 +177,7 @@ class Status:
     last_result: TickResult | None
     last_success_at: float | None
     consecutive_failures: int
-    pending: tuple[str, ...]
+    pending: tuple[Reason, ...]
     stalled: bool = False
     """The last tick failed with an error retrying cannot fix: waiting for a change."""
 
@@ -202,9 +199,9 @@ def failure(exc: SwarmSecretsError, revision: str | None = None) -> TickResult:
     )
 
 
-def _asked(reasons: tuple[str, ...]) -> bool:
+def _asked(reasons: tuple[Reason, ...]) -> bool:
     """A person or a forge asked for this tick (not a timer, not a Docker event)."""
-    return any(r.startswith(("webhook:", "manual")) for r in reasons)
+    return any(r.trigger in (Trigger.WEBHOOK, Trigger.MANUAL) for r in reasons)
 
 
 def with_git(tick: Tick, fetch: Callable[[], Checkout]) -> Tick:
@@ -269,7 +266,7 @@ class Loop:
         )
         now = clock()
         self._started_at = now
-        self._pending: dict[str, float] = {}  # reason -> when first requested
+        self._pending: dict[Reason, float] = {}  # reason -> when first requested
         self._next_interval_at = now + settings.interval
         self._retry_at: float | None = None  # set while failing
         self._suppress_until = float("-inf")
@@ -284,11 +281,13 @@ class Loop:
 
     # --- requests, from any thread -------------------------------------------------------------
 
-    def request(self, reason: str) -> bool:
+    def request(self, reason: Reason | Trigger) -> bool:
         """Ask for a tick; False when the request was dropped as one of our own Docker events."""
+        if not isinstance(reason, Reason):
+            reason = Reason(reason)
         with self._cv:
             now = self._clock()
-            if reason.startswith("event") and now < self._suppress_until:
+            if reason.trigger.from_swarm and now < self._suppress_until:
                 log.debug("ignoring %s within %.1fs of our own change", reason, self._suppress_until - now)
                 return False
             self._pending.setdefault(reason, now)
@@ -348,22 +347,22 @@ class Loop:
 
     # --- the loop ------------------------------------------------------------------------------
 
-    def _due(self, now: float) -> tuple[float, tuple[str, ...]]:
+    def _due(self, now: float) -> tuple[float, tuple[Reason, ...]]:
         """When the next tick is due and for which reasons (caller holds the lock)."""
         failing = self._retry_at is not None
         due = self._retry_at if self._retry_at is not None else self._next_interval_at
-        timer = "retry" if failing else "interval"
+        timer = Reason(Trigger.RETRY if failing else Trigger.INTERVAL)
         pending = tuple(sorted(self._pending, key=self._pending.__getitem__))
         if pending:
             first = self._pending[pending[0]]
-            at = first if _IMMEDIATE.intersection(pending) else first + self.settings.debounce
-            if self._retry_at is not None and not any(r.startswith(_URGENT_PREFIXES) for r in pending):
+            at = first if any(r.trigger.immediate for r in pending) else first + self.settings.debounce
+            if self._retry_at is not None and not any(r.trigger.explicit for r in pending):
                 at = max(at, self._retry_at)
             if at < due:
                 return at, pending
         return due, (timer, *pending)
 
-    def _next(self) -> tuple[str, ...] | None:
+    def _next(self) -> tuple[Reason, ...] | None:
         """Wait until a tick is due and take its reasons, or return None once stopping."""
         with self._cv:
             while not self._stop.is_set():
@@ -376,7 +375,7 @@ class Loop:
                 self._cv.wait(min(due - now, _STOP_POLL))
         return None
 
-    def _run_tick(self, reasons: tuple[str, ...]) -> None:
+    def _run_tick(self, reasons: tuple[Reason, ...]) -> None:
         with self._cv:
             stalled_revision = self._stalled_revision
         request = TickRequest(
@@ -446,7 +445,7 @@ class Loop:
             if result.changed:
                 # Events that came in during this tick were (very likely) caused by it: drop them.
                 for reason, at in list(self._pending.items()):
-                    if reason.startswith("event") and at >= self._tick_started:
+                    if reason.trigger.from_swarm and at >= self._tick_started:
                         del self._pending[reason]
                 self._suppress_until = max(self._suppress_until, now + self.settings.event_quiet)
             return delay
@@ -494,7 +493,7 @@ class Loop:
                 if self._stop.is_set():
                     return
                 log.debug("docker event: %s", item)
-                self.request("event")
+                self.request(Trigger.EVENT)
         except Exception:
             log.exception(
                 "the event source failed; Docker events no longer trigger ticks (the interval still does)"
@@ -527,7 +526,7 @@ class Loop:
                 threading.Thread(
                     target=self._pump, args=(events,), name="reconciler-events", daemon=True
                 ).start()
-            self.request("startup")
+            self.request(Trigger.STARTUP)
             while (reasons := self._next()) is not None:
                 self._run_tick(reasons)
             log.info("stopped")

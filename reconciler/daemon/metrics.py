@@ -33,13 +33,16 @@ from typing import TYPE_CHECKING, Final
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
+from reconciler.core.rollout import Outcome
+
 if TYPE_CHECKING:  # loop.py imports this module; the type is only needed for annotations
     from reconciler.daemon.types import TickResult
 
 PREFIX: Final = "swarm_secrets_"
 
-ROLLOUT_RESULTS: Final = ("converged", "rolled_back", "timed_out", "paused", "failed")
-"""Rollout outcomes exported from the start (as 0), so rate() works before the first rollout."""
+ROLLOUT_RESULTS: Final = tuple(o.value for o in Outcome if o not in (Outcome.UNCHANGED, Outcome.HELD))
+"""Rollout outcomes exported from the start (as 0), so rate() works before the first rollout: every
+:class:`~reconciler.core.rollout.Outcome` of an update that was made."""
 
 WEBHOOK_RESULTS: Final = (
     "accepted",

@@ -1,8 +1,10 @@
 """Wiring for ``swarm-secrets run``: the reconcile tick and the Docker events feed for the loop.
 
-:func:`make_tick` returns the :data:`~reconciler.daemon.loop.Tick` the loop calls: load and resolve the
-manifests (a bad commit fails here, before the swarm is touched), connect, plan, apply when the plan
-is not empty, and summarise the outcome as a :class:`~reconciler.daemon.loop.TickResult`. It connects anew
+:func:`make_tick` returns the :data:`~reconciler.daemon.types.Tick` the loop calls: load and resolve the
+manifests (a bad commit fails here, before the swarm is touched), connect, and :func:`converge
+<reconciler.converge.converge>` with the loop's auto-approval, then summarise the outcome as a
+:class:`~reconciler.daemon.types.TickResult`. When the swarm changed between the tick's plan and its
+execution, the tick stops (not ok) and the loop simply ticks again. It connects anew
 on every tick, so an engine restart between ticks costs one failed tick at most.
 
 :func:`docker_events` yields one item per secret or service event and reconnects (with a capped
@@ -23,8 +25,8 @@ from pathlib import Path
 
 from reconciler import converge
 from reconciler.core import guard
-from reconciler.daemon.types import Tick, TickRequest, TickResult
-from reconciler.engine import executor, lease
+from reconciler.daemon.types import Reason, Tick, TickRequest, TickResult
+from reconciler.engine import lease
 from reconciler.engine.executor import ApplyOptions
 from reconciler.engine.lease import LeaseSettings
 from reconciler.engine.swarm import Swarm
@@ -57,7 +59,7 @@ class TickSettings:
     """Set when the service stops: a tick waiting for the lease gives up at once."""
 
 
-def clears_held(reasons: Sequence[str], revision: str | None, last_revision: str | None) -> bool:
+def clears_held(reasons: Sequence[Reason], revision: str | None, last_revision: str | None) -> bool:
     """Whether a tick asked for by ``reasons`` at ``revision`` may retry held rollouts.
 
     Only a new revision or an authenticated ``POST /reconcile`` (``manual``) does. A webhook does not:
@@ -65,7 +67,7 @@ def clears_held(reasons: Sequence[str], revision: str | None, last_revision: str
     that matters brings a new revision anyway). A new value is never held in the first place (its
     update has other versions).
     """
-    return "manual" in reasons or revision != last_revision
+    return any(r.trigger.asked for r in reasons) or revision != last_revision
 
 
 def make_tick(settings: TickSettings) -> Tick:
@@ -89,46 +91,48 @@ def make_tick(settings: TickSettings) -> Tick:
             log.info("retrying %d held rollout(s): new revision or POST /reconcile", len(held))
             held.clear()
         last_revision[0] = loaded.revision
-        options = replace(settings.apply, held=frozenset(held))
+        run_settings = converge.Settings(
+            key_file=settings.fingerprint_key_file,
+            apply=replace(settings.apply, held=frozenset(held)),
+            revision_guard=RevisionGuard(
+                repository=manifests,
+                allow_older=settings.allow_older_revision,
+                undecidable=settings.revision_check,
+            ),
+        )
 
-        def prepare(swarm: Swarm) -> converge.Prepared:
-            return converge.prepare(
-                loaded,
-                swarm,
-                key_file=settings.fingerprint_key_file,
-                prune_orphans=settings.apply.prune_orphans,
-                revision_guard=RevisionGuard(
-                    repository=manifests,
-                    allow_older=settings.allow_older_revision,
-                    undecidable=settings.revision_check,
-                ),
-            )
-
-        result: executor.ApplyResult | None = None
-        lost = False
-        with Swarm.connect(settings.docker_host) as swarm:
-            prepared = prepare(swarm)
+        def show(prepared: converge.Prepared) -> None:
             for warning in prepared.plan.warnings:
                 log.warning("%s", warning)
-            if not prepared.plan.empty:
-                # --- the swarm's lease (engine/lease.py): around the execution, planned again under it --
+
+        lost = False
+        with Swarm.connect(settings.docker_host) as swarm:
+            first = converge.prepare(loaded, swarm, run_settings)
+            if first.plan.empty:
+                show(first)
+                outcome = converge.Outcome(prepared=first)
+            else:
+                # The swarm's lease (engine/lease.py), held from the plan made under it to the end.
                 with lease.hold(
                     swarm, settings.lease, purpose="run", revision=loaded.revision, cancel=settings.stop
                 ) as holding:
-                    if holding is not None:
-                        prepared = prepare(swarm)
-                    if not prepared.plan.empty:
-                        result = executor.execute(
-                            prepared.plan, prepared.desired, loaded.values, swarm, options
-                        )
+                    outcome = converge.converge(
+                        loaded, swarm, approval=converge.auto_approve, settings=run_settings, show=show
+                    )
                 lost = holding is not None and holding.lost
-            managed = sum(1 for s in prepared.live.secrets if s.managed)
+        managed = sum(1 for s in outcome.prepared.live.secrets if s.managed)
+        result = outcome.result
         if result is None:
             log.info("in sync (%d managed versions, revision %s)", managed, loaded.revision or "-")
             return TickResult(ok=True, changed=False, revision=loaded.revision, managed_secrets=managed)
         held.update(r.key for r in result.rollouts if r.failed_rollout and r.key is not None)
         failures = [f"{r.service}: {r.detail}" for r in result.rollouts if not r.ok]
-        problems = [*result.errors, *(f"blocked {b}" for b in result.blocked), *failures]
+        problems = [
+            *([result.stale] if result.stale else []),
+            *result.errors,
+            *(f"blocked {b}" for b in result.blocked),
+            *failures,
+        ]
         if lost:
             problems.append("the swarm's lease was lost during the tick: another applier may have run")
         return TickResult(

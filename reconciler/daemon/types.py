@@ -6,6 +6,7 @@ without importing the loop (which imports them). Data only: no I/O.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,14 +65,75 @@ def readiness_reasons() -> frozenset[str]:
     return frozenset(fixed)
 
 
+class Trigger(enum.StrEnum):
+    """Why a tick is requested. The loop and the tick decide by these, never by parsing text."""
+
+    STARTUP = "startup"
+    """The service started: at once, not debounced."""
+    INTERVAL = "interval"
+    """The periodic level-based resync."""
+    RETRY = "retry"
+    """The backoff delay after a failed tick ran out."""
+    WEBHOOK = "webhook"
+    """A forge delivered a verified webhook (the :class:`Reason` names the forge)."""
+    MANUAL = "manual"
+    """``POST /reconcile``."""
+    EVENT = "event"
+    """The swarm reported a secret or service change (maybe our own: see the loop's quiet window)."""
+    GIT = "git"
+    """A new revision of the manifests was fetched."""
+
+    @property
+    def immediate(self) -> bool:
+        """Runs at once, without the debounce."""
+        return self is Trigger.STARTUP
+
+    @property
+    def explicit(self) -> bool:
+        """Someone asked for it: runs after the debounce even while backing off after failures (a new
+        commit may be the fix); other requests wait for the retry time."""
+        return self in (Trigger.STARTUP, Trigger.WEBHOOK, Trigger.MANUAL)
+
+    @property
+    def asked(self) -> bool:
+        """A person asked (an authenticated ``POST /reconcile``): held rollouts are tried again. A
+        webhook does not count: a replayed or repeated delivery must not re-roll a service whose
+        rollout Swarm just undid (a push that matters brings a new revision anyway)."""
+        return self is Trigger.MANUAL
+
+    @property
+    def from_swarm(self) -> bool:
+        """Caused by a change in the swarm, which may be our own: ignored in the quiet window."""
+        return self is Trigger.EVENT
+
+
+class Reason(str):
+    """A :class:`Trigger` and where it came from, as the text logs show (``event``, ``webhook:github``).
+
+    A ``str`` (so it logs, serializes and compares as that text) that carries its :attr:`trigger`: code
+    decides by the enum, never by matching the text.
+    """
+
+    trigger: Trigger
+
+    def __new__(cls, trigger: Trigger, source: str = "") -> Reason:
+        reason = super().__new__(cls, f"{trigger.value}:{source}" if source else trigger.value)
+        reason.trigger = trigger
+        return reason
+
+    def __reduce__(self) -> tuple[object, ...]:
+        source = str(self).partition(":")[2]
+        return Reason, (self.trigger, source)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TickRequest:
     """What the tick is asked to do, and why."""
 
-    reason: str
+    reason: Reason
     """The earliest of the coalesced reasons: startup, interval, retry, webhook:<provider>, manual,
     event or git."""
-    reasons: tuple[str, ...] = ()
+    reasons: tuple[Reason, ...] = ()
     """Every distinct reason coalesced into this tick, earliest first."""
     manifests_dir: Path | None = None
     """Folder to load manifests from (``LoopSettings.manifests_dir``, or the git checkout)."""
@@ -100,7 +162,8 @@ class TickResult:
     removed: int = 0
     """Secret versions removed."""
     rollouts: Mapping[str, int] = field(default_factory=dict)
-    """Rollouts by outcome: converged, rolled_back, timed_out, paused, failed."""
+    """Rollouts by outcome (a :class:`~reconciler.core.rollout.Outcome` value: converged, rolled_back,
+    paused, superseded, timed_out, failed, unchanged, held)."""
     drift_corrected: int = 0
     """Service updates whose reason was drift."""
     managed_secrets: int = 0

@@ -1,56 +1,62 @@
-"""Carry out a plan against the swarm: create versions, roll services, wait, collect.
+"""Carry out an approved plan, exactly: create versions, roll services, wait, collect.
 
-Order and safety rules:
+The executor performs the actions of the plan it is given and nothing else. It does not plan (it
+imports no planner); when the swarm moved between planning and execution it asks the ``replan``
+callback that ``converge`` supplies for a fresh plan, and goes on only when that plan is
+:func:`~reconciler.core.plan.within` the approved one. Otherwise it stops and reports "the swarm
+changed since the plan; plan again" (:attr:`ApplyResult.stale`; ``apply`` exits 3, the loop ticks
+again). The steps:
 
-1. **Create** every new version the plan lists (all values were resolved before anything runs).
-   A 409 means a concurrent run created the name first: observe again and re-plan (bounded).
-2. **Re-observe and re-plan**, then **update** services concurrently (``concurrency`` workers). Each
-   update is a raw spec round-trip that replaces only the secret references; a stale version
-   (``update out of sequence``) is re-inspected and retried. Every rollout is watched until it
-   converges, rolls back, pauses or times out; a failure is reported per service and the others
-   carry on. Running the updates from a fresh plan keeps the run level-based: what is written is what
-   the swarm needs *now*, never a stale diff.
-3. **Re-observe and collect**: the planner is asked again after the rollouts, so a version that just
-   became a rollback target (PreviousSpec) or is still used by old tasks is kept; only removals run.
+1. **Create** every new version the plan lists (all values were resolved before anything runs). A
+   409 means someone created the name first: plan again; a fresh plan within the approved one (the
+   same name with the same fingerprint exists now) lets the remaining creates go on.
+2. **Update** services concurrently (``concurrency`` workers). Each update is a raw spec round-trip
+   that replaces only the secret references, by the one rule of ``core/refs.py``. When the service's
+   version moved since the plan, a reference the plan did not expect sits at a path it writes, or the
+   write is out of sequence, the service is planned again: its fresh update is made only when it is
+   within the approved one. Every rollout is watched (``core/rollout.py`` judges each look) until it
+   converges, rolls back, pauses, is superseded by a foreign write or times out; a failure is
+   reported per service and the others carry on.
+3. **Collect**: the approved removals, after the rollouts, each only if a fresh observation still
+   finds nothing that may need it (``core/collect.protections``: Spec, PreviousSpec, running tasks).
+   Anything still protected (a rollout rolled back, a task still runs) is kept and reported.
 
 A crash between any two steps leaves a swarm the next run converges from: a created but unused
 version is either reused (same fingerprint) or collected; a half-rolled service is finished or
 reported; nothing is deleted that a service or a rollback can still need.
 
-This module never sees Engine JSON except the secret-reference list it rewrites; it never logs a
-value (values go straight from the resolved map into ``Swarm.create_secret``).
+Waiting goes through an injected :class:`Clock`, so tests run rollouts without sleeping. This module
+never sees Engine JSON except the secret-reference list it rewrites; it never logs a value (values go
+straight from the resolved map into ``Swarm.create_secret``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
-from reconciler.core import planner
+from reconciler.core.collect import protections
 from reconciler.core.desired import Values
-from reconciler.core.model import DesiredState, LiveState, normalize_target
-from reconciler.core.plan import Plan, RefChange, UpdateService
-from reconciler.core.planner import OLD_SEPARATOR
-from reconciler.engine.swarm import Swarm, secret_ids_of
+from reconciler.core.model import LiveState
+from reconciler.core.plan import Action, CreateSecret, Plan, RemoveSecret, UpdateService, outside
+from reconciler.core.refs import rewrite_refs
+from reconciler.core.rollout import Outcome, Rollout, judge
+from reconciler.engine.protocol import RawService, Swarm
 from reconciler.errors import SwarmConflict, SwarmError, SwarmSecretsError
 from reconciler.logs import audit
 
 log = logging.getLogger(__name__)
 
 MAX_REPLANS = 3
+"""Fresh plans after 409s on create before giving up (another apply is racing us)."""
 MAX_UPDATE_ATTEMPTS = 5
-
-OUTCOME_CONVERGED = "converged"
-OUTCOME_ROLLED_BACK = "rolled_back"
-OUTCOME_PAUSED = "paused"
-OUTCOME_TIMED_OUT = "timed_out"
-OUTCOME_FAILED = "failed"
-OUTCOME_UNCHANGED = "unchanged"
-OUTCOME_HELD = "held"
+"""Inspect/write rounds per service before reporting it kept changing."""
+STALE = "the swarm changed since the plan; plan again"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,7 +66,7 @@ class ApplyOptions:
     concurrency: int = 4
     """How many service rollouts run (and are watched) at the same time."""
     prune_orphans: bool = False
-    """Also revoke and collect sets that have managed secrets but no loaded manifest."""
+    """Also revoke and collect sets that have managed secrets but no loaded manifest (planning)."""
     poll_interval: float = 0.25
     """Seconds between two looks at a rollout."""
     held: frozenset[tuple[str, frozenset[str]]] = frozenset()
@@ -69,10 +75,31 @@ class ApplyOptions:
     to other versions, e.g. after the next commit, goes ahead."""
 
 
+class Clock(Protocol):
+    """Time for watching rollouts: injected so tests neither sleep nor read the real clock."""
+
+    def now(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The real monotonic clock."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+SYSTEM_CLOCK = SystemClock()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RolloutResult:
     service: str
-    outcome: str
+    outcome: Outcome
     detail: str = ""
     seconds: float = 0.0
     drift: bool = False
@@ -82,12 +109,12 @@ class RolloutResult:
 
     @property
     def ok(self) -> bool:
-        return self.outcome in (OUTCOME_CONVERGED, OUTCOME_UNCHANGED)
+        return self.outcome.ok
 
     @property
     def failed_rollout(self) -> bool:
         """Swarm rolled the service back or paused it: retrying the same update would fail again."""
-        return self.outcome in (OUTCOME_ROLLED_BACK, OUTCOME_PAUSED)
+        return self.outcome.failed_rollout
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,33 +123,31 @@ class ApplyResult:
     rollouts: tuple[RolloutResult, ...] = ()
     removed: tuple[str, ...] = ()
     kept: int = 0
+    """Superseded versions left in place: the plan's kept ones and approved removals kept back."""
+    kept_back: tuple[str, ...] = ()
+    """``name: why`` of approved removals a fresh look found still protected (kept, not an error)."""
     blocked: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    stale: str = ""
+    """Set when execution stopped because the swarm changed since the plan: what moved."""
 
     @property
     def ok(self) -> bool:
-        return not self.errors and not self.blocked and all(r.ok for r in self.rollouts)
+        return not self.errors and not self.blocked and not self.stale and all(r.ok for r in self.rollouts)
 
     @property
     def changed(self) -> bool:
         return bool(
-            self.created or self.removed or any(r.outcome != OUTCOME_UNCHANGED for r in self.rollouts)
+            self.created or self.removed or any(r.outcome is not Outcome.UNCHANGED for r in self.rollouts)
         )
 
 
 ProgressFn = Callable[[str, str, str], None]
 """``progress(service, state, detail)``: called on every rollout state change (for displays)."""
 
-
-def observe_and_plan(
-    desired: DesiredState, swarm: Swarm, *, prune_orphans: bool = False
-) -> tuple[LiveState, Plan]:
-    live = swarm.observe()
-    return live, planner.plan(desired, live, prune_orphans=prune_orphans)
-
-
-# --- service reference rewriting -------------------------------------------------------------------
+Replan = Callable[[], "tuple[LiveState, Plan]"]
+"""Observe the swarm again and plan from it (supplied by ``converge``; the executor never plans)."""
 
 
 def hold_key(update: UpdateService) -> tuple[str, frozenset[str]]:
@@ -130,322 +155,333 @@ def hold_key(update: UpdateService) -> tuple[str, frozenset[str]]:
     return update.service_id, frozenset(c.new for c in update.changes if c.new)
 
 
-def rewrite_secrets(
-    current: Sequence[Mapping[str, Any]], changes: Sequence[RefChange], ids: Mapping[str, str]
-) -> list[dict[str, Any]]:
-    """The new ``ContainerSpec.Secrets`` list: ``current`` with ``changes`` applied.
-
-    The raw-JSON twin of :func:`reconciler.core.planner.apply_ref_changes` (same rules: a change drops the
-    references at its path that are named in ``old``, then adds ``new``), working on the engine's
-    dicts so that fields we do not model survive byte for byte. UID, GID and Mode are always sent: the
-    raw API has no defaults (an omitted Mode means a file of mode 000, an omitted UID fails every task).
-    A reference the plan did not know about at a path we write means the service changed since it was
-    planned: :class:`SwarmConflict`.
-    """
-    result = [dict(raw) for raw in current]
-    for change in changes:
-        olds = set(change.old.split(OLD_SEPARATOR)) if change.old else set()
-        result = [r for r in result if not (_path(r) == change.path and r.get("SecretName") in olds)]
-        if change.new is not None:
-            wanted = _ref_json(change, ids)
-            others = [r for r in result if _path(r) == change.path]
-            if others == [wanted]:
-                continue  # someone (a concurrent run) already wrote exactly this
-            if others:
-                raise SwarmConflict(f"{change.path} changed since the plan was made")
-            result.append(wanted)
-    return result
+def describe(actions: Sequence[Action]) -> str:
+    """What a fresh plan wants that the approved one did not contain, briefly."""
+    parts = []
+    for action in actions[:3]:
+        if isinstance(action, CreateSecret):
+            parts.append(f"create {action.name}")
+        elif isinstance(action, UpdateService):
+            paths = ", ".join(f"{c.path} {', '.join(c.old) or '-'} → {c.new or '-'}" for c in action.changes)
+            parts.append(f"update {action.service} ({paths})")
+        else:
+            parts.append(f"remove {action.name}")
+    more = f" and {len(actions) - 3} more" if len(actions) > 3 else ""
+    return "; ".join(parts) + more
 
 
-def _path(raw: Mapping[str, Any]) -> str:
-    return normalize_target(str((raw.get("File") or {}).get("Name", "")))
-
-
-def _ref_json(change: RefChange, ids: Mapping[str, str]) -> dict[str, Any]:
-    assert change.new is not None
-    secret_id = ids.get(change.new)
-    if secret_id is None:
-        # Deleted since we observed (a concurrent run?): observing again settles it.
-        raise SwarmConflict(f"secret {change.new} disappeared before it could be referenced")
-    return {
-        "SecretID": secret_id,
-        "SecretName": change.new,
-        "File": {
-            "Name": change.target or change.path,
-            "UID": change.uid,
-            "GID": change.gid,
-            "Mode": change.mode,
-        },
-    }
-
-
-# --- rollouts --------------------------------------------------------------------------------------
-
-
-Replan = Callable[[str], "tuple[UpdateService | None, Mapping[str, str]]"]
-"""``replan(service_id)``: observe again and return that service's fresh update (None: nothing to do)
-and the current secret name → id map."""
-
-
-def _update_service(
-    swarm: Swarm,
-    action: UpdateService,
-    ids: Mapping[str, str],
-    options: ApplyOptions,
-    progress: ProgressFn,
-    replan: Replan,
-    revision: str | None,
-) -> RolloutResult:
-    started = time.monotonic()
-    drift = any(c.reason.startswith("drift") for c in action.changes)
-    try:
-        for attempt in range(1, MAX_UPDATE_ATTEMPTS + 1):
-            raw = swarm.inspect_service(action.service_id)
-            spec = raw.get("Spec") or {}
-            current = (spec.get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Secrets") or []
-            try:
-                new = rewrite_secrets(current, action.changes, ids)
-            except SwarmConflict:
-                # The service changed since it was planned (a concurrent run, a person): plan it again.
-                fresh, ids = replan(action.service_id)
-                if fresh is None:
-                    return RolloutResult(
-                        service=action.service, outcome=OUTCOME_UNCHANGED, detail="already up to date"
-                    )
-                action = fresh
-                continue
-            if new == current:
-                return RolloutResult(
-                    service=action.service, outcome=OUTCOME_UNCHANGED, detail="already up to date"
-                )
-            baseline = (raw.get("UpdateStatus") or {}).get("StartedAt")
-            try:
-                swarm.write_service_secrets(raw, new)
-            except SwarmConflict:
-                log.info(
-                    "service %s changed while we updated it (attempt %d); inspecting again",
-                    action.service,
-                    attempt,
-                )
-                continue
-            audit(
-                "service_updated",
-                service=action.service,
-                secrets=sorted({f"{c.set_name}/{c.secret}" for c in action.changes if c.secret}),
-                changes=[f"{c.path}:{c.old}->{c.new}" for c in action.changes],
-                revision=revision or "",
-            )
-            written = frozenset(r["SecretID"] for r in new) - secret_ids_of(spec)
-            progress(action.service, "updating", f"{len(action.changes)} reference(s) changed")
-            result = _watch(
-                swarm, action.service, action.service_id, written, baseline, options, progress, started
-            )
-            return RolloutResult(
-                service=result.service,
-                outcome=result.outcome,
-                detail=result.detail,
-                seconds=time.monotonic() - started,
-                drift=drift,
-            )
-        return RolloutResult(
-            service=action.service,
-            outcome=OUTCOME_FAILED,
-            detail=f"the service kept changing under us ({MAX_UPDATE_ATTEMPTS} attempts); "
-            "the next run retries",
-            seconds=time.monotonic() - started,
-        )
-    except SwarmSecretsError as exc:
-        progress(action.service, OUTCOME_FAILED, str(exc))
-        return RolloutResult(
-            service=action.service,
-            outcome=OUTCOME_FAILED,
-            detail=str(exc),
-            seconds=time.monotonic() - started,
-        )
-
-
-def _watch(
-    swarm: Swarm,
-    service: str,
-    service_id: str,
-    written: frozenset[str],
-    baseline_started_at: str | None,
-    options: ApplyOptions,
-    progress: ProgressFn,
-    started: float,
-) -> RolloutResult:
-    """Wait until the rollout converged, rolled back, paused or timed out (the docker CLI's rules:
-    a terminal UpdateStatus *and* the up-to-date tasks running, as many as desired)."""
-    deadline = started + options.timeout
-    last = ""
-    task_error = ""
-    rollback_why = ""
-    while True:
-        probe = swarm.rollout_probe(service_id)
-        fresh = probe.state is not None and probe.started_at != baseline_started_at
-        state = probe.state if fresh else None
-        task_error = task_error or (probe.failed_tasks[0] if probe.failed_tasks else "")
-        status = f"{state or 'pending'} {probe.running}/{probe.desired} running"
-        if status != last:
-            progress(service, state or "updating", f"{probe.running}/{probe.desired} tasks running")
-            last = status
-        rolling_back = state in ("rollback_started", "rollback_paused", "rollback_completed")
-        if rolling_back or not written <= probe.spec_secret_ids:
-            # Swarm (FailureAction: rollback) or a person rolled back: the old versions run again. Keep
-            # watching until the rollback itself ends, so the report says what state the service is in.
-            rollback_why = (
-                rollback_why or probe.message or "the service spec no longer holds the new versions"
-            )
-            settled = state in ("rollback_completed", "rollback_paused") or not rolling_back
-            if settled or time.monotonic() >= deadline:
-                why = rollback_why + (f"; task error: {task_error}" if task_error else "")
-                end = "" if settled else "; the rollback was still running at the timeout"
-                where = f"{state or 'spec reverted'}, {probe.running}/{probe.desired} running{end}"
-                detail = f"rolled back: {why} ({where})"
-                progress(service, OUTCOME_ROLLED_BACK, detail)
-                return RolloutResult(service=service, outcome=OUTCOME_ROLLED_BACK, detail=detail)
-            time.sleep(options.poll_interval)
-            continue
-        if state == "paused":
-            why = (probe.message or "update paused") + (f"; task error: {task_error}" if task_error else "")
-            progress(service, OUTCOME_PAUSED, why)
-            return RolloutResult(
-                service=service,
-                outcome=OUTCOME_PAUSED,
-                detail=f"paused: {why} (fix the cause, then `docker service update --rollback` or re-run)",
-            )
-        if probe.running >= probe.desired and (state is None or state == "completed"):
-            progress(service, OUTCOME_CONVERGED, f"{probe.running}/{probe.desired} tasks running")
-            return RolloutResult(
-                service=service,
-                outcome=OUTCOME_CONVERGED,
-                detail=f"{probe.running}/{probe.desired} tasks running",
-            )
-        if time.monotonic() >= deadline:
-            detail = f"timed out after {options.timeout:.0f} s ({status})"
-            if task_error:
-                detail += f"; task error: {task_error}"
-            progress(service, OUTCOME_TIMED_OUT, detail)
-            return RolloutResult(service=service, outcome=OUTCOME_TIMED_OUT, detail=detail)
-        time.sleep(options.poll_interval)
-
-
-# --- the whole apply -------------------------------------------------------------------------------
+class _Stale(Exception):
+    """Raised inside the executor when a fresh plan is not within the approved one."""
 
 
 def _log_progress(service: str, state: str, detail: str) -> None:
     log.info("rollout %s: %s (%s)", service, state, detail)
 
 
+def _secrets_of(spec: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    return list(((spec or {}).get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Secrets") or [])
+
+
+class _Execution:
+    """One execution of one approved plan (the state the steps share)."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        values: Values,
+        swarm: Swarm,
+        live: LiveState,
+        replan: Replan,
+        options: ApplyOptions,
+        progress: ProgressFn,
+        clock: Clock,
+        revision: str | None,
+    ) -> None:
+        self.approved = plan
+        self.values = values
+        self.swarm = swarm
+        self.replan_fn = replan
+        self.options = options
+        self.progress = progress
+        self.clock = clock
+        self.revision = revision
+        self.ids: dict[str, str] = {s.name: s.id for s in live.secrets}
+        self.lock = threading.Lock()
+        self.stale = ""
+        self.created: list[str] = []
+        self.errors: list[str] = []
+
+    # --- planning again --------------------------------------------------------------------------
+
+    def replan(self) -> Plan:
+        """A fresh plan, when it is within the approved one; else :class:`_Stale` (and remembered)."""
+        with self.lock:
+            if self.stale:
+                raise _Stale(self.stale)
+            live, fresh = self.replan_fn()
+            self.ids.update({s.name: s.id for s in live.secrets})
+            extra = outside(fresh, self.approved)
+            if extra:
+                self.stale = f"{STALE} (not in the approved plan: {describe(extra)})"
+                log.info("%s", self.stale)
+                raise _Stale(self.stale)
+            return fresh
+
+    # --- 1. creates ------------------------------------------------------------------------------
+
+    def create(self) -> bool:
+        """Create the approved versions; False when execution must stop."""
+        pending: Sequence[CreateSecret] = self.approved.creates
+        for attempt in range(MAX_REPLANS + 1):
+            conflict = False
+            for action in pending:
+                try:
+                    secret_id = self.swarm.create_secret(
+                        action.name, self.values[(action.set_name, action.secret)], action.labels
+                    )
+                except SwarmConflict:
+                    log.info("%s was created concurrently; planning again", action.name)
+                    conflict = True
+                    break
+                except SwarmError as exc:
+                    self.errors.append(f"could not create {action.name}: {exc}")
+                    return False
+                self.ids[action.name] = secret_id
+                self.created.append(action.name)
+                audit(
+                    "secret_created",
+                    set=action.set_name,
+                    secret=action.secret,
+                    version=action.version,
+                    name=action.name,
+                    revision=self.revision or "",
+                )
+            if not conflict:
+                return True
+            if attempt == MAX_REPLANS:
+                self.errors.append(
+                    "secrets kept being created concurrently; another apply is running? try again"
+                )
+                return False
+            try:
+                pending = self.replan().creates
+            except _Stale:
+                return False
+            except SwarmError as exc:
+                self.errors.append(f"could not observe the swarm again after a conflict: {exc}")
+                return False
+        return True  # pragma: no cover - the loop returns
+
+    # --- 2. updates ------------------------------------------------------------------------------
+
+    def update_all(self) -> list[RolloutResult]:
+        results: list[RolloutResult] = []
+        todo: list[UpdateService] = []
+        for update in self.approved.updates:
+            key = hold_key(update)
+            if key in self.options.held:
+                results.append(
+                    RolloutResult(
+                        service=update.service,
+                        outcome=Outcome.HELD,
+                        detail=f"not retried: rolling it to {', '.join(sorted(key[1]))} failed before; "
+                        "a new commit or a manual reconcile tries again",
+                        key=key,
+                    )
+                )
+            else:
+                todo.append(update)
+        if not todo:
+            return results
+        workers = max(1, self.options.concurrency)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rollout") as pool:
+            futures = [pool.submit(self.update, action) for action in todo]
+            for future, action in zip(futures, todo, strict=True):
+                result = future.result()
+                if result is not None:
+                    results.append(replace(result, key=hold_key(action)))
+        return results
+
+    def update(self, action: UpdateService) -> RolloutResult | None:
+        """Make one approved update and watch its rollout; None when stopped before writing."""
+        started = self.clock.now()
+        drift = any(c.reason.startswith("drift") for c in action.changes)
+        name = action.service
+
+        def result(outcome: Outcome, detail: str) -> RolloutResult:
+            return RolloutResult(
+                service=name, outcome=outcome, detail=detail, seconds=self.clock.now() - started, drift=drift
+            )
+
+        try:
+            for attempt in range(1, MAX_UPDATE_ATTEMPTS + 1):
+                if self.stale:
+                    return None
+                raw = self.swarm.inspect_service(action.service_id)
+                current = _secrets_of(raw.get("Spec"))
+                new = self._rewrite(raw, current, action)
+                if new is None:
+                    # The service moved since it was planned: plan again; go on only within the plan.
+                    fresh = self.replan()
+                    found = next((u for u in fresh.updates if u.service_id == action.service_id), None)
+                    if found is None:
+                        return result(Outcome.UNCHANGED, "already up to date")
+                    action = found
+                    continue
+                if new == current:
+                    return result(Outcome.UNCHANGED, "already up to date")
+                baseline = (raw.get("UpdateStatus") or {}).get("StartedAt")
+                try:
+                    self.swarm.write_service_secrets(raw, new)
+                except SwarmConflict:
+                    log.info("service %s changed while we updated it (attempt %d)", name, attempt)
+                    continue
+                audit(
+                    "service_updated",
+                    service=name,
+                    secrets=sorted({f"{c.set_name}/{c.secret}" for c in action.changes if c.secret}),
+                    changes=[f"{c.path}:{', '.join(c.old) or None}->{c.new}" for c in action.changes],
+                    revision=self.revision or "",
+                )
+                written = frozenset(str(r.get("SecretID")) for r in new) - frozenset(
+                    str(r.get("SecretID")) for r in current
+                )
+                self.progress(name, "updating", f"{len(action.changes)} reference(s) changed")
+                outcome, detail = self.watch(action, written, baseline, started)
+                return result(outcome, detail)
+            return result(
+                Outcome.FAILED,
+                f"the service kept changing under us ({MAX_UPDATE_ATTEMPTS} attempts); the next run retries",
+            )
+        except _Stale:
+            return None
+        except SwarmSecretsError as exc:
+            self.progress(name, Outcome.FAILED.value, str(exc))
+            return result(Outcome.FAILED, str(exc))
+
+    def _rewrite(
+        self, raw: RawService, current: list[dict[str, Any]], action: UpdateService
+    ) -> list[dict[str, Any]] | None:
+        """The new reference list, or None when the service is not as ``action`` was planned on."""
+        if int((raw.get("Version") or {}).get("Index", -1)) != action.observed_version:
+            return None
+        try:
+            with self.lock:
+                ids = dict(self.ids)
+            return rewrite_refs(current, action.changes, ids)
+        except SwarmConflict as exc:
+            log.info("service %s: %s; planning again", action.service, exc)
+            return None
+
+    def watch(
+        self, action: UpdateService, written: frozenset[str], baseline: str | None, started: float
+    ) -> tuple[Outcome, str]:
+        """Look at the rollout until the judge gives an outcome."""
+        rollout = Rollout(
+            written=written,
+            baseline_started_at=baseline,
+            deadline=started + self.options.timeout,
+            timeout=self.options.timeout,
+        )
+        shown: tuple[str, str] | None = None
+        while True:
+            probe = self.swarm.rollout_probe(action.service_id)
+            verdict = judge(rollout, probe, self.clock.now())
+            rollout = verdict.rollout
+            if verdict.outcome is not None:
+                self.progress(action.service, verdict.outcome.value, verdict.detail)
+                return verdict.outcome, verdict.detail
+            if (verdict.state, verdict.progress) != shown:
+                shown = (verdict.state, verdict.progress)
+                self.progress(action.service, verdict.state, verdict.progress)
+            self.clock.sleep(self.options.poll_interval)
+
+    # --- 3. removals -----------------------------------------------------------------------------
+
+    def collect(self) -> tuple[list[str], list[str], list[str]]:
+        """(removed, kept back, warnings) for the approved removals, each checked against a fresh look."""
+        removed: list[str] = []
+        kept_back: list[str] = []
+        warnings: list[str] = []
+        removals: Sequence[RemoveSecret] = self.approved.removals
+        if not removals:
+            return removed, kept_back, warnings
+        try:
+            live = self.swarm.observe()
+        except SwarmError as exc:
+            warnings.append(f"could not observe the swarm for garbage collection, nothing removed: {exc}")
+            return removed, kept_back, warnings
+        users = protections(live)
+        present = {s.id for s in live.secrets}
+        for removal in removals:
+            if removal.secret_id not in present:
+                continue  # someone else collected it: nothing to do
+            why = users.get(removal.secret_id)
+            if why:
+                kept_back.append(f"{removal.name}: {why}")
+                continue
+            try:
+                self.swarm.remove_secret(removal.secret_id, removal.name)
+            except SwarmError as exc:
+                # e.g. started being used in between: keeping it is always safe.
+                kept_back.append(f"{removal.name}: {exc}")
+                continue
+            removed.append(removal.name)
+            audit(
+                "secret_removed",
+                set=removal.set_name,
+                secret=removal.secret,
+                version=removal.version,
+                name=removal.name,
+                reason=removal.reason,
+            )
+        return removed, kept_back, warnings
+
+
 def execute(
     plan: Plan,
-    desired: DesiredState,
     values: Values,
     swarm: Swarm,
+    *,
+    live: LiveState,
+    replan: Replan,
     options: ApplyOptions = ApplyOptions(),
     progress: ProgressFn | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    revision: str | None = None,
 ) -> ApplyResult:
-    """Apply ``plan`` (as shown to the user) and converge: see the module docstring for the steps."""
-    report = progress or _log_progress
-    created: list[str] = []
-    errors: list[str] = []
-    warnings: list[str] = list(plan.warnings)
+    """Carry out the approved ``plan`` exactly (see the module docstring for the steps).
 
-    # 1. create versions; a conflict means someone else moved: observe, re-plan, create what is left.
-    current = plan
-    for attempt in range(MAX_REPLANS + 1):
-        conflict = False
-        for action in current.creates:
-            try:
-                swarm.create_secret(action.name, values[(action.set_name, action.secret)], action.labels)
-            except SwarmConflict:
-                log.info("%s was created concurrently; observing again", action.name)
-                conflict = True
-                break
-            created.append(action.name)
-            audit(
-                "secret_created",
-                set=action.set_name,
-                secret=action.secret,
-                version=action.version,
-                name=action.name,
-                revision=desired.revision or "",
-            )
-        if not conflict:
-            break
-        if attempt == MAX_REPLANS:
-            errors.append("secrets kept being created concurrently; another apply is running? try again")
-            return ApplyResult(created=tuple(created), errors=tuple(errors), warnings=tuple(warnings))
-        _, current = observe_and_plan(desired, swarm, prune_orphans=options.prune_orphans)
-
-    # 2. roll services from a fresh plan (level-based: what the swarm needs now).
-    live, current = observe_and_plan(desired, swarm, prune_orphans=options.prune_orphans)
-    if current.creates:
-        # A version vanished between create and now (a concurrent collector): the next run recreates it.
-        errors.append("new versions disappeared right after creation (a concurrent run?); run apply again")
-    ids = {s.name: s.id for s in live.secrets}
-
-    def replan(service_id: str) -> tuple[UpdateService | None, Mapping[str, str]]:
-        fresh_live, fresh = observe_and_plan(desired, swarm, prune_orphans=options.prune_orphans)
-        update = next((u for u in fresh.updates if u.service_id == service_id), None)
-        return update, {s.name: s.id for s in fresh_live.secrets}
-
+    ``live`` is the observation the plan was approved against (it gives the ids of the versions the
+    plan references); ``replan`` observes and plans again when the swarm moved; ``revision`` goes
+    into the audit events.
+    """
+    run = _Execution(plan, values, swarm, live, replan, options, progress or _log_progress, clock, revision)
+    blocked = tuple(f"{b.set_name}/{b.secret}: {b.reason}" for b in plan.blocked)
+    warnings = list(plan.warnings)
     rollouts: list[RolloutResult] = []
-    updates = []
-    for update in current.updates:
-        if hold_key(update) in options.held:
-            rollouts.append(
-                RolloutResult(
-                    service=update.service,
-                    outcome=OUTCOME_HELD,
-                    detail=f"not retried: rolling it to {', '.join(sorted(hold_key(update)[1]))} failed "
-                    "before; a new commit or a manual reconcile tries again",
-                    key=hold_key(update),
-                )
-            )
-        else:
-            updates.append(update)
-    if updates:
-        with ThreadPoolExecutor(
-            max_workers=max(1, options.concurrency), thread_name_prefix="rollout"
-        ) as pool:
-            futures = [
-                pool.submit(_update_service, swarm, a, ids, options, report, replan, desired.revision)
-                for a in updates
-            ]
-            rollouts += [replace(f.result(), key=hold_key(a)) for f, a in zip(futures, updates, strict=True)]
-    for result in rollouts:
-        audit("rollout_finished", service=result.service, outcome=result.outcome, detail=result.detail)
-
-    # 3. collect: ask again now that rollouts moved references into PreviousSpec.
     removed: list[str] = []
-    try:
-        _, final = observe_and_plan(desired, swarm, prune_orphans=options.prune_orphans)
-    except SwarmError as exc:
-        errors.append(f"could not observe the swarm for garbage collection: {exc}")
-        final = Plan()
-    for removal in final.removals:
-        try:
-            swarm.remove_secret(removal.secret_id, removal.name)
-        except SwarmError as exc:
-            # e.g. started being used in between: keeping it is always safe.
-            warnings.append(f"kept {removal.name}: {exc}")
-            continue
-        removed.append(removal.name)
-        audit(
-            "secret_removed",
-            set=removal.set_name,
-            secret=removal.secret,
-            version=removal.version,
-            name=removal.name,
-            reason=removal.reason,
-        )
+    kept_back: list[str] = []
+    if run.create():
+        rollouts = run.update_all()
+        for rollout in rollouts:
+            audit(
+                "rollout_finished",
+                service=rollout.service,
+                outcome=rollout.outcome.value,
+                detail=rollout.detail,
+            )
+        if not run.stale:
+            removed, kept_back, more = run.collect()
+            warnings += more
     return ApplyResult(
-        created=tuple(created),
+        created=tuple(run.created),
         rollouts=tuple(rollouts),
         removed=tuple(removed),
-        kept=len(final.kept),
-        blocked=tuple(f"{b.set_name}/{b.secret}: {b.reason}" for b in current.blocked),
-        errors=tuple(errors),
+        kept=len(plan.kept) + len(kept_back),
+        kept_back=tuple(kept_back),
+        blocked=blocked,
+        errors=tuple(run.errors),
         warnings=tuple(dict.fromkeys(warnings)),
+        stale=run.stale,
     )

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from reconciler.core.fingerprint import check_key
 from reconciler.core.model import LABEL_MANAGED, LABEL_PREFIX
-from reconciler.engine.swarm import Swarm
+from reconciler.engine.protocol import Swarm
 from reconciler.errors import ConfigError, SwarmConflict
 
 KEY_CONFIG_NAME = "swarm-secrets-fingerprint-key"

@@ -1,4 +1,5 @@
-"""The swarm client: the only module that imports ``docker``.
+"""The swarm client: the only module that imports ``docker``; it implements
+:class:`reconciler.engine.protocol.Swarm`.
 
 It observes (secrets, services, tasks → :class:`~reconciler.core.model.LiveState`) and mutates (create and
 remove secrets, rewrite a service's secret references, read rollout progress), translating every
@@ -27,8 +28,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, TypedDict, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import docker
 import docker.errors
@@ -36,6 +36,8 @@ import requests
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from reconciler.core.model import LiveSecret, LiveService, LiveState, SecretRef, SecretValue
+from reconciler.core.rollout import RolloutProbe
+from reconciler.engine.protocol import RawService
 from reconciler.errors import NotManager, SwarmConflict, SwarmError, SwarmRefused, SwarmUnavailable
 
 log = logging.getLogger(__name__)
@@ -45,34 +47,6 @@ T = TypeVar("T")
 STACK_LABEL = "com.docker.stack.namespace"
 _HOST_MOUNTS = frozenset({"bind", "npipe"})
 TERMINAL_TASK_STATES = frozenset({"complete", "shutdown", "failed", "rejected", "orphaned", "remove"})
-
-
-class RawService(TypedDict, total=False):
-    """A service as ``GET /services/{id}`` returns it (only the fields we read)."""
-
-    ID: str
-    Version: dict[str, int]
-    Spec: dict[str, Any]
-    PreviousSpec: dict[str, Any]
-    UpdateStatus: dict[str, str]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RolloutProbe:
-    """One look at a service's rollout, as the docker CLI's progress display reads it."""
-
-    state: str | None
-    """``UpdateStatus.State`` or None when the engine recorded none."""
-    started_at: str | None
-    message: str
-    spec_secret_ids: frozenset[str]
-    """Secret IDs the current Spec references (a rollback swaps our IDs out again)."""
-    running: int
-    """Tasks of the current spec that are running."""
-    desired: int
-    """Tasks the service wants (replicas, or the global count the engine computed)."""
-    failed_tasks: tuple[str, ...] = ()
-    """Recent error messages of tasks of the current spec that failed (for the report)."""
 
 
 # --- error translation ------------------------------------------------------------------------------
@@ -178,6 +152,7 @@ def parse_secret(raw: Mapping[str, Any]) -> LiveSecret:
         name=spec.get("Name", ""),
         labels=dict(spec.get("Labels") or {}),
         created_at=raw.get("CreatedAt", ""),
+        index=int((raw.get("Version") or {}).get("Index", 0)),
     )
 
 

@@ -50,7 +50,7 @@ def cross_problems(loaded: Sequence[LoadedSet]) -> list[Problem]:
 
 
 def _secret_path(spec: SecretSpec) -> PathKey:
-    return ("spec", "secrets", spec.name)
+    return ("spec", "secrets", spec.secret)
 
 
 def _set_names(loaded: Sequence[LoadedSet]) -> list[Problem]:
@@ -79,20 +79,20 @@ def _secret_names(loaded: Sequence[LoadedSet]) -> list[Problem]:
     first: dict[str, tuple[LoadedSet, SecretSpec]] = {}
     for entry in loaded:
         for spec in entry.secret_set.secrets:
-            folded = spec.name.casefold()
+            folded = spec.secret.casefold()
             if folded not in first:
                 first[folded] = (entry, spec)
                 continue
             other_entry, other = first[folded]
             where = f"{other_entry.where(_secret_path(other))} (set '{other.set_name}')"
-            if other.name == spec.name:
+            if other.secret == spec.secret:
                 message = (
-                    f"secret '{spec.name}' is also declared in {where}; swarm secret names are "
+                    f"secret '{spec.secret}' is also declared in {where}; swarm secret names are "
                     "global, so a logical name may be used only once: rename one"
                 )
             else:
                 message = (
-                    f"secret '{spec.name}' differs only in case from '{other.name}' in {where}; "
+                    f"secret '{spec.secret}' differs only in case from '{other.secret}' in {where}; "
                     "Swarm compares names case-insensitively: rename one"
                 )
             problems.append(entry.problem(_secret_path(spec), message))
@@ -133,14 +133,14 @@ def _grants(loaded: Sequence[LoadedSet]) -> list[Problem]:
 def _grant_path(entry: LoadedSet, spec: SecretSpec, index: int) -> PathKey:
     base = (*_secret_path(spec), "services", index)
     # A short-form grant has no target field: point at the list item.
-    return base if (spec.name, index) in entry.short_grants else (*base, "target")
+    return base if (spec.secret, index) in entry.short_grants else (*base, "target")
 
 
 def _target_clash(grant: ServiceGrant, first: tuple[LoadedSet, SecretSpec, int]) -> str:
     other_entry, other, other_index = first
     other_path = _grant_path(other_entry, other, other_index)
     return (
-        f"service '{grant.service}' already gets secret '{other.name}' (set '{other.set_name}') at "
+        f"service '{grant.service}' already gets secret '{other.secret}' (set '{other.set_name}') at "
         f"{grant.path} ({other_entry.where(other_path)}, {format_path(other_path)}); two secrets "
         "cannot be the same file in one container: give one of them another target"
     )

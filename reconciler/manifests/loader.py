@@ -398,7 +398,7 @@ def _build(file: Path, root: Path, shown: str, doc: Document) -> tuple[LoadedSet
         secrets.append(
             SecretSpec(
                 set_name=name,
-                name=secret_name,
+                secret=secret_name,
                 source=source,
                 labels=dict(raw.get("labels") or {}),
                 grants=tuple(grants),

@@ -26,7 +26,9 @@ JSON shape (``format_version`` 1; fields are only ever added within a version)::
             "uid": "0", "gid": "0", "mode": "0440",   # mode as an octal string
             "reason": "rotate to v2 (content changed)"}]},
         {"kind": "remove_secret", "secret_id": "…", "name": "db_password_v0", "set": "shop",
-         "secret": "db_password", "version": 0, "reason": "superseded by v2 and no longer referenced"}
+         "secret": "db_password", "version": 0, "reason": "superseded by v2 and no longer referenced",
+         "after": []}                      # services whose rollout frees it first (it is only
+                                           # their rollback target now); removed after them
       ],
       "kept": [{"name": "db_password_v1", "set": "shop", "secret": "db_password", "version": 1,
                 "reason": "rollback target of shop_web (PreviousSpec)"}],
@@ -73,9 +75,12 @@ _DEFAULT_OWNER = ("0", "0", 0o444)
 
 
 def _op(change: RefChange) -> str:
-    if change.old is None:
-        return "add"
-    return "remove" if change.new is None else "replace"
+    return change.op
+
+
+def _old(change: RefChange) -> str | None:
+    """The replaced names as the JSON shape has them: ``", "``-joined, null for an add."""
+    return ", ".join(change.old) or None
 
 
 def _public_labels(labels: Mapping[str, str]) -> dict[str, str]:
@@ -122,7 +127,8 @@ def _owner_note(change: RefChange) -> str:
 
 def _change_text(change: RefChange) -> str:
     op = _op(change)
-    names = {"add": change.new, "remove": change.old}.get(op) or f"{change.old} → {change.new}"
+    old = _old(change)
+    names = {"add": change.new, "remove": old}.get(op) or f"{old} → {change.new}"
     return f"{_CHANGE_SYMBOL[op]} {change.path}: {names}{_owner_note(change)} ({change.reason})"
 
 
@@ -166,7 +172,7 @@ def _change_dict(change: RefChange) -> dict[str, Any]:
         "target": change.target,
         "set": change.set_name,
         "secret": change.secret,
-        "old": change.old,
+        "old": _old(change),
         "new": change.new,
         "uid": change.uid,
         "gid": change.gid,
@@ -204,6 +210,7 @@ def _action_dict(action: CreateSecret | UpdateService | RemoveSecret) -> dict[st
         "secret": action.secret,
         "version": action.version,
         "reason": action.reason,
+        "after": list(action.after),
     }
 
 

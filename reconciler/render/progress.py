@@ -12,16 +12,20 @@ import threading
 import time
 from typing import TextIO
 
-SYMBOLS = {
+from reconciler.core.rollout import Outcome
+
+SYMBOLS: dict[str, str] = {
     "updating": "…",
-    "converged": "✓",
-    "unchanged": "=",
-    "rolled_back": "↺",
-    "paused": "‖",
-    "timed_out": "⌛",
-    "failed": "✗",
-    "held": "‖",
+    Outcome.CONVERGED: "✓",
+    Outcome.UNCHANGED: "=",
+    Outcome.ROLLED_BACK: "↺",
+    Outcome.PAUSED: "‖",
+    Outcome.SUPERSEDED: "⇄",
+    Outcome.TIMED_OUT: "⌛",
+    Outcome.FAILED: "✗",
+    Outcome.HELD: "‖",
 }
+"""One symbol per rollout outcome (and for ``updating``); engine states in between show ``·``."""
 
 
 class Progress:

@@ -46,7 +46,7 @@ def resolve(
     for secret_set in sets:
         for spec in secret_set.secrets:
             try:
-                values[(secret_set.name, spec.name)] = SecretValue(_fetch(spec, env, decryptor))
+                values[(secret_set.name, spec.secret)] = SecretValue(_fetch(spec, env, decryptor))
             except SourceFailure as failure:
                 origin = spec.origin
                 problems.append(

@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 
 from reconciler.cli import main
 from reconciler.daemon.tick import TickSettings, make_tick
-from reconciler.daemon.types import TickRequest
+from reconciler.daemon.types import Reason, TickRequest, Trigger
 from reconciler.engine.executor import ApplyOptions
 from reconciler.errors import RevisionError
 
@@ -104,7 +104,7 @@ def test_an_older_commit_is_not_applied_over_a_newer_one(
         TickSettings(manifests=lab.root, docker_host=lab.docker_host, apply=ApplyOptions(timeout=90))
     )
     with pytest.raises(RevisionError, match=f"revision {a} is older than {b}"):
-        tick(TickRequest(reason="interval", manifests_dir=lab.root, revision=a))
+        tick(TickRequest(reason=Reason(Trigger.INTERVAL), manifests_dir=lab.root, revision=a))
     assert _snapshot(api) == before
 
     # a shallow clone at C cannot tell whether B is older: it says so and refuses ...

@@ -62,7 +62,10 @@ def test_short_keys_are_refused(tmp_path: Path) -> None:
 
 def test_desired_state_carries_fingerprints_not_values() -> None:
     spec = SecretSpec(
-        set_name="shop", name="pw", source=EnvSource(var="PW"), origin=Origin(file="m.yaml", line=1, path="")
+        set_name="shop",
+        secret="pw",
+        source=EnvSource(var="PW"),
+        origin=Origin(file="m.yaml", line=1, path=""),
     )
     sets = (SecretSet(name="shop", secrets=(spec,), origin=Origin(file="m.yaml", line=1, path="")),)
     desired = build_desired(sets, {("shop", "pw"): SecretValue(b"hunter2")}, KEY, revision="abc")

@@ -58,7 +58,7 @@ def secret_set(
 ) -> SecretSet:
     spec = SecretSpec(
         set_name=name,
-        name="pw",
+        secret="pw",
         source=source or FileSource(file=Path("/repo/pw.txt")),
         grants=grants,
         origin=Origin(file=FILE, line=10, path="spec.secrets.pw"),
@@ -400,6 +400,7 @@ def test_a_refused_run_creates_not_even_the_key_config() -> None:
 
     from reconciler import converge
     from reconciler.core.model import SecretValue
+    from reconciler.engine.executor import ApplyOptions
     from reconciler.engine.swarm import Swarm
 
     loaded = converge.Loaded(
@@ -415,4 +416,6 @@ def test_a_refused_run_creates_not_even_the_key_config() -> None:
     assert converge.prepare(fine, cast(Swarm, fresh)).plan.creates
     assert fresh.created == ["swarm-secrets-fingerprint-key"]
     with pytest.raises(ConfigError, match="--prune-orphans needs the manifests loaded with complete=True"):
-        converge.prepare(fine, cast(Swarm, fresh), prune_orphans=True)
+        converge.prepare(
+            fine, cast(Swarm, fresh), converge.Settings(apply=ApplyOptions(prune_orphans=True))
+        )

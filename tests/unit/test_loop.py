@@ -29,8 +29,10 @@ from reconciler.daemon.types import (
     READY_RETRYING,
     STALLED,
     STARTING,
+    Reason,
     TickRequest,
     TickResult,
+    Trigger,
     readiness_reasons,
     with_class,
 )
@@ -112,8 +114,8 @@ def test_debounce_coalesces_many_requests_into_one_tick() -> None:
     with running(rec):
         wait_for(lambda: tick.finished == 1)
         for _ in range(5):
-            rec.request("event")
-            rec.request("webhook:github")
+            rec.request(Trigger.EVENT)
+            rec.request(Reason(Trigger.WEBHOOK, "github"))
         wait_for(lambda: tick.count == 2)
         time.sleep(0.25)
         assert tick.count == 2
@@ -129,7 +131,7 @@ def test_requests_during_a_tick_cause_exactly_one_more() -> None:
     with running(rec):
         assert tick.entered.wait(2)
         for _ in range(5):
-            rec.request("manual")
+            rec.request(Trigger.MANUAL)
         assert rec.status().pending == ("manual",)
         gate.set()
         wait_for(lambda: tick.finished == 2)
@@ -176,10 +178,10 @@ def test_urgent_request_skips_the_backoff_but_an_event_waits() -> None:
     rec = Loop(settings(backoff_base=30), tick)
     with running(rec):
         wait_for(lambda: tick.finished == 1)
-        rec.request("event")
+        rec.request(Trigger.EVENT)
         time.sleep(0.1)
         assert tick.count == 1  # the event waits for the 30 s retry
-        rec.request("webhook:gitea")
+        rec.request(Reason(Trigger.WEBHOOK, "gitea"))
         wait_for(lambda: tick.count == 2)
     assert tick.requests[1].reasons == ("event", "webhook:gitea")
 
@@ -219,18 +221,18 @@ def test_own_changes_do_not_cause_a_tick_storm() -> None:
     rec = Loop(settings(event_quiet=0.3), tick)
     with running(rec):
         assert tick.entered.wait(2)
-        rec.request("event")  # the swarm reporting our own service update
+        rec.request(Trigger.EVENT)  # the swarm reporting our own service update
         gate.set()
         wait_for(lambda: tick.finished == 1 and not rec.status().ticking)
-        assert rec.request("event") is False  # inside the quiet window
+        assert rec.request(Trigger.EVENT) is False  # inside the quiet window
         time.sleep(0.1)
         assert tick.count == 1
         time.sleep(0.25)
-        assert rec.request("event") is True  # window over: foreign changes count again
+        assert rec.request(Trigger.EVENT) is True  # window over: foreign changes count again
         wait_for(lambda: tick.count == 2)
         rec.suppress_events_until(time.monotonic() + 60)
-        assert rec.request("event") is False
-        assert rec.request("manual") is True  # only events are suppressed
+        assert rec.request(Trigger.EVENT) is False
+        assert rec.request(Trigger.MANUAL) is True  # only events are suppressed
 
 
 def test_stop_finishes_the_tick_in_hand_then_returns_zero() -> None:
@@ -240,7 +242,7 @@ def test_stop_finishes_the_tick_in_hand_then_returns_zero() -> None:
     with running(rec) as codes:
         assert tick.entered.wait(2)
         rec.stop()
-        rec.request("manual")
+        rec.request(Trigger.MANUAL)
         time.sleep(0.05)
         assert tick.finished == 0  # not interrupted
         gate.set()
@@ -284,7 +286,7 @@ def test_readiness_rules() -> None:
     with running(rec):
         wait_for(lambda: tick.finished == 1 and rec.status().last_result is not None)
         assert rec.readiness() == (True, READY)
-        rec.request("manual")
+        rec.request(Trigger.MANUAL)
         now[0] += 1  # let the debounce pass on the fake clock
         wait_for(lambda: tick.finished == 2 and not rec.status().ticking)
     assert rec.readiness() == (True, with_class(READY_RETRYING, "engine"))
@@ -298,7 +300,7 @@ def test_with_git_passes_the_checkout() -> None:
     tick = Recorder(OK)
     checkout = Checkout(revision="abc123", manifests_dir=Path("/co/m"), root=Path("/co"))
     wrapped = with_git(tick, lambda: checkout)
-    result = wrapped(TickRequest(reason="interval", reasons=("interval",)))
+    result = wrapped(TickRequest(reason=Reason(Trigger.INTERVAL), reasons=(Reason(Trigger.INTERVAL),)))
     assert tick.requests[0].manifests_dir == Path("/co/m") and tick.requests[0].revision == "abc123"
     assert result.revision == "abc123" and result.ok
 
@@ -318,9 +320,9 @@ def test_a_permanent_error_waits_for_a_change_instead_of_backing_off() -> None:
         assert status.stalled and status.consecutive_failures == 0
         assert rec.metrics.registry.get_sample_value("swarm_secrets_waiting_for_change") == 1
         assert rec.metrics.registry.get_sample_value("swarm_secrets_ticks_total", {"result": "stalled"}) == 1
-        rec.request("event")  # an event is a change too: it runs, and fails the same way
+        rec.request(Trigger.EVENT)  # an event is a change too: it runs, and fails the same way
         wait_for(lambda: tick.finished == 2 and not rec.status().ticking)
-        rec.request("webhook:github")  # a push: this time the manifests are fixed
+        rec.request(Reason(Trigger.WEBHOOK, "github"))  # a push: this time the manifests are fixed
         wait_for(lambda: tick.finished == 3 and not rec.status().ticking)
         assert not rec.status().stalled and rec.readiness() == (True, READY)
         assert rec.metrics.registry.get_sample_value("swarm_secrets_waiting_for_change") == 0
@@ -355,12 +357,13 @@ def test_with_git_skips_the_revision_that_failed_until_asked_or_changed() -> Non
 
     tick = Recorder()
     wrapped = with_git(tick, fetch)
-    waiting = TickRequest(reason="interval", reasons=("interval",), stalled_revision="abc123")
+    interval, event = Reason(Trigger.INTERVAL), Reason(Trigger.EVENT)
+    waiting = TickRequest(reason=interval, reasons=(interval,), stalled_revision="abc123")
     skipped = wrapped(waiting)
     assert skipped.skipped and not skipped.ok and not skipped.transient and tick.count == 0
-    assert wrapped(TickRequest(reason="event", reasons=("event",), stalled_revision="abc123")).skipped
+    assert wrapped(TickRequest(reason=event, reasons=(event,), stalled_revision="abc123")).skipped
     # asked for by a person or a forge: tried again at the same revision
-    for reason in ("manual", "webhook:gitlab"):
+    for reason in (Reason(Trigger.MANUAL), Reason(Trigger.WEBHOOK, "gitlab")):
         assert not wrapped(TickRequest(reason=reason, reasons=(reason,), stalled_revision="abc123")).skipped
     revision[0] = "def456"  # a new commit: tried
     assert wrapped(waiting).ok and tick.count == 3
@@ -372,7 +375,7 @@ def test_with_git_gives_a_failure_its_revision() -> None:
     wrapped = with_git(
         Recorder(bad), lambda: Checkout(revision="abc123", manifests_dir=Path("/co/m"), root=Path("/co"))
     )
-    result = wrapped(TickRequest(reason="interval", reasons=("interval",)))
+    result = wrapped(TickRequest(reason=Reason(Trigger.INTERVAL), reasons=(Reason(Trigger.INTERVAL),)))
     assert (result.ok, result.transient, result.revision) == (False, False, "abc123")
     assert result.error == "a.yaml:1: spec: bad"
 
@@ -502,3 +505,12 @@ def test_audit_strips_values(caplog: pytest.LogCaptureFixture) -> None:
     data = json.loads(rendered)
     assert data["event"] == "secret_created" and data["secret"] == "db" and data["version"] == 3
     assert data["dropped"] == ["value", "data", "wrapped"] and data["name_"] == "clash"
+
+
+def test_reasons_are_text_that_carries_its_trigger() -> None:
+    reason = Reason(Trigger.WEBHOOK, "github")
+    assert reason == "webhook:github" and reason.trigger is Trigger.WEBHOOK
+    assert Reason(Trigger.EVENT) == "event" and json.dumps([reason]) == '["webhook:github"]'
+    assert {t for t in Trigger if t.explicit} == {Trigger.STARTUP, Trigger.WEBHOOK, Trigger.MANUAL}
+    assert {t for t in Trigger if t.asked} == {Trigger.MANUAL}  # a webhook can be replayed
+    assert {t for t in Trigger if t.from_swarm} == {Trigger.EVENT}

@@ -36,7 +36,9 @@ from reconciler.core.model import (
     ServiceGrant,
 )
 from reconciler.core.plan import CreateSecret, Plan, RefChange, RemoveSecret, UpdateService
-from reconciler.core.planner import apply_ref_changes, fingerprint_key_id, plan
+from reconciler.core.planner import fingerprint_key_id, plan
+from reconciler.core.refs import apply_ref_changes
+from reconciler.errors import SwarmConflict
 
 CASES_DIR = Path(__file__).parent / "planner_cases"
 CASE_FILES = sorted(CASES_DIR.glob("*.yaml"))
@@ -82,7 +84,7 @@ def _desired(raw: dict[str, Any]) -> DesiredState:
         secrets = tuple(
             DesiredSecret(
                 set_name=set_name,
-                name=name,
+                secret=name,
                 fingerprint=_fingerprint(str(spec["fp"]), spec.get("key", key_id)),
                 labels=spec.get("labels", {}),
                 grants=tuple(_grant(g, name) for g in spec.get("grants", ())),
@@ -178,11 +180,12 @@ def _owner(change: RefChange) -> str:
 
 
 def _change_struct(service: str, change: RefChange) -> str:
-    if change.old is None:
+    old = ", ".join(change.old)
+    if not change.old:
         return f"{service} + {change.path} {change.new}{_owner(change)}"
     if change.new is None:
-        return f"{service} - {change.path} {change.old}"
-    return f"{service} ~ {change.path} {change.old} -> {change.new}{_owner(change)}"
+        return f"{service} - {change.path} {old}"
+    return f"{service} ~ {change.path} {old} -> {change.new}{_owner(change)}"
 
 
 def compact(result: Plan) -> list[tuple[str, str]]:
@@ -314,7 +317,7 @@ def _one_secret(**grant: Any) -> DesiredState:
                 secrets=(
                     DesiredSecret(
                         set_name="shop",
-                        name="db_password",
+                        secret="db_password",
                         fingerprint="hmac-sha256:k1:new",
                         labels={"team": "shop", LABEL_MANAGED: "no"},
                         grants=(ServiceGrant(service="shop_web", target="db_password", **grant),),
@@ -383,7 +386,7 @@ def test_update_carries_service_identity_and_the_manifest_target_as_written() ->
         path="/run/secrets/db_password",
         set_name="shop",
         secret="db_password",
-        old="db_password_v1",
+        old=("db_password_v1",),
         new="db_password_v2",
         target="db_password",
         uid="1000",
@@ -424,13 +427,19 @@ def test_apply_ref_changes_replaces_every_listed_ref_at_a_path_and_keeps_others(
     )
     changes = (
         RefChange(
-            path="/etc/x", set_name="old", secret="old", old="old_v1", new=None, target="/etc/x", reason="r"
+            path="/etc/x",
+            set_name="old",
+            secret="old",
+            old=("old_v1",),
+            new=None,
+            target="/etc/x",
+            reason="r",
         ),
         RefChange(
             path="/run/secrets/pw",
             set_name="s",
             secret="pw",
-            old="pw_v1, pw_v2",
+            old=("pw_v1", "pw_v2"),
             new="pw_v3",
             target="pw",
             mode=0o400,
@@ -446,8 +455,8 @@ def test_apply_ref_changes_replaces_every_listed_ref_at_a_path_and_keeps_others(
 
 
 def test_apply_ref_changes_needs_the_id_of_every_new_name() -> None:
-    change = RefChange(path="/run/secrets/x", set_name="s", secret="x", old=None, new="x_v1", reason="r")
-    with pytest.raises(KeyError):
+    change = RefChange(path="/run/secrets/x", set_name="s", secret="x", old=(), new="x_v1", reason="r")
+    with pytest.raises(SwarmConflict):
         apply_ref_changes((), (change,), {})
 
 

@@ -70,7 +70,7 @@ def sample_plan() -> Plan:
                 secrets=(
                     DesiredSecret(
                         set_name="shop",
-                        name="db_password",
+                        secret="db_password",
                         fingerprint=FP["d3"],
                         labels={"team": "shop"},
                         grants=(
@@ -80,7 +80,7 @@ def sample_plan() -> Plan:
                     ),
                     DesiredSecret(
                         set_name="shop",
-                        name="api_key",
+                        secret="api_key",
                         fingerprint=FP["a1"],
                         grants=(ServiceGrant(service="shop_web", target="api_key"),),
                     ),
@@ -240,6 +240,7 @@ def test_json_shape() -> None:
         "secret": "db_password",
         "version": 0,
         "reason": "superseded by v4 and no longer referenced",
+        "after": [],
     }
     assert data["kept"][0] == {
         "name": "db_password_v1",
@@ -254,7 +255,7 @@ def test_json_shape() -> None:
 
 
 def test_json_add_change_has_no_old() -> None:
-    change = RefChange(path="/run/secrets/pw", set_name="s", secret="pw", old=None, new="pw_v1", reason="r")
+    change = RefChange(path="/run/secrets/pw", set_name="s", secret="pw", old=(), new="pw_v1", reason="r")
     update = UpdateService(service="web", service_id="i", observed_version=1, changes=(change,), reason="r")
     (action,) = plan_to_dict(Plan(actions=(update,)))["actions"]
     assert action["changes"][0]["op"] == "add" and action["changes"][0]["old"] is None

@@ -25,7 +25,7 @@ def _set(name: str, sources: dict[str, Source]) -> SecretSet:
     specs = tuple(
         SecretSpec(
             set_name=name,
-            name=secret,
+            secret=secret,
             source=source,
             origin=Origin(file=f"{name}.yaml", line=7 + i, path=f"spec.secrets.{secret}"),
         )

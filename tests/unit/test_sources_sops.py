@@ -28,7 +28,7 @@ def _sets(sources: Mapping[str, Source]) -> tuple[SecretSet, ...]:
     specs = tuple(
         SecretSpec(
             set_name="t",
-            name=name,
+            secret=name,
             source=source,
             origin=Origin(file="t.yaml", line=i + 10, path=f"spec.secrets.{name}"),
         )

@@ -1,0 +1,120 @@
+"""The run tick (``daemon/tick.py``) through converge, on the in-memory swarm: results, held rollouts
+(Swarm's own rollback or pause) versus superseded ones, and a tick whose swarm changed under it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reconciler.core.model import SecretValue
+from reconciler.daemon import tick as tick_module
+from reconciler.daemon.tick import TickSettings, make_tick
+from reconciler.daemon.types import Reason, Tick, TickRequest, TickResult, Trigger
+from reconciler.engine.executor import ApplyOptions
+from tests.fakes.swarm import FakeSwarm, requires
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeSwarm:
+    swarm = FakeSwarm()
+
+    class Connect:
+        @staticmethod
+        def connect(docker_host: str | None = None) -> contextlib.AbstractContextManager[FakeSwarm]:
+            return contextlib.nullcontext(swarm)
+
+    monkeypatch.setattr(tick_module, "Swarm", Connect)
+    return swarm
+
+
+@pytest.fixture
+def manifests(tmp_path: Path) -> Iterator[Path]:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    doc = {
+        "apiVersion": "swarm-secrets/v1",
+        "kind": "SecretSet",
+        "metadata": {"name": "shop"},
+        "spec": {"secrets": {"pw": {"source": {"env": "TICK_PW"}, "services": ["web"]}}},
+    }
+    (folder / "set.yaml").write_text(yaml.safe_dump(doc))
+    yield folder
+
+
+def request(*triggers: Trigger, revision: str = "rev1") -> TickRequest:
+    reasons = tuple(Reason(t) for t in triggers or (Trigger.INTERVAL,))
+    return TickRequest(reason=reasons[0], reasons=reasons, revision=revision)
+
+
+@pytest.fixture
+def tick(manifests: Path) -> Tick:
+    # No lease: the fake has no configs to keep one in (engine/lease.py is tested on the real engine).
+    settings = TickSettings(manifests=manifests, apply=ApplyOptions(poll_interval=0, timeout=5), lease=None)
+    return make_tick(settings)
+
+
+def run(tick: Tick, monkeypatch: pytest.MonkeyPatch, value: str, *triggers: Trigger) -> TickResult:
+    monkeypatch.setenv("TICK_PW", value)
+    return tick(request(*triggers))
+
+
+def test_a_tick_converges_then_has_nothing_to_do(
+    fake: FakeSwarm, tick: Tick, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.add_service("web")
+    first = run(tick, monkeypatch, "one")
+    assert first.ok and first.changed and first.created == 1
+    assert dict(first.rollouts) == {"converged": 1} and first.managed_secrets == 1
+    second = run(tick, monkeypatch, "one")
+    assert second.ok and not second.changed
+
+
+def test_swarms_rollback_is_held_until_asked_but_a_superseded_rollout_is_not(
+    fake: FakeSwarm, tick: Tick, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.add_service("web", failure_action="rollback")
+    assert run(tick, monkeypatch, "good").ok
+    fake.service_by_name("web").health = requires("/run/secrets/pw", b"good")
+    failed = run(tick, monkeypatch, "bad")
+    assert not failed.ok and dict(failed.rollouts) == {"rolled_back": 1}
+    writes = len(fake.written)
+    held = run(tick, monkeypatch, "bad")
+    assert dict(held.rollouts) == {"held": 1} and len(fake.written) == writes  # not tried again
+    asked = run(tick, monkeypatch, "bad", Trigger.MANUAL)
+    assert dict(asked.rollouts) == {"rolled_back": 1}  # asked: tried again
+
+    # someone else rewrites the service during our rollout: superseded, and never held
+    fake.service_by_name("web").health = None
+    v1 = fake.ref("pw_v1", "pw")
+    fake.before["rollout_probe"] = lambda: fake.foreign_write(
+        "web", lambda spec: spec["TaskTemplate"]["ContainerSpec"].update(Secrets=[v1])
+    )
+    superseded = run(tick, monkeypatch, "fine")
+    assert dict(superseded.rollouts) == {"superseded": 1} and not superseded.ok
+    again = run(tick, monkeypatch, "fine")
+    assert again.ok and dict(again.rollouts) == {"converged": 1}
+
+
+def test_a_tick_whose_swarm_changed_since_its_plan_stops_and_the_next_one_converges(
+    fake: FakeSwarm, tick: Tick, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.add_service("web")
+    assert run(tick, monkeypatch, "one").ok
+    labels = {
+        "io.swarm-secrets.managed": "true",
+        "io.swarm-secrets.set": "shop",
+        "io.swarm-secrets.secret": "pw",
+        "io.swarm-secrets.version": "2",
+        "io.swarm-secrets.fingerprint": "hmac-sha256:other:x",
+    }
+    fake.before["create_secret"] = lambda: fake.create_secret("pw_v2", SecretValue(b"theirs"), labels)
+    stopped = run(tick, monkeypatch, "two")
+    assert not stopped.ok and stopped.error is not None
+    assert stopped.error.startswith("the swarm changed since the plan; plan again")
+    assert fake.service_secret_names("web") == {"pw": "pw_v1"}
+    after = run(tick, monkeypatch, "two")
+    assert after.ok and fake.service_secret_names("web") == {"pw": "pw_v3"}
