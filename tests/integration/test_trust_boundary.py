@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from reconciler.daemon.types import STALLED, with_class
+
 from .conftest import Lab
 from .test_loop_service import eventually, free_port
 
@@ -248,7 +250,7 @@ def loop(lab: Lab, tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Po
         log = tmp_path / f"run-{len(started)}.log"
         cmd = [sys.executable, "-m", "reconciler", "--log-level", "debug", "--log-format", "json", "run",
                str(lab.root), "--interval", "300", "--debounce", "0.2", "--listen", f"127.0.0.1:{port}",
-               "--webhook-secret-file", str(secret), *extra]  # fmt: skip
+               "--reconcile-token-file", str(secret), *extra]  # fmt: skip
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 cmd, env=lab.env(SOPS_AGE_KEY=MARKER), stdout=out, stderr=subprocess.STDOUT
@@ -290,7 +292,7 @@ def test_run_readyz_metrics_and_logs_carry_no_marker(lab: Lab, loop: Callable[..
     before = lab.versions()
     proc, port, log = loop()
     eventually(
-        lambda: _get(port, "/readyz") == (503, "not ready: the last tick failed: source\n"),
+        lambda: _get(port, "/readyz") == (503, with_class(STALLED, "source") + "\n"),
         60,
         "a failed tick",
     )
@@ -299,7 +301,7 @@ def test_run_readyz_metrics_and_logs_carry_no_marker(lab: Lab, loop: Callable[..
     write_set(lab, {pw: {"source": {"env": "PW"}, "services": [app]}})
     _reconcile(port)
     eventually(
-        lambda: _get(port, "/readyz") == (503, "not ready: the last tick failed: policy\n"), 60, "policy"
+        lambda: _get(port, "/readyz") == (503, with_class(STALLED, "policy") + "\n"), 60, "policy"
     )
     status, metrics = _get(port, "/metrics")
     assert status == 200 and MARKER not in metrics
