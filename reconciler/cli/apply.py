@@ -105,20 +105,25 @@ def apply(
     )
     approval: converge.Approval = converge.auto_approve if yes else _prompt
     show: converge.Show | None = _show
+    verify: converge.Approval | None = None
     if saved is not None and plan_file is not None:
-        approval = _saved_approval(saved, plan_file, settings, converge.manifest_digest(paths, loaded.sets))
+        digest = converge.manifest_digest(paths, loaded.sets)
+        verify = converge.saved_plan_approval(saved, settings, manifests_digest=digest)
+        approval = _saved_approval(verify, plan_file)
         show = None
     locking = lease_settings(lock, lock_timeout, lock_ttl)
     with Swarm.connect(docker_host) as swarm:
-        if locking is not None and saved is None:
-            # A first look that changes nothing: an apply with nothing to do takes no lease, and one
-            # that cannot ask says so before it waits for the lease, not after.
+        if locking is not None:
+            # A first look that changes nothing, not even the swarm's lease: a refusal (a policy, the
+            # revision guard, a saved plan that no longer applies) comes before it; an apply with
+            # nothing to do takes no lease; one that cannot ask says so before it waits, not after.
             first = converge.prepare(loaded, swarm, replace(settings, read_only=True))
-            if first.plan.empty:
+            planned = verify(first) if verify is not None else first.plan
+            if planned is None or planned.empty:
                 _show(first)
                 _stats(stats, swarm)
                 return
-            if not yes:
+            if not yes and verify is None:
                 _can_ask()
         # The swarm's lease (engine/lease.py), held from before the plan that is shown and approved to
         # the end: what another applier changed while this one waited is in that plan.
@@ -169,13 +174,11 @@ def _read_saved(path: Path) -> SavedPlan:
         raise ConfigError(f"{display_path(path)} is not a usable saved plan: {exc}") from None
 
 
-def _saved_approval(
-    saved: SavedPlan, path: Path, settings: converge.Settings, digest: str
-) -> converge.Approval:
-    check = converge.saved_plan_approval(saved, settings, manifests_digest=digest)
+def _saved_approval(verify: converge.Approval, path: Path) -> converge.Approval:
+    """``verify`` (the saved plan, if nothing it was computed from moved), saying so and showing it."""
 
     def approve(prepared: converge.Prepared) -> Plan | None:
-        plan = check(prepared)
+        plan = verify(prepared)
         if plan is None:
             return None
         click.echo(f"Applying the saved plan {display_path(path)}; nothing it was made from has changed.")
