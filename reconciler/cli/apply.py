@@ -16,6 +16,7 @@ from reconciler.cli.app import (
     manifest_paths,
     rollout_options,
 )
+from reconciler.display import count
 from reconciler.engine import executor
 from reconciler.engine.executor import ApplyOptions, ApplyResult
 from reconciler.engine.swarm import Swarm
@@ -84,7 +85,7 @@ def _apply(
             err=True,
         )
         raise click.exceptions.Exit(ExitCode.INTERRUPTED) from None
-    click.echo(_result_text(result))
+    click.echo(_result_text(result, shown=prepared.plan.warnings))
     _stats(stats, swarm)
     if not result.ok:
         raise click.exceptions.Exit(ExitCode.PARTIAL)
@@ -95,7 +96,8 @@ def _stats(enabled: bool, swarm: Swarm) -> None:
         click.echo(f"engine requests: {swarm.requests}", err=True)
 
 
-def _result_text(result: ApplyResult) -> str:
+def _result_text(result: ApplyResult, *, shown: tuple[str, ...] = ()) -> str:
+    """What the apply did; warnings already ``shown`` with the plan are not repeated."""
     lines = []
     if result.created:
         lines.append("created: " + ", ".join(result.created))
@@ -107,20 +109,20 @@ def _result_text(result: ApplyResult) -> str:
     if result.removed:
         lines.append("removed: " + ", ".join(result.removed))
     if result.kept:
-        lines.append(f"kept: {result.kept} superseded version(s) (see `swarm-secrets status` for why)")
+        lines.append(f"kept: {count(result.kept, 'superseded version')} (see `swarm-secrets status` for why)")
     lines.extend(f"blocked: {b}" for b in result.blocked)
-    lines.extend(f"warning: {w}" for w in result.warnings)
+    lines.extend(f"warning: {w}" for w in result.warnings if w not in shown)
     lines.extend(f"error: {e}" for e in result.errors)
     failed = [r for r in result.rollouts if not r.ok]
     if result.ok:
         lines.append(
-            f"Apply complete: {len(result.created)} created, {len(result.rollouts)} services updated, "
-            f"{len(result.removed)} removed."
+            f"Apply complete: {len(result.created)} created, "
+            f"{count(len(result.rollouts), 'service')} updated, {len(result.removed)} removed."
         )
     else:
         lines.append(
-            f"Apply finished with failures: {len(failed)} rollout(s) failed, "
-            f"{len(result.blocked)} secret(s) blocked, {len(result.errors)} error(s). "
+            f"Apply finished with failures: {count(len(failed), 'rollout')} failed, "
+            f"{count(len(result.blocked), 'secret')} blocked, {count(len(result.errors), 'error')}. "
             "Old versions were kept; fix the cause and run apply again."
         )
     return "\n".join(lines)

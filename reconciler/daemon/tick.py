@@ -23,6 +23,7 @@ from pathlib import Path
 
 from reconciler import converge
 from reconciler.daemon.types import Tick, TickRequest, TickResult
+from reconciler.display import count
 from reconciler.engine import executor
 from reconciler.engine.executor import ApplyOptions
 from reconciler.engine.swarm import Swarm
@@ -55,7 +56,8 @@ def make_tick(settings: TickSettings) -> Tick:
         loaded = converge.load([manifests], revision=request.revision)
         asked = any(r == "manual" or r.startswith("webhook") for r in (request.reason, *request.reasons))
         if held and (asked or loaded.revision != last_revision[0]):
-            log.info("retrying %d held rollout(s): %s", len(held), "asked to" if asked else "new revision")
+            why = "asked to" if asked else "new revision"
+            log.info("retrying %s: %s", count(len(held), "held rollout"), why)
             held.clear()
         last_revision[0] = loaded.revision
         options = replace(settings.apply, held=frozenset(held))
@@ -73,6 +75,9 @@ def make_tick(settings: TickSettings) -> Tick:
                 log.info("in sync (%d managed versions, revision %s)", managed, loaded.revision or "-")
                 return TickResult(ok=True, changed=False, revision=loaded.revision, managed_secrets=managed)
             result = executor.execute(prepared.plan, prepared.desired, loaded.values, swarm, options)
+        for warning in result.warnings:
+            if warning not in prepared.plan.warnings:  # those were logged above
+                log.warning("%s", warning)
         held.update(r.key for r in result.rollouts if r.failed_rollout and r.key is not None)
         failures = [f"{r.service}: {r.detail}" for r in result.rollouts if not r.ok]
         problems = [*result.errors, *(f"blocked {b}" for b in result.blocked), *failures]

@@ -35,6 +35,7 @@ from reconciler.core.desired import Values
 from reconciler.core.model import DesiredState, LiveState, normalize_target
 from reconciler.core.plan import Plan, RefChange, UpdateService
 from reconciler.core.planner import OLD_SEPARATOR
+from reconciler.display import count
 from reconciler.engine.swarm import Swarm, secret_ids_of
 from reconciler.errors import SwarmConflict, SwarmError, SwarmSecretsError
 from reconciler.logs import audit
@@ -236,7 +237,7 @@ def _update_service(
                 revision=revision or "",
             )
             written = frozenset(r["SecretID"] for r in new) - secret_ids_of(spec)
-            progress(action.service, "updating", f"{len(action.changes)} reference(s) changed")
+            progress(action.service, "updating", f"{count(len(action.changes), 'reference')} changed")
             result = _watch(
                 swarm, action.service, action.service_id, written, baseline, options, progress, started
             )

@@ -31,7 +31,7 @@ from reconciler.core.model import (
     SopsSource,
     Source,
 )
-from reconciler.display import display_path
+from reconciler.display import count, display_path
 from reconciler.errors import ManifestError, Problem
 from reconciler.manifests.crosscheck import LoadedSet, cross_problems
 from reconciler.manifests.schema import schema_problems
@@ -70,7 +70,7 @@ def load(paths: Sequence[Path]) -> tuple[SecretSet, ...]:
                 None,
                 "",
                 (
-                    f"no SecretSet found in {len(files)} YAML file(s): check the path, and that each "
+                    f"no SecretSet found in {count(len(files), 'YAML file')}: check the path, and that each "
                     f"manifest starts with `apiVersion: {API_VERSION}` and `kind: {KIND}`"
                 ),
             )
@@ -78,7 +78,7 @@ def load(paths: Sequence[Path]) -> tuple[SecretSet, ...]:
     problems += cross_problems(loaded)
     if problems:
         raise ManifestError(problems)
-    log.debug("loaded %d set(s) from %d file(s)", len(loaded), len(files))
+    log.debug("loaded %s from %s", count(len(loaded), "set"), count(len(files), "file"))
     return tuple(entry.secret_set for entry in loaded)
 
 
