@@ -12,6 +12,7 @@ from reconciler.cli.app import (
     fingerprint_key_option,
     handle_errors,
     main,
+    manifest_dir,
     rollout_options,
 )
 from reconciler.engine.executor import ApplyOptions
@@ -21,7 +22,7 @@ from reconciler.errors import ConfigError
 
 
 @main.command()
-@click.argument("path", required=False, type=click.Path(path_type=Path), default=None)
+@manifest_dir
 @engine_options
 @fingerprint_key_option
 @click.option("--git-url", default=None, help="Follow this git repository instead of a local PATH.")
