@@ -284,8 +284,9 @@ class Swarm:
     @classmethod
     def connect(cls, docker_host: str | None = None, *, timeout: float = 60.0) -> Swarm:
         """Connect as the docker CLI would: ``--docker-host``, else ``DOCKER_HOST`` and the TLS
-        variables, else the current docker context, else the local socket. Checks that the engine is
-        a swarm manager."""
+        variables, else the docker context (``DOCKER_CONTEXT`` or the current one), else the local
+        socket. Checks that the engine is a swarm manager. An engine that cannot be reached is one
+        line naming the address tried (password masked), where it came from, and the usual fix."""
         import os
 
         environment = dict(os.environ)
@@ -294,7 +295,7 @@ class Swarm:
             environment["DOCKER_HOST"] = docker_host
         if not environment.get("DOCKER_HOST"):
             environment.pop("DOCKER_HOST", None)
-            context_host, context_name = _current_context_host()
+            context_host, context_name = _current_context_host(environment)
             if context_host:
                 environment["DOCKER_HOST"] = context_host
                 source = f" (docker context '{context_name}')"
@@ -490,14 +491,21 @@ def _collect_leaked_socket() -> None:
         gc.collect()
 
 
-def _current_context_host() -> tuple[str | None, str]:
-    """(Host, name) of the current non-default docker context, if there is one (cheap: a file read)."""
+def _current_context_host(environ: Mapping[str, str]) -> tuple[str | None, str]:
+    """(Host, name) of the docker context in use, unless it is the default one: DOCKER_CONTEXT, else
+    the current context of the docker CLI's config (cheap: file reads)."""
+    wanted = environ.get("DOCKER_CONTEXT") or None
     try:
         from docker.context import ContextAPI
 
-        context = ContextAPI.get_current_context()
+        context = ContextAPI.get_context(wanted)
     except Exception:  # noqa: BLE001 - contexts are a convenience; fall back to the defaults
-        return None, ""
+        context = None
+    if context is None and wanted and wanted != "default":
+        raise ConfigError(
+            f"DOCKER_CONTEXT names the docker context '{wanted}', which does not exist: "
+            "see `docker context ls`"
+        )
     if context is None or context.name == "default":
         return None, ""
     host = context.Host

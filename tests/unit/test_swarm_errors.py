@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from reconciler.cli import main
 from reconciler.engine.swarm import Swarm, _connect_error, _translate, shown_host
 from reconciler.errors import (
+    ConfigError,
     NotManager,
     SwarmConflict,
     SwarmError,
@@ -157,8 +158,9 @@ def test_a_socket_this_user_may_not_open() -> None:
     assert "docker" in message.split(";", 1)[1] and "root" in message
 
 
+@pytest.mark.parametrize("how", ["current", "DOCKER_CONTEXT"])
 def test_the_docker_context_is_named_when_it_gave_the_address(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     host = f"unix://{tmp_path}/prod.sock"
     meta = tmp_path / "contexts" / "meta" / hashlib.sha256(b"prod").hexdigest()
@@ -166,9 +168,15 @@ def test_the_docker_context_is_named_when_it_gave_the_address(
     (meta / "meta.json").write_text(
         json.dumps({"Name": "prod", "Metadata": {}, "Endpoints": {"docker": {"Host": host}}})
     )
-    (tmp_path / "config.json").write_text(json.dumps({"currentContext": "prod"}))
+    current = {"currentContext": "prod"} if how == "current" else {}
+    (tmp_path / "config.json").write_text(json.dumps(current))
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
     monkeypatch.delenv("DOCKER_HOST")
+    if how == "DOCKER_CONTEXT":
+        monkeypatch.setenv("DOCKER_CONTEXT", "prod")
     expected = f"at {host} (docker context 'prod'): no such socket"
     with pytest.raises(SwarmUnavailable, match=re.escape(expected)):
+        Swarm.connect()
+    monkeypatch.setenv("DOCKER_CONTEXT", "staging")
+    with pytest.raises(ConfigError, match="docker context 'staging', which does not exist"):
         Swarm.connect()
