@@ -202,11 +202,14 @@ class UserSwarm:
             time.sleep(0.3)
         raise RuntimeError(f"the user's service did not start: {self.log_tail()}")
 
-    def restart(self) -> None:
-        """Stop and start the user's dockerd with its data, as an upgrade or a reboot of Docker would."""
+    def stop_engine(self) -> None:
+        """Stop the user's dockerd, keeping its data (as an upgrade of Docker does); see start_engine."""
         self._kill()
         if self.api is not None:
             self.api.close()
+            self.api = None
+
+    def start_engine(self) -> None:
         self._start_engine()
 
     def _kill(self) -> None:
@@ -247,17 +250,20 @@ class UserSwarm:
             return "(no log)"
 
     def snapshot(self, *, tasks: bool = True) -> dict[str, Any]:
-        """Every object of the user's swarm with its ID and version index (tasks: also their state)."""
+        """Every object of the user's swarm with its ID and version index, services also with their
+        spec (tasks: also their state)."""
         assert self.api is not None
         api = self.api
 
         def versions(objects: list[dict[str, Any]]) -> dict[str, Any]:
             return {o["Spec"].get("Name", o["ID"]): (o["ID"], o["Version"]["Index"]) for o in objects}
 
+        services = api.services()
         shot: dict[str, Any] = {
             "secrets": versions(api.secrets()),
             "configs": versions(api.configs()),
-            "services": versions(api.services()),
+            "services": versions(services),
+            "service specs": {s["Spec"]["Name"]: (s["ID"], s["Spec"]) for s in services},
             "networks": sorted((n["Name"], n["Id"]) for n in api.networks() if n.get("Scope") == "swarm"),
         }
         if tasks:
