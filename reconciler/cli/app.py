@@ -3,13 +3,21 @@
 * :func:`handle_errors` is the one place errors become output and exit codes (see ``errors.ExitCode``):
   a ``ProblemsError`` prints one line per problem, another ``SwarmSecretsError`` one ``error:`` line,
   Ctrl-C exits 130, and anything else is a bug: traceback plus a request to report it;
-* :data:`manifest_paths` is the ``[PATH]...`` argument (default ``manifests/``);
+* :data:`manifest_paths` is the ``[PATH]...`` argument (default ``manifests/``), :data:`manifest_dir`
+  ``run``'s ``[PATH]``;
 * the shared option decorators (engine, keys, rollouts, and the trust boundary: ``--policy`` and
   friends, gathered into one :class:`TrustOptions` argument);
 * ``--log-level``/``--log-format`` configure logging, here and nowhere else (formatters: ``logs.py``).
 
-Options can also come from the environment: ``SWARM_SECRETS_<OPTION>`` for group options,
-``SWARM_SECRETS_<COMMAND>_<OPTION>`` for command options (click's ``auto_envvar_prefix``).
+Every option and argument can also be set in the environment, by one rule (:func:`variable_for`):
+``SWARM_SECRETS_`` + the option's long name (an argument's metavar), in capitals, ``-`` as ``_``:
+``--format`` is ``SWARM_SECRETS_FORMAT``, ``--prune-orphans`` ``SWARM_SECRETS_PRUNE_ORPHANS``, PATH
+``SWARM_SECRETS_PATH``. The command is not part of the name: one variable means the same option in
+every command that has it, so a CI job that sets ``SWARM_SECRETS_PRUNE_ORPHANS`` or
+``SWARM_SECRETS_FINGERPRINT_KEY_FILE`` once gets a ``plan`` that shows what its ``apply`` does. The
+group applies the rule to every command added to it (:class:`Group`), so an option added later gets its
+variable, shown in ``--help``, without a line of its own. A variable named the old way
+(``SWARM_SECRETS_<COMMAND>_<OPTION>``) is reported, not silently ignored.
 
 Each command lives in a module of its own in this folder (``validate.py``, ``plan.py``, …) and is a
 few lines that call the library: ``@main.command()``, the shared decorators, ``@handle_errors`` last
@@ -20,10 +28,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -41,6 +50,120 @@ R = TypeVar("R")
 
 BUG_HINT = "this is a bug in swarm-secrets; please report it with the traceback above"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+ENV_PREFIX = "SWARM_SECRETS_"
+
+log = logging.getLogger(__name__)
+
+
+# --- settings from the environment: one rule for every option ---------------------------------------
+
+
+def variable_for(param: click.Parameter) -> str:
+    """The environment variable of ``param``: ``SWARM_SECRETS_`` + its long option name (an argument's
+    metavar) in capitals, ``-`` as ``_``. The same name in every command."""
+    if isinstance(param, click.Option):
+        longs = [o for o in param.opts if o.startswith("--")]
+        name = longs[0][2:] if longs else (param.name or "")
+    else:
+        name = re.sub(r"[^A-Za-z0-9_-]", "", (param.metavar or param.name or "").split("...")[0])
+    return ENV_PREFIX + name.upper().replace("-", "_")
+
+
+def settable(command: click.Command) -> Iterator[click.Parameter]:
+    """The parameters of ``command`` that take a value from the command line (not --help, --version)."""
+    return (p for p in command.params if p.expose_value)
+
+
+def _name_variables(command: click.Command) -> None:
+    """Give each settable parameter of ``command`` its variable (first; variables it declared itself,
+    such as DOCKER_HOST, stay as fallbacks) and show it in ``--help``."""
+    for param in settable(command):
+        declared = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+        name = variable_for(param)
+        param.envvar = [name, *(v for v in declared if v != name)]
+        if isinstance(param, click.Option):
+            param.show_envvar = True
+
+
+class Argument(click.Argument):
+    """An argument with a help line in ``--help`` (click's arguments have none), naming its default
+    and its environment variable."""
+
+    def __init__(self, *args: Any, help: str, default_text: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = help
+        self.default_text = default_text
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str]:
+        extra = []
+        if self.envvar:
+            names = [self.envvar] if isinstance(self.envvar, str) else list(self.envvar)
+            splitter = "; several separated by ':'" if self.nargs != 1 else ""
+            extra.append(f"env var: {', '.join(names)}{splitter}")
+        if self.default_text:
+            extra.append(f"default: {self.default_text}")
+        text = (self.help or "") + (f"  [{'; '.join(extra)}]" if extra else "")
+        return self.metavar or self.name or "", text
+
+
+def _format_params(command: click.Command, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    """Arguments (with their help: click before 8.5 shows none), then options, each in a section."""
+    sections: dict[str, list[tuple[str, str]]] = {"Arguments": [], "Options": []}
+    for param in command.get_params(ctx):
+        record = param.get_help_record(ctx)
+        if record is not None:
+            sections["Arguments" if isinstance(param, click.Argument) else "Options"].append(record)
+    for title, rows in sections.items():
+        if rows:
+            with formatter.section(title):
+                formatter.write_dl(rows)
+
+
+class Command(click.Command):
+    """A command whose ``--help`` lists its arguments, with default and variable, before its options
+    (the same layout with every click version)."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self.format_usage(ctx, formatter)
+        self.format_help_text(ctx, formatter)
+        _format_params(self, ctx, formatter)
+        self.format_epilog(ctx, formatter)
+
+
+class Group(click.Group):
+    """The ``swarm-secrets`` group: applies :func:`variable_for` to its own options and to those of
+    every command added to it, and makes its commands :class:`Command`."""
+
+    command_class = Command
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _name_variables(self)
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        _name_variables(cmd)
+        super().add_command(cmd, name)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self.format_usage(ctx, formatter)
+        self.format_help_text(ctx, formatter)
+        _format_params(self, ctx, formatter)
+        self.format_commands(ctx, formatter)
+        self.format_epilog(ctx, formatter)
+
+
+def misnamed_variables(group: click.Group, environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(set, meant) for variables named ``SWARM_SECRETS_<COMMAND>_<OPTION>`` where ``meant``, the
+    rule's name, is an option of that command: the old documented form, which is not read."""
+    found = []
+    for name, command in group.commands.items():
+        prefix = f"{ENV_PREFIX}{name.upper()}_"
+        options = {variable_for(p) for p in settable(command)}
+        for variable in sorted(v for v in environ if v.startswith(prefix)):
+            meant = ENV_PREFIX + variable.removeprefix(prefix)
+            if meant in options and variable not in options:
+                found.append((variable, meant))
+    return found
 
 
 # --- shared pieces for every command -----------------------------------------------------------------
@@ -79,12 +202,27 @@ def _default_paths(ctx: click.Context, param: click.Parameter, value: Sequence[P
 
 manifest_paths = click.argument(
     "paths",
+    cls=Argument,
     nargs=-1,
     metavar="[PATH]...",
     type=click.Path(path_type=Path),
     callback=_default_paths,
+    help="Manifest files or folders (folders are searched for *.yaml/*.yml).",
+    default_text=f"{manifests.DEFAULT_PATH}/",
 )
 """The manifest files or folders a command reads (folders are searched recursively); default manifests/."""
+
+manifest_dir = click.argument(
+    "path",
+    cls=Argument,
+    required=False,
+    metavar="[PATH]",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Manifest folder to reconcile (or --git-url).",
+    default_text=f"{manifests.DEFAULT_PATH}/ without --git-url",
+)
+"""``run``'s manifest folder; default manifests/ unless --git-url is given."""
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -110,7 +248,7 @@ def configure_logging(level: str, fmt: str) -> None:
 # --- the group and its commands ----------------------------------------------------------------------
 
 
-@click.group(context_settings={"auto_envvar_prefix": "SWARM_SECRETS", "help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
@@ -127,8 +265,15 @@ def configure_logging(level: str, fmt: str) -> None:
 )
 @click.version_option(__version__, prog_name="swarm-secrets", message="%(prog)s %(version)s")
 def main(log_level: str, log_format: str) -> None:
-    """Declarative GitOps reconciler for Docker Swarm secrets."""
+    """Declarative GitOps reconciler for Docker Swarm secrets.
+
+    Every option can also be set in the environment as SWARM_SECRETS_<OPTION>: the long option name in
+    capitals with '-' as '_' (--prune-orphans: SWARM_SECRETS_PRUNE_ORPHANS), the same variable in
+    every command; PATH as SWARM_SECRETS_PATH. Each command's --help names them.
+    """
     configure_logging(log_level, log_format)
+    for variable, meant in misnamed_variables(main, os.environ):
+        log.warning("%s is not read: options come from SWARM_SECRETS_<OPTION>, here %s", variable, meant)
 
 
 # --- engine commands: plan, apply, status -------------------------------------------------------------
@@ -138,7 +283,7 @@ def engine_options(fn: Callable[P, R]) -> Callable[P, R]:
     """Options of every command that talks to the swarm."""
     fn = click.option(
         "--docker-host",
-        envvar=["SWARM_SECRETS_DOCKER_HOST", "DOCKER_HOST"],
+        envvar="DOCKER_HOST",  # after SWARM_SECRETS_DOCKER_HOST (the rule), as the docker CLI reads it
         default=None,
         metavar="URL",
         help="Engine of a swarm manager (unix://, tcp:// with the DOCKER_TLS_* "
@@ -152,8 +297,10 @@ fingerprint_key_option = click.option(
     "--fingerprint-key-file",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="File with the HMAC key for value fingerprints. Default: a random key kept in the "
-    "swarm's Docker config 'swarm-secrets-fingerprint-key' (created on first apply).",
+    help="File with the HMAC key for value fingerprints. Default: the random key kept in the "
+    "swarm's Docker config 'swarm-secrets-fingerprint-key', which apply and run create when it is "
+    "missing; plan never writes: without the config it uses a throwaway key (every secret then plans "
+    "as new).",
 )
 
 

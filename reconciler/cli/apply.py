@@ -25,7 +25,7 @@ from reconciler.cli.app import (
 )
 from reconciler.core.plan import Plan
 from reconciler.core.saved import SavedPlan, loads
-from reconciler.display import display_path
+from reconciler.display import count, display_path
 from reconciler.engine import lease
 from reconciler.engine.executor import ApplyOptions, ApplyResult
 from reconciler.engine.swarm import Swarm
@@ -143,7 +143,8 @@ def apply(
                 )
                 raise click.exceptions.Exit(ExitCode.INTERRUPTED) from None
             if outcome.result is not None:
-                click.echo(_result_text(outcome.result))
+                # warnings shown with the plan are not repeated
+                click.echo(_result_text(outcome.result, shown=outcome.prepared.plan.warnings))
             _stats(stats, swarm)
             lost = held is not None and held.lost
     if lost:
@@ -207,7 +208,8 @@ def _stats(enabled: bool, swarm: Swarm) -> None:
         click.echo(f"engine requests: {swarm.requests}", err=True)
 
 
-def _result_text(result: ApplyResult) -> str:
+def _result_text(result: ApplyResult, *, shown: tuple[str, ...] = ()) -> str:
+    """What the apply did; warnings already ``shown`` with the plan are not repeated."""
     lines = []
     if result.created:
         lines.append("created: " + ", ".join(result.created))
@@ -220,22 +222,22 @@ def _result_text(result: ApplyResult) -> str:
         lines.append("removed: " + ", ".join(result.removed))
     lines.extend(f"kept {k} (planned for removal, but still needed)" for k in result.kept_back)
     if result.kept:
-        lines.append(f"kept: {result.kept} superseded version(s) (see `swarm-secrets status` for why)")
+        lines.append(f"kept: {count(result.kept, 'superseded version')} (see `swarm-secrets status` for why)")
     lines.extend(f"blocked: {b}" for b in result.blocked)
-    lines.extend(f"warning: {w}" for w in result.warnings)
+    lines.extend(f"warning: {w}" for w in result.warnings if w not in shown)
     lines.extend(f"error: {e}" for e in result.errors)
     failed = [r for r in result.rollouts if not r.ok]
     if result.stale:
         lines.append(f"Apply stopped: {result.stale}. Nothing outside the shown plan was done.")
     elif result.ok:
         lines.append(
-            f"Apply complete: {len(result.created)} created, {len(result.rollouts)} services updated, "
-            f"{len(result.removed)} removed."
+            f"Apply complete: {len(result.created)} created, "
+            f"{count(len(result.rollouts), 'service')} updated, {len(result.removed)} removed."
         )
     else:
         lines.append(
-            f"Apply finished with failures: {len(failed)} rollout(s) failed, "
-            f"{len(result.blocked)} secret(s) blocked, {len(result.errors)} error(s). "
+            f"Apply finished with failures: {count(len(failed), 'rollout')} failed, "
+            f"{count(len(result.blocked), 'secret')} blocked, {count(len(result.errors), 'error')}. "
             "Old versions were kept; fix the cause and run apply again."
         )
     return "\n".join(lines)

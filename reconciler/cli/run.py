@@ -18,6 +18,7 @@ from reconciler.cli.app import (
     lease_settings,
     lock_options,
     main,
+    manifest_dir,
     revision_check_options,
     rollout_options,
     trust_options,
@@ -42,7 +43,7 @@ def _secret_file(flag: str, what: str) -> Callable[[F], F]:
 
 
 @main.command()
-@click.argument("path", required=False, type=click.Path(path_type=Path), default=None)
+@manifest_dir
 @engine_options
 @fingerprint_key_option
 @click.option("--git-url", default=None, help="Follow this git repository instead of a local PATH.")

@@ -25,7 +25,14 @@ from reconciler.render.status import render_status_json, render_status_text
 @main.command()
 @manifest_paths
 @engine_options
-@click.option("--format", "fmt", type=click.Choice(("text", "json")), default="text", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("text", "json")),
+    default="text",
+    show_default=True,
+    help="text for people, json for machines.",
+)
 @trust_options
 @handle_errors
 def status(paths: tuple[Path, ...], docker_host: str | None, fmt: str, trust: TrustOptions) -> None:

@@ -16,6 +16,7 @@ from reconciler.cli.app import (
     trust_options,
 )
 from reconciler.core.model import SecretSet
+from reconciler.display import count
 
 
 @main.command()
@@ -49,11 +50,7 @@ def summary(sets: Sequence[SecretSet]) -> str:
     secrets = [spec for s in sets for spec in s.secrets]
     files = {s.origin.file for s in sets}
     return (
-        f"{_count(len(sets), 'set')}, {_count(len(secrets), 'secret')}, "
-        f"{_count(sum(len(spec.grants) for spec in secrets), 'service grant')} in "
-        f"{_count(len(files), 'file')}"
+        f"{count(len(sets), 'set')}, {count(len(secrets), 'secret')}, "
+        f"{count(sum(len(spec.grants) for spec in secrets), 'service grant')} in "
+        f"{count(len(files), 'file')}"
     )
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

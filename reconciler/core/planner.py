@@ -442,7 +442,7 @@ def _wanted_change(
     owner_change = _owner_change(ref, grant)
     if current.secret_id is not None and ref.secret_id == current.secret_id:
         return change(old, f"file owner/mode changed ({owner_change})") if owner_change else None
-    reason = _replace_reason(ref, want, current, index)
+    reason = _replace_reason(ref, want, current, index, service)
     if owner_change:
         reason += f"; file owner/mode changed ({owner_change})"
     return change(old, reason)
@@ -456,7 +456,9 @@ def _unchanged(ref: SecretRef, grant: ServiceGrant, current: _Current) -> bool:
     )
 
 
-def _replace_reason(ref: SecretRef, want: _Wanted, current: _Current, index: _Index) -> str:
+def _replace_reason(
+    ref: SecretRef, want: _Wanted, current: _Current, index: _Index, service: LiveService
+) -> str:
     live = index.by_id.get(ref.secret_id)
     if live is None:
         return f"replace '{ref.secret_name}', which no longer exists, with {current.name}"
@@ -469,9 +471,40 @@ def _replace_reason(ref: SecretRef, want: _Wanted, current: _Current, index: _In
         )
     if current.secret_id is None:
         return f"rotate to v{current.version} ({current.rotation})"
-    reason = f"drift: service points at v{_version(live)}, manifest wants v{current.version}"
-    if _version(live) > current.version:
-        reason += f" (the manifest's content matches v{current.version} again)"
+    return _return_reason(_version(live), current.version, want, index, service)
+
+
+def _return_reason(on: int, wanted: int, want: _Wanted, index: _Index, service: LiveService) -> str:
+    """Why a service on version ``on`` of a secret goes to the existing version ``wanted``.
+
+    Told apart by what the swarm shows (the only history there is):
+
+    * the service is on the newest version and the manifest's value is an older one's again: the value
+      changed back (a revert in git), nothing was done by hand;
+    * the wanted version is in PreviousSpec and Swarm rolled the update back: the last rollout failed;
+    * the wanted version is in PreviousSpec otherwise: someone (or another writer) moved the service
+      off it: drift;
+    * the wanted version is newer and never reached the service: an earlier apply stopped before
+      rolling it out.
+
+    A service moved by hand to the newest version after a revert looks exactly like the first case.
+    """
+    newest = _version(index.versions[(want.set_name, want.secret)][-1])
+    if on == newest and wanted < on:
+        return f"value changed back to v{wanted} (from v{on})"
+    previous = (index.by_id.get(r.secret_id) for r in service.previous_refs if r.path == want.grant.path)
+    wanted_before = any(
+        s is not None and (s.set_name, s.secret, s.version) == (want.set_name, want.secret, wanted)
+        for s in previous
+    )
+    if wanted_before and service.update_state in ("rollback_completed", "rollback_paused"):
+        state = service.update_state.replace("_", " ")
+        return f"the swarm rolled the update to v{wanted} back ({state}); trying v{wanted} again"
+    if wanted > on and not wanted_before:
+        return f"roll out v{wanted} (created earlier, never rolled out to this service)"
+    reason = f"drift: service points at v{on}, manifest wants v{wanted}"
+    if on > wanted:
+        reason += f" (the manifest's content matches v{wanted} again)"
     return reason
 
 

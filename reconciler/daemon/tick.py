@@ -26,6 +26,7 @@ from pathlib import Path
 from reconciler import converge
 from reconciler.core import guard
 from reconciler.daemon.types import Reason, Tick, TickRequest, TickResult
+from reconciler.display import count
 from reconciler.engine import lease
 from reconciler.engine.executor import ApplyOptions
 from reconciler.engine.lease import LeaseSettings
@@ -88,7 +89,7 @@ def make_tick(settings: TickSettings) -> Tick:
             complete=settings.apply.prune_orphans,
         )
         if held and clears_held((request.reason, *request.reasons), loaded.revision, last_revision[0]):
-            log.info("retrying %d held rollout(s): new revision or POST /reconcile", len(held))
+            log.info("retrying %s: new revision or POST /reconcile", count(len(held), "held rollout"))
             held.clear()
         last_revision[0] = loaded.revision
         run_settings = converge.Settings(
@@ -125,6 +126,9 @@ def make_tick(settings: TickSettings) -> Tick:
         if result is None:
             log.info("in sync (%d managed versions, revision %s)", managed, loaded.revision or "-")
             return TickResult(ok=True, changed=False, revision=loaded.revision, managed_secrets=managed)
+        for warning in result.warnings:
+            if warning not in outcome.prepared.plan.warnings:  # those were logged before the apply
+                log.warning("%s", warning)
         held.update(r.key for r in result.rollouts if r.failed_rollout and r.key is not None)
         failures = [f"{r.service}: {r.detail}" for r in result.rollouts if not r.ok]
         problems = [

@@ -46,6 +46,7 @@ from reconciler.core.model import LiveState
 from reconciler.core.plan import Action, CreateSecret, Plan, RemoveSecret, UpdateService, outside
 from reconciler.core.refs import rewrite_refs
 from reconciler.core.rollout import Outcome, Rollout, judge
+from reconciler.display import count
 from reconciler.engine.protocol import RawService, Swarm
 from reconciler.errors import SwarmConflict, SwarmError, SwarmSecretsError
 from reconciler.logs import audit
@@ -346,7 +347,7 @@ class _Execution:
                 written = frozenset(str(r.get("SecretID")) for r in new) - frozenset(
                     str(r.get("SecretID")) for r in current
                 )
-                self.progress(name, "updating", f"{len(action.changes)} reference(s) changed")
+                self.progress(name, "updating", f"{count(len(action.changes), 'reference')} changed")
                 outcome, detail = self.watch(action, written, baseline, started)
                 return result(outcome, detail)
             return result(

@@ -22,8 +22,12 @@ It must not plan or decide anything: it reports what is there and does what it i
 from __future__ import annotations
 
 import copy
+import errno
 import gc
 import logging
+import re
+import socket
+import ssl
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -38,7 +42,15 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 from reconciler.core.model import LiveSecret, LiveService, LiveState, SecretRef, SecretValue
 from reconciler.core.rollout import RolloutProbe
 from reconciler.engine.protocol import RawService
-from reconciler.errors import NotManager, SwarmConflict, SwarmError, SwarmRefused, SwarmUnavailable
+from reconciler.errors import (
+    ConfigError,
+    NotManager,
+    SwarmConflict,
+    SwarmError,
+    SwarmRefused,
+    SwarmSecretsError,
+    SwarmUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +64,9 @@ TERMINAL_TASK_STATES = frozenset({"complete", "shutdown", "failed", "rejected", 
 # --- error translation ------------------------------------------------------------------------------
 
 
-def _translate(exc: Exception, what: str) -> SwarmError:
-    """Map a docker-py / requests exception to our tree. ``what`` says what we were doing."""
+def _translate(exc: Exception, what: str, host: str | None = None) -> SwarmError:
+    """Map a docker-py / requests exception to our tree. ``what`` says what we were doing; ``host``,
+    the engine's address as shown (:func:`shown_host`), is named when the engine cannot be reached."""
     if isinstance(exc, docker.errors.APIError):
         status = exc.status_code or 0
         explanation = str(exc.explanation or exc).strip().splitlines()[0][:300]
@@ -75,10 +88,86 @@ def _translate(exc: Exception, what: str) -> SwarmError:
             return SwarmError(text)
         return SwarmRefused(text)
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
-        return SwarmUnavailable(f"{what}: cannot reach the Docker engine ({type(exc).__name__})")
+        at = f" at {host}" if host else ""
+        return SwarmUnavailable(f"{what}: cannot reach the Docker engine{at} ({_unreachable(exc)[0]})")
     if isinstance(exc, docker.errors.DockerException):
-        return SwarmUnavailable(f"{what}: {str(exc).splitlines()[0][:300]}")
-    return SwarmError(f"{what}: {type(exc).__name__}: {str(exc)[:300]}")
+        return SwarmUnavailable(f"{what}: {_mask(str(exc).splitlines()[0][:300])}")
+    return SwarmError(f"{what}: {type(exc).__name__}: {_mask(str(exc)[:300])}")
+
+
+# --- saying which engine could not be reached, and what usually fixes it ------------------------------
+
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+"""Where docker-py (like the docker CLI) looks without DOCKER_HOST or a docker context."""
+
+_PASSWORD_IN_URL = re.compile(r"(?<=://)([^/@:\s]*):[^/@\s]*@")
+
+_FIX_ADDRESS = "check DOCKER_HOST / --docker-host and the docker context (`docker context ls`)"
+_FIX_RUNNING = f"is the engine running? Otherwise {_FIX_ADDRESS}"
+_FIX_PERMISSION = (
+    "run as root or as a member of the socket's group (usually docker), or point DOCKER_HOST at an "
+    "engine you may use"
+)
+
+
+def _mask(text: str) -> str:
+    """``text`` with every password of a URL in it masked: ``tcp://user:***@host``."""
+    return _PASSWORD_IN_URL.sub(r"\1:***@", text)
+
+
+def shown_host(host: str) -> str:
+    """An engine address as messages show it: the password masked, docker-py's scheme names undone."""
+    return _mask(host.replace("http+unix://", "unix://"))
+
+
+def _os_errors(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: causes, contexts, and exceptions urllib3 keeps in its arguments."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+        todo += [a for a in current.args if isinstance(a, BaseException)]
+        todo += [e for e in (getattr(current, "reason", None),) if isinstance(e, BaseException)]
+
+
+def _unreachable(exc: BaseException) -> tuple[str, str]:
+    """(what went wrong, what usually fixes it) for an engine that cannot be reached."""
+    chain = list(_os_errors(exc))
+    codes = {e.errno for e in chain if isinstance(e, OSError)}
+    if any(isinstance(e, ssl.SSLError) for e in chain):
+        return "the TLS handshake failed", (
+            "check DOCKER_TLS_VERIFY and DOCKER_CERT_PATH (ca.pem, cert.pem, key.pem)"
+        )
+    if errno.ENOENT in codes:
+        return "no such socket", _FIX_RUNNING
+    if codes & {errno.EACCES, errno.EPERM}:
+        return "permission denied", _FIX_PERMISSION
+    if errno.ECONNREFUSED in codes:
+        return "connection refused", _FIX_RUNNING
+    if any(isinstance(e, socket.gaierror) for e in chain):
+        return "unknown host name", _FIX_ADDRESS
+    if any(isinstance(e, TimeoutError | requests.exceptions.Timeout) for e in chain):
+        return "no answer in time", f"{_FIX_RUNNING}; is a firewall in the way?"
+    first = _mask(str(exc).splitlines()[0][:200]) if str(exc) else type(exc).__name__
+    return first, f"{_FIX_RUNNING}; if it is a socket: {_FIX_PERMISSION}"
+
+
+def _connect_error(exc: Exception, host: str, source: str) -> SwarmSecretsError:
+    """One line naming the engine tried, where its address came from, the cause and the usual fix."""
+    shown = shown_host(host)
+    if isinstance(exc, docker.errors.DockerException) and "Invalid bind address" in str(exc):
+        return ConfigError(
+            f"the Docker engine address {shown}{source} is not one docker understands: use "
+            "unix:///path/to/docker.sock, tcp://host:2376 (with DOCKER_TLS_VERIFY) or ssh://user@host "
+            "(never a password in the address)"
+        )
+    cause, fix = _unreachable(exc)
+    return SwarmUnavailable(f"cannot reach the Docker engine at {shown}{source}: {cause}; {fix}")
 
 
 def _is_transient_read_error(exc: BaseException) -> bool:
@@ -166,8 +255,10 @@ def secret_ids_of(spec: Mapping[str, Any]) -> frozenset[str]:
 class Swarm:
     """A connection to one swarm manager."""
 
-    def __init__(self, api: docker.APIClient) -> None:
+    def __init__(self, api: docker.APIClient, *, host: str | None = None) -> None:
         self._api = api
+        self._host = host
+        """The engine's address as messages show it (password masked), when known."""
         self._requests = 0
         self._requests_lock = threading.Lock()
         # APIClient is a requests.Session: a response hook sees every HTTP exchange it makes.
@@ -185,28 +276,35 @@ class Swarm:
     @classmethod
     def connect(cls, docker_host: str | None = None, *, timeout: float = 60.0) -> Swarm:
         """Connect as the docker CLI would: ``--docker-host``, else ``DOCKER_HOST`` and the TLS
-        variables, else the current docker context, else the local socket. Checks that the engine is
-        a swarm manager."""
+        variables, else the docker context (``DOCKER_CONTEXT`` or the current one), else the local
+        socket. Checks that the engine is a swarm manager. An engine that cannot be reached is one
+        line naming the address tried (password masked), where it came from, and the usual fix."""
         import os
 
         environment = dict(os.environ)
+        source = ""
         if docker_host:
             environment["DOCKER_HOST"] = docker_host
-        if "DOCKER_HOST" not in environment:
-            context_host = _current_context_host()
+        if not environment.get("DOCKER_HOST"):
+            environment.pop("DOCKER_HOST", None)
+            context_host, context_name = _current_context_host(environment)
             if context_host:
                 environment["DOCKER_HOST"] = context_host
-        error: SwarmError | None = None
+                source = f" (docker context '{context_name}')"
+            else:
+                source = " (the default: neither DOCKER_HOST nor a docker context is set)"
+        host = environment.get("DOCKER_HOST") or DEFAULT_HOST
+        error: SwarmSecretsError | None = None
         try:
             client = docker.from_env(environment=environment, timeout=int(timeout), version="auto")
         except Exception as exc:  # noqa: BLE001 - translated right here
-            error = _translate(exc, "connecting to the Docker engine")
+            error = _connect_error(exc, host, source)
         if error is not None:
             # Raised without the docker-py chain: its traceback holds the socket docker-py leaked on a
             # failed connect, which must become garbage now (see _collect_leaked_socket).
             _collect_leaked_socket()
             raise error
-        swarm = cls(client.api)
+        swarm = cls(client.api, host=shown_host(host))
         swarm.check_manager()
         return swarm
 
@@ -223,7 +321,7 @@ class Swarm:
         try:
             return fn()
         except Exception as exc:
-            raise _translate(exc, what) from exc
+            raise _translate(exc, what, self._host) from exc
 
     # --- reads ------------------------------------------------------------------------------------
 
@@ -411,7 +509,7 @@ class Swarm:
         try:
             yield from stream
         except Exception as exc:
-            raise _translate(exc, "watching events") from exc
+            raise _translate(exc, "watching events", self._host) from exc
 
 
 def _collect_leaked_socket() -> None:
@@ -422,15 +520,22 @@ def _collect_leaked_socket() -> None:
         gc.collect()
 
 
-def _current_context_host() -> str | None:
-    """The Host of the current non-default docker context, if there is one (cheap: a file read)."""
+def _current_context_host(environ: Mapping[str, str]) -> tuple[str | None, str]:
+    """(Host, name) of the docker context in use, unless it is the default one: DOCKER_CONTEXT, else
+    the current context of the docker CLI's config (cheap: file reads)."""
+    wanted = environ.get("DOCKER_CONTEXT") or None
     try:
         from docker.context import ContextAPI
 
-        context = ContextAPI.get_current_context()
+        context = ContextAPI.get_context(wanted)
     except Exception:  # noqa: BLE001 - contexts are a convenience; fall back to the defaults
-        return None
+        context = None
+    if context is None and wanted and wanted != "default":
+        raise ConfigError(
+            f"DOCKER_CONTEXT names the docker context '{wanted}', which does not exist: "
+            "see `docker context ls`"
+        )
     if context is None or context.name == "default":
-        return None
+        return None, ""
     host = context.Host
-    return str(host) if host else None
+    return (str(host) if host else None), str(context.name)

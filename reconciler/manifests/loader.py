@@ -39,7 +39,7 @@ from reconciler.core.model import (
     SopsSource,
     Source,
 )
-from reconciler.display import display_path
+from reconciler.display import count, display_path
 from reconciler.errors import ManifestError, PolicyViolation, Problem
 from reconciler.manifests.crosscheck import LoadedSet, cross_problems
 from reconciler.manifests.roots import location, resolve_inside, source_root
@@ -102,7 +102,7 @@ def load(
                 None,
                 "",
                 (
-                    f"no SecretSet found in {len(files)} YAML file(s): check the path, and that each "
+                    f"no SecretSet found in {count(len(files), 'YAML file')}: check the path, and that each "
                     f"manifest starts with `apiVersion: {API_VERSION}` and `kind: {KIND}`"
                 ),
             )
@@ -114,7 +114,7 @@ def load(
         raise ManifestError(_in_file_order(problems + violations, loaded))
     if violations:
         raise PolicyViolation(violations)
-    log.debug("loaded %d set(s) from %d file(s)", len(loaded), len(files))
+    log.debug("loaded %s from %s", count(len(loaded), "set"), count(len(files), "file"))
     return sets
 
 

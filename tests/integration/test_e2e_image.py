@@ -222,7 +222,8 @@ def test_image_as_a_swarm_service_follows_git(
     eventually(lambda: lab.read_in_task(app, f"/run/secrets/{pw}")[0] == b"second-value", 60, "the new value")
 
     # the HTTP side, through the published port: a bad signature is refused, metrics show the ticks
-    url = f"http://127.0.0.1:{port}"
+    # the engine's own address: a dev engine runs in a network namespace of its own (scripts/dev-swarm)
+    url = f"http://{api.info()['Swarm']['NodeAddr']}:{port}"
     bad = urllib.request.Request(
         f"{url}/hooks/github",
         data=b"{}",
