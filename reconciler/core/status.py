@@ -5,8 +5,11 @@ keys), so it runs anywhere the engine is reachable, including where no decryptio
 For each logical secret: the current version (the newest one a service uses, else the newest), when
 it was made, the services using it, and every superseded version with the reason it is kept (in use,
 a rollback target, used by running tasks, within ``spec.keep``) or the note that the next apply
-collects it. Also: orphaned sets, and unmanaged secrets nothing references (e.g. what a migration
-replaced; they are never removed by this tool).
+collects it. When tasks on a node that is down use a version, the note says so and that they do not
+keep it (``core/collect.py``): "used only by tasks on down node 3f2a… (host): they cannot start
+again, so the next apply collects it", or, next to what does keep it, "tasks on down node … also use
+it but cannot start again: they do not keep it". Also: orphaned sets, and unmanaged secrets nothing
+references (e.g. what a migration replaced; they are never removed by this tool).
 
 Pure: no docker, no I/O. ``render/status.py`` prints a report.
 """
@@ -17,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reconciler.core.collect import protections
+from reconciler.core.collect import protections, stranded
 from reconciler.core.model import LiveSecret, LiveState
 
 
@@ -58,6 +61,7 @@ def build_status(live: LiveState, sets: Mapping[str, int] | None = None) -> Stat
         for ref in service.refs:
             users[ref.secret_id].append(service.name)
     kept_reasons = protections(live)
+    down_users = stranded(live)
     groups: dict[tuple[str, str], list[LiveSecret]] = defaultdict(list)
     for secret in live.secrets:
         if secret.managed and secret.set_name and secret.logical:
@@ -77,6 +81,13 @@ def build_status(live: LiveState, sets: Mapping[str, int] | None = None) -> Stat
             if not note and spared < keep:
                 spared += 1
                 note = f"kept: spec.keep={keep}"
+                if version.id in down_users:
+                    note += f"; {down_users[version.id]} also use it but cannot start again"
+            if not note and version.id in down_users:
+                note = (
+                    f"used only by {down_users[version.id]}: they cannot start again, so the next "
+                    "apply collects it"
+                )
             superseded.append(
                 _version_status(version, users, note or "unreferenced: the next apply collects it")
             )

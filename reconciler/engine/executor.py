@@ -198,11 +198,22 @@ def _update_service(
 ) -> RolloutResult:
     started = time.monotonic()
     drift = any(c.reason.startswith("drift") for c in action.changes)
+    # After a write the engine did not confirm (the leader was lost), the next inspect tells whether it
+    # landed: (IDs written, UpdateStatus.StartedAt before it) to watch that rollout instead of writing.
+    unconfirmed: tuple[frozenset[str], str | None] | None = None
     try:
         for attempt in range(1, MAX_UPDATE_ATTEMPTS + 1):
             raw = swarm.inspect_service(action.service_id)
             spec = raw.get("Spec") or {}
             current = (spec.get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Secrets") or []
+            if unconfirmed is not None and unconfirmed[0] and unconfirmed[0] <= secret_ids_of(spec):
+                log.info("the update of %s had landed; watching its rollout", action.service)
+                written, baseline = unconfirmed
+                progress(action.service, "updating", f"{len(action.changes)} reference(s) changed")
+                result = _watch(
+                    swarm, action.service, action.service_id, written, baseline, options, progress, started
+                )
+                return _finish(result, started, drift)
             try:
                 new = rewrite_secrets(current, action.changes, ids)
             except SwarmConflict:
@@ -228,6 +239,12 @@ def _update_service(
                     attempt,
                 )
                 continue
+            except SwarmError as exc:
+                if not exc.transient:
+                    raise
+                log.warning("updating %s was not confirmed (%s); inspecting again", action.service, exc)
+                unconfirmed = (frozenset(r["SecretID"] for r in new) - secret_ids_of(spec), baseline)
+                continue
             audit(
                 "service_updated",
                 service=action.service,
@@ -240,13 +257,7 @@ def _update_service(
             result = _watch(
                 swarm, action.service, action.service_id, written, baseline, options, progress, started
             )
-            return RolloutResult(
-                service=result.service,
-                outcome=result.outcome,
-                detail=result.detail,
-                seconds=time.monotonic() - started,
-                drift=drift,
-            )
+            return _finish(result, started, drift)
         return RolloutResult(
             service=action.service,
             outcome=OUTCOME_FAILED,
@@ -262,6 +273,16 @@ def _update_service(
             detail=str(exc),
             seconds=time.monotonic() - started,
         )
+
+
+def _finish(result: RolloutResult, started: float, drift: bool) -> RolloutResult:
+    return RolloutResult(
+        service=result.service,
+        outcome=result.outcome,
+        detail=result.detail,
+        seconds=time.monotonic() - started,
+        drift=drift,
+    )
 
 
 def _watch(
@@ -281,11 +302,21 @@ def _watch(
     task_error = ""
     rollback_why = ""
     while True:
-        probe = swarm.rollout_probe(service_id)
+        try:
+            probe = swarm.rollout_probe(service_id)
+        except SwarmError as exc:
+            # The probe already retried (a leader election); the rollout goes on in the swarm meanwhile.
+            if not exc.transient or time.monotonic() >= deadline:
+                raise
+            log.warning("watching %s: %s; looking again", service, exc)
+            time.sleep(options.poll_interval)
+            continue
         fresh = probe.state is not None and probe.started_at != baseline_started_at
         state = probe.state if fresh else None
         task_error = task_error or (probe.failed_tasks[0] if probe.failed_tasks else "")
         status = f"{state or 'pending'} {probe.running}/{probe.desired} running"
+        if probe.unavailable:
+            status += f", {probe.unavailable} more on nodes that are down or not ready"
         if status != last:
             progress(service, state or "updating", f"{probe.running}/{probe.desired} tasks running")
             last = status
@@ -362,6 +393,14 @@ def execute(
                 log.info("%s was created concurrently; observing again", action.name)
                 conflict = True
                 break
+            except SwarmError as exc:
+                if not exc.transient:
+                    raise
+                # Ambiguous (e.g. the leader was lost): the secret may exist now. Observing again (which
+                # waits for a new leader) and re-planning reuses it instead of making a duplicate.
+                log.warning("creating %s was not confirmed (%s); observing again", action.name, exc)
+                conflict = True
+                break
             created.append(action.name)
             audit(
                 "secret_created",
@@ -379,7 +418,13 @@ def execute(
         _, current = observe_and_plan(desired, swarm, prune_orphans=options.prune_orphans)
 
     # 2. roll services from a fresh plan (level-based: what the swarm needs now).
-    live, current = observe_and_plan(desired, swarm, prune_orphans=options.prune_orphans)
+    try:
+        live, current = observe_and_plan(desired, swarm, prune_orphans=options.prune_orphans)
+    except SwarmError as exc:
+        if not created:
+            raise  # nothing changed yet: an ordinary error
+        errors.append(f"could not observe the swarm after creating versions: {exc}; run apply again")
+        return ApplyResult(created=tuple(created), errors=tuple(errors), warnings=tuple(warnings))
     if current.creates:
         # A version vanished between create and now (a concurrent collector): the next run recreates it.
         errors.append("new versions disappeared right after creation (a concurrent run?); run apply again")

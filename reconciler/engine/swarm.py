@@ -13,6 +13,14 @@ Engine behaviours this module is built around (see ``shared/notes/swarm-api.md``
   caller re-inspects. A 409 on create is a conflict as well (someone created the name first).
 * Only reads are retried here (tenacity, bounded, transient errors only). Mutations are not repeated
   blindly: after an ambiguous failure the caller observes again and re-plans.
+* On a swarm with several managers, losing the leader makes every request hang until a new one is
+  elected (measured: about 11 s on three managers), or fail with ``rpc error: code = DeadlineExceeded``
+  (the manager's own 20 s deadline) or ``The swarm does not have a leader`` (quorum lost). Those are
+  :class:`SwarmNoLeader`: reads wait for the election (:data:`ELECTION_PATIENCE`), mutations are
+  reported to the caller, which observes again (a proposal cut off by an election may still commit).
+* Tasks on a node that is down cannot run: :meth:`Swarm.observe` reports where tasks are and which
+  nodes are down (the core decides what that means for collection), and :meth:`Swarm.rollout_probe`
+  counts only tasks on nodes that are ready.
 * Every HTTP request is counted (:attr:`Swarm.requests`) so tests can assert API call budgets.
 
 It must not plan or decide anything: it reports what is there and does what it is told.
@@ -33,10 +41,17 @@ from typing import Any, TypedDict, TypeVar, cast
 import docker
 import docker.errors
 import requests
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import RetryCallState, retry, retry_if_exception, wait_exponential
 
-from reconciler.core.model import LiveSecret, LiveService, LiveState, SecretRef, SecretValue
-from reconciler.errors import NotManager, SwarmConflict, SwarmError, SwarmRefused, SwarmUnavailable
+from reconciler.core.model import LiveNode, LiveSecret, LiveService, LiveState, SecretRef, SecretValue
+from reconciler.errors import (
+    NotManager,
+    SwarmConflict,
+    SwarmError,
+    SwarmNoLeader,
+    SwarmRefused,
+    SwarmUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +59,22 @@ T = TypeVar("T")
 
 STACK_LABEL = "com.docker.stack.namespace"
 TERMINAL_TASK_STATES = frozenset({"complete", "shutdown", "failed", "rejected", "orphaned", "remove"})
+
+NO_LEADER_MARKERS = (
+    "does not have a leader",  # 500 rpc error: code = Unknown desc = The swarm does not have a leader. …
+    "no elected cluster leader",  # raft.ErrNoClusterLeader
+    "lost leader status",  # raft.ErrLostLeadership: a proposal cut off by an election (it may commit)
+    "raft: failed to process the request: node is stopped",  # raft.ErrStopped: the manager is stopping
+    "context deadline exceeded",  # 500 rpc error: code = DeadlineExceeded desc = context deadline exceeded
+    "code = DeadlineExceeded",
+    "code = Unavailable",  # the manager lost its connection to the leader (transport is closing, …)
+    "Manager is being prepared",  # 503 This node is not a swarm manager. Manager is being prepared or …
+)
+"""Engine messages (HTTP 5xx) that mean "the swarm cannot serve this until a leader is elected",
+measured on a three-manager swarm (tests/multinode) or read in swarmkit's raft package."""
+ELECTION_PATIENCE = 60.0
+"""Seconds a read keeps being retried while the swarm has no leader. An election after the leader's
+loss took about 11 s on three managers here; a swarm that lost its quorum does not recover on its own."""
 
 
 class RawService(TypedDict, total=False):
@@ -67,11 +98,14 @@ class RolloutProbe:
     spec_secret_ids: frozenset[str]
     """Secret IDs the current Spec references (a rollback swaps our IDs out again)."""
     running: int
-    """Tasks of the current spec that are running."""
+    """Tasks of the current spec that are running on a node that is ready."""
     desired: int
     """Tasks the service wants (replicas, or the global count the engine computed)."""
     failed_tasks: tuple[str, ...] = ()
     """Recent error messages of tasks of the current spec that failed (for the report)."""
+    unavailable: int = 0
+    """Tasks of the current spec that report running on a node that is not ready (down, or unknown
+    after a leader change): not counted in :attr:`running`, since they may not run at all."""
 
 
 # --- error translation ------------------------------------------------------------------------------
@@ -87,6 +121,14 @@ def _translate(exc: Exception, what: str) -> SwarmError:
             return SwarmConflict(text)
         if status == 500 and "out of sequence" in explanation:
             return SwarmConflict(text)
+        if status >= 500 and any(marker in explanation for marker in NO_LEADER_MARKERS):
+            if "leader" in explanation:
+                why = "the swarm has no leader right now"
+                hint = "a leader election is running, or more than half of the managers are offline"
+            else:
+                why = "the managers did not complete the request in time"
+                hint = "a leader election may be running, or the managers are overloaded or offline"
+            return SwarmNoLeader(f"{what}: {why} (the engine answered {status}: {explanation}); {hint}")
         if status == 503 and "not a swarm manager" in explanation and "Worker" not in explanation:
             return SwarmUnavailable(text)
         if status == 503 and ("Worker nodes" in explanation or "not part of a swarm" in explanation):
@@ -99,6 +141,8 @@ def _translate(exc: Exception, what: str) -> SwarmError:
             err.transient = "context deadline exceeded" in explanation or status in (502, 503, 504)
             return err
         return SwarmRefused(text)
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return SwarmUnavailable(f"{what}: the Docker engine did not answer in time ({type(exc).__name__})")
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
         return SwarmUnavailable(f"{what}: cannot reach the Docker engine ({type(exc).__name__})")
     if isinstance(exc, docker.errors.DockerException):
@@ -110,10 +154,27 @@ def _is_transient_read_error(exc: BaseException) -> bool:
     return isinstance(exc, SwarmError) and exc.transient and not isinstance(exc, SwarmConflict)
 
 
+def _stop_retrying(state: RetryCallState) -> bool:
+    """Four attempts for most transient errors; while the swarm has no leader, up to
+    :data:`ELECTION_PATIENCE` seconds (an election is expected to end; a lost quorum is not)."""
+    outcome = state.outcome
+    if outcome is not None and isinstance(outcome.exception(), SwarmNoLeader):
+        return (state.seconds_since_start or 0.0) >= ELECTION_PATIENCE
+    return state.attempt_number >= 4
+
+
+def _log_retry(state: RetryCallState) -> None:
+    outcome = state.outcome
+    wait = state.next_action.sleep if state.next_action else 0.0
+    if outcome is not None:
+        log.warning("%s; retrying in %.1f s", outcome.exception(), wait)
+
+
 _retry_reads = retry(
     retry=retry_if_exception(_is_transient_read_error),
-    stop=stop_after_attempt(4),
-    wait=wait_exponential(multiplier=0.2, max=3),
+    stop=_stop_retrying,
+    wait=wait_exponential(multiplier=0.25, max=4),
+    before_sleep=_log_retry,
     reraise=True,
 )
 
@@ -151,6 +212,15 @@ def parse_service(raw: Mapping[str, Any]) -> LiveService:
         previous_refs=_refs(raw.get("PreviousSpec")),
         update_state=(raw.get("UpdateStatus") or {}).get("State"),
         stack=(spec.get("Labels") or {}).get(STACK_LABEL),
+    )
+
+
+def parse_node(raw: Mapping[str, Any]) -> LiveNode:
+    return LiveNode(
+        id=str(raw.get("ID", "")),
+        hostname=str((raw.get("Description") or {}).get("Hostname", "")),
+        state=str((raw.get("Status") or {}).get("State", "unknown")),
+        availability=str((raw.get("Spec") or {}).get("Availability", "active")),
     )
 
 
@@ -252,25 +322,32 @@ class Swarm:
 
     @_retry_reads
     def observe(self) -> LiveState:
-        """All secrets, all services and the secrets of tasks not yet shut down: three requests,
-        however many objects there are."""
-        # The three lists are independent: asking concurrently makes a run cost about one list, not
-        # three (bench/bench_noop_plan.py measures it against listing secrets and services once).
-        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="observe") as pool:
+        """All secrets, all services, the secrets of tasks not yet shut down and the nodes: four
+        requests, however many objects there are."""
+        # The lists are independent: asking concurrently makes a run cost about one list, not four
+        # (bench/bench_noop_plan.py measures it against listing secrets and services once).
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="observe") as pool:
             secrets_f = pool.submit(self._call, "listing secrets", self._api.secrets)
             services_f = pool.submit(self._call, "listing services", self._api.services)
             tasks_f = pool.submit(self._call, "listing tasks", self._api.tasks)
+            # Nodes: a task on a node that is down stays "running" in the managers' view (for 24 h),
+            # yet it cannot run; the core needs to know, or it keeps that task's versions forever.
+            nodes_f = pool.submit(self._call, "listing nodes", self._api.nodes)
             secrets, services, tasks = secrets_f.result(), services_f.result(), tasks_f.result()
-        task_secret_ids: set[str] = set()
+            nodes = nodes_f.result()
+        task_nodes: dict[str, set[str]] = {}
         for task in tasks:
             if (task.get("Status") or {}).get("State") in TERMINAL_TASK_STATES:
                 continue
+            node_id = str(task.get("NodeID") or "")
             for ref in (task.get("Spec") or {}).get("ContainerSpec", {}).get("Secrets") or ():
-                task_secret_ids.add(ref.get("SecretID", ""))
+                task_nodes.setdefault(ref.get("SecretID", ""), set()).add(node_id)
         return LiveState(
             secrets=tuple(sorted((parse_secret(s) for s in secrets), key=lambda s: s.name)),
             services=tuple(sorted((parse_service(s) for s in services), key=lambda s: s.name)),
-            task_secret_ids=frozenset(task_secret_ids),
+            task_secret_ids=frozenset(task_nodes),
+            task_nodes={secret_id: frozenset(ids) for secret_id, ids in task_nodes.items()},
+            nodes=tuple(sorted((parse_node(n) for n in nodes), key=lambda n: n.id)),
         )
 
     @_retry_reads
@@ -297,11 +374,19 @@ class Swarm:
             "listing tasks",
             lambda: self._api.tasks(filters={"service": service_id, "_up-to-date": "true"}),
         )
-        running = sum(
-            1
+        # A task whose node is not ready (down, or not heard from since a leader change) still says
+        # "running" but may be long gone: only tasks on ready nodes count.
+        ready = {
+            str(n.get("ID"))
+            for n in self._call("listing nodes", self._api.nodes)
+            if (n.get("Status") or {}).get("State") == "ready"
+        }
+        reported = [
+            t
             for t in tasks
             if t.get("DesiredState") == "running" and (t.get("Status") or {}).get("State") == "running"
-        )
+        ]
+        running = sum(1 for t in reported if t.get("NodeID") in ready)
         failed = tuple(
             str((t.get("Status") or {}).get("Err") or (t.get("Status") or {}).get("Message", ""))[:200]
             for t in tasks
@@ -320,6 +405,7 @@ class Swarm:
             running=running,
             desired=desired,
             failed_tasks=failed[:3],
+            unavailable=len(reported) - running,
         )
 
     @_retry_reads

@@ -9,7 +9,14 @@ import pytest
 import requests
 
 from reconciler.engine.swarm import Swarm, _translate
-from reconciler.errors import NotManager, SwarmConflict, SwarmError, SwarmRefused, SwarmUnavailable
+from reconciler.errors import (
+    NotManager,
+    SwarmConflict,
+    SwarmError,
+    SwarmNoLeader,
+    SwarmRefused,
+    SwarmUnavailable,
+)
 
 
 def api_error(status: int, explanation: str) -> docker.errors.APIError:
@@ -23,12 +30,12 @@ def api_error(status: int, explanation: str) -> docker.errors.APIError:
     [
         (409, "secret db_v1 already exists", SwarmConflict, True),
         (500, "rpc error: code = Unknown desc = update out of sequence", SwarmConflict, True),
-        (500, "context deadline exceeded", SwarmError, True),
+        (500, "context deadline exceeded", SwarmNoLeader, True),
         (500, "something broke", SwarmError, False),
         (
             503,
             "This node is not a swarm manager. Manager is being prepared or has trouble",
-            SwarmUnavailable,
+            SwarmNoLeader,
             True,
         ),
         (
