@@ -86,6 +86,8 @@ class Lab:
         monitor_ns: int = 1_000_000_000,
         labels: Mapping[str, str] | None = None,
         env: Sequence[str] = (),
+        placement: Mapping[str, Any] | None = None,
+        order: str = "start-first",
     ) -> str:
         """Create a service with the raw API (as a person would with the CLI) and wait for it."""
         name = self.name(suffix)
@@ -101,13 +103,14 @@ class Lab:
                     "Secrets": [self.secret_ref(**s) for s in secrets],
                 },
                 "RestartPolicy": {"Condition": "on-failure", "Delay": 500_000_000, "MaxAttempts": 0},
+                **({"Placement": dict(placement)} if placement else {}),
             },
             "Mode": {"Replicated": {"Replicas": replicas}},
             "UpdateConfig": {
                 "Parallelism": 1,
                 "FailureAction": failure_action,
                 "Monitor": monitor_ns,
-                "Order": "start-first",
+                "Order": order,
                 "MaxFailureRatio": 0,
             },
             "RollbackConfig": {
