@@ -13,6 +13,12 @@ Order and safety rules:
 3. **Re-observe and collect**: the planner is asked again after the rollouts, so a version that just
    became a rollback target (PreviousSpec) or is still used by old tasks is kept; only removals run.
 
+A mutation the engine did not confirm (a transient error: the leader was lost while it ran) may still
+have been committed, so it is never repeated blindly: a create leads to observing and re-planning (an
+existing version with the same fingerprint is reused), a service update to inspecting again (an update
+that landed is watched, one that did not is written from the fresh spec). While the swarm elects a
+leader the rollout watch keeps looking until ``timeout``.
+
 A crash between any two steps leaves a swarm the next run converges from: a created but unused
 version is either reused (same fingerprint) or collected; a half-rolled service is finished or
 reported; nothing is deleted that a service or a rollback can still need.
@@ -36,7 +42,7 @@ from reconciler.core.model import DesiredState, LiveState, normalize_target
 from reconciler.core.plan import Plan, RefChange, UpdateService
 from reconciler.core.planner import OLD_SEPARATOR
 from reconciler.engine.swarm import Swarm, secret_ids_of
-from reconciler.errors import SwarmConflict, SwarmError, SwarmSecretsError
+from reconciler.errors import SwarmConflict, SwarmError, SwarmNoLeader, SwarmSecretsError
 from reconciler.logs import audit
 
 log = logging.getLogger(__name__)
@@ -304,9 +310,10 @@ def _watch(
     while True:
         try:
             probe = swarm.rollout_probe(service_id)
-        except SwarmError as exc:
-            # The probe already retried (a leader election); the rollout goes on in the swarm meanwhile.
-            if not exc.transient or time.monotonic() >= deadline:
+        except SwarmNoLeader as exc:
+            # The probe waited for a new leader already; the rollout goes on in the swarm meanwhile, so
+            # keep looking until the timeout. (An engine that cannot be reached at all ends the watch.)
+            if time.monotonic() >= deadline:
                 raise
             log.warning("watching %s: %s; looking again", service, exc)
             time.sleep(options.poll_interval)
