@@ -322,12 +322,6 @@ class LiveState:
     nodes: tuple[LiveNode, ...] = ()
     """Every node of the swarm; empty when not observed (then no task counts as stranded)."""
 
-    def node(self, node_id: str) -> LiveNode | None:
-        for node in self.nodes:
-            if node.id == node_id:
-                return node
-        return None
-
     def secret_by_id(self, secret_id: str) -> LiveSecret | None:
         for secret in self.secrets:
             if secret.id == secret_id:

@@ -214,6 +214,7 @@ def _update_service(
             current = (spec.get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Secrets") or []
             if unconfirmed is not None and unconfirmed[0] and unconfirmed[0] <= secret_ids_of(spec):
                 log.info("the update of %s had landed; watching its rollout", action.service)
+                _audit_update(action, revision, confirmed=False)
                 written, baseline = unconfirmed
                 progress(action.service, "updating", f"{len(action.changes)} reference(s) changed")
                 result = _watch(
@@ -251,13 +252,7 @@ def _update_service(
                 log.warning("updating %s was not confirmed (%s); inspecting again", action.service, exc)
                 unconfirmed = (frozenset(r["SecretID"] for r in new) - secret_ids_of(spec), baseline)
                 continue
-            audit(
-                "service_updated",
-                service=action.service,
-                secrets=sorted({f"{c.set_name}/{c.secret}" for c in action.changes if c.secret}),
-                changes=[f"{c.path}:{c.old}->{c.new}" for c in action.changes],
-                revision=revision or "",
-            )
+            _audit_update(action, revision)
             written = frozenset(r["SecretID"] for r in new) - secret_ids_of(spec)
             progress(action.service, "updating", f"{len(action.changes)} reference(s) changed")
             result = _watch(
@@ -279,6 +274,18 @@ def _update_service(
             detail=str(exc),
             seconds=time.monotonic() - started,
         )
+
+
+def _audit_update(action: UpdateService, revision: str | None, *, confirmed: bool = True) -> None:
+    fields: dict[str, object] = {} if confirmed else {"confirmed": False}
+    audit(
+        "service_updated",
+        service=action.service,
+        secrets=sorted({f"{c.set_name}/{c.secret}" for c in action.changes if c.secret}),
+        changes=[f"{c.path}:{c.old}->{c.new}" for c in action.changes],
+        revision=revision or "",
+        **fields,
+    )
 
 
 def _finish(result: RolloutResult, started: float, drift: bool) -> RolloutResult:
@@ -406,6 +413,15 @@ def execute(
                 # Ambiguous (e.g. the leader was lost): the secret may exist now. Observing again (which
                 # waits for a new leader) and re-planning reuses it instead of making a duplicate.
                 log.warning("creating %s was not confirmed (%s); observing again", action.name, exc)
+                audit(
+                    "secret_create_unconfirmed",
+                    set=action.set_name,
+                    secret=action.secret,
+                    version=action.version,
+                    name=action.name,
+                    revision=desired.revision or "",
+                    error=str(exc),
+                )
                 conflict = True
                 break
             created.append(action.name)

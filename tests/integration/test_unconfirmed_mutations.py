@@ -8,6 +8,7 @@ error an election gives (``SwarmNoLeader``, the translation of ``rpc error: … 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -47,7 +48,10 @@ class UnconfirmedOnce(Swarm):
             raise SwarmNoLeader(f"updating service: the swarm has no leader right now ({LOST})")
 
 
-def test_unconfirmed_create_and_update_are_observed_not_repeated(lab: Lab) -> None:
+def test_unconfirmed_create_and_update_are_observed_not_repeated(
+    lab: Lab, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="reconciler.audit")
     pw, token = lab.name("pw"), lab.name("token")
     svc = lab.create_service("app")
     lab.manifest({pw: {"source": {"env": "PW"}, "services": [svc]}, token: {"source": {"env": "TK"}}})
@@ -70,3 +74,7 @@ def test_unconfirmed_create_and_update_are_observed_not_repeated(lab: Lab) -> No
         assert lab.service_secret_names(svc) == {pw: f"{pw}_v1"}
         assert converge.prepare(loaded, swarm).plan.empty
     assert lab.read_in_task(svc, f"/run/secrets/{pw}")[0] == b"one"
+    # the audit trail says what may have happened, and what did
+    events = [(r.getMessage(), getattr(r, "confirmed", True)) for r in caplog.records]
+    assert ("secret_create_unconfirmed", True) in events
+    assert ("service_updated", False) in events
