@@ -30,12 +30,15 @@ from __future__ import annotations
 
 import copy
 import gc
+import hashlib
+import json
 import logging
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypedDict, TypeVar, cast
 
 import docker
@@ -45,6 +48,7 @@ from tenacity import RetryCallState, retry, retry_if_exception, wait_exponential
 
 from reconciler.core.model import LiveNode, LiveSecret, LiveService, LiveState, SecretRef, SecretValue
 from reconciler.errors import (
+    ConfigError,
     NotManager,
     SwarmConflict,
     SwarmError,
@@ -271,14 +275,15 @@ class Swarm:
         if docker_host:
             environment["DOCKER_HOST"] = docker_host
         if "DOCKER_HOST" not in environment:
-            context_host = _current_context_host()
+            context_host = _context_host(environment)
             if context_host:
                 environment["DOCKER_HOST"] = context_host
         error: SwarmError | None = None
         try:
             client = docker.from_env(environment=environment, timeout=int(timeout), version="auto")
         except Exception as exc:  # noqa: BLE001 - translated right here
-            error = _translate(exc, "connecting to the Docker engine")
+            where = environment.get("DOCKER_HOST") or "the local socket"
+            error = _translate(exc, f"connecting to the Docker engine at {where}")
         if error is not None:
             # Raised without the docker-py chain: its traceback holds the socket docker-py leaked on a
             # failed connect, which must become garbage now (see _collect_leaked_socket).
@@ -479,15 +484,32 @@ def _collect_leaked_socket() -> None:
         gc.collect()
 
 
-def _current_context_host() -> str | None:
-    """The Host of the current non-default docker context, if there is one (cheap: a file read)."""
-    try:
-        from docker.context import ContextAPI
+def _context_host(environment: Mapping[str, str]) -> str | None:
+    """The docker endpoint of the context ``DOCKER_CONTEXT`` names, else of the config file's current
+    context; None for the default context. The docker CLI's order: DOCKER_HOST, DOCKER_CONTEXT, the
+    current context. Read from the CLI's context store directly (a file read): docker-py finds contexts
+    only next to a config.json, which ``docker context create`` does not write.
 
-        context = ContextAPI.get_current_context()
-    except Exception:  # noqa: BLE001 - contexts are a convenience; fall back to the defaults
+    A named context that does not exist is an error: falling back to the local socket could reconcile
+    the wrong swarm. Only the host is taken; TLS material goes in DOCKER_TLS_VERIFY/DOCKER_CERT_PATH.
+    """
+    config_dir = Path(environment.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    name = environment.get("DOCKER_CONTEXT") or None
+    origin = "DOCKER_CONTEXT"
+    if name is None:
+        origin = f"the current context in {config_dir / 'config.json'}"
+        try:
+            name = json.loads((config_dir / "config.json").read_text(encoding="utf-8")).get("currentContext")
+        except (OSError, ValueError, AttributeError):
+            name = None
+    if not name or name == "default":
         return None
-    if context is None or context.name == "default":
-        return None
-    host = context.Host
+    meta = config_dir / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest() / "meta.json"
+    try:
+        host = json.loads(meta.read_text(encoding="utf-8"))["Endpoints"]["docker"]["Host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(
+            f"docker context {name!r} ({origin}) not found in {config_dir / 'contexts'}: "
+            "`docker context ls` lists the contexts"
+        ) from None
     return str(host) if host else None

@@ -8,9 +8,11 @@ Every test ends with the GitOps invariant (the next plan is empty) and counts ve
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
@@ -62,6 +64,34 @@ def test_rotation_is_read_inside_every_replica_on_every_node(mlab: MultiLab, clu
         assert {content for _, content in read.values()} == {value.encode()}
         assert_converged(mlab, PW=value)
     assert mlab.secret_names() == {f"{pw}_v1", f"{pw}_v2"}
+
+
+def test_one_docker_context_per_manager(mlab: MultiLab, cluster: Cluster, tmp_path: Path) -> None:
+    """README's recipe: a context per manager (made by the docker CLI), chosen with DOCKER_CONTEXT, which
+    wins over the current context; a context that names no manager is one clear error."""
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    cli_env = {"DOCKER_CONFIG": str(config), "PATH": os.environ["PATH"]}
+    for name, host in (("manager-1", "unix:///nonexistent/docker.sock"), ("manager-2", cluster.hosts[2])):
+        subprocess.run(
+            ["docker", "context", "create", name, "--docker", f"host={host}"],
+            env=cli_env, check=True, capture_output=True,
+        )
+    subprocess.run(["docker", "context", "use", "manager-1"], env=cli_env, check=True, capture_output=True)
+    pw = mlab.name("pw")
+    mlab.manifest({pw: {"source": {"env": "PW"}, "services": []}})
+    env = {"DOCKER_HOST": None, "DOCKER_CONFIG": str(config), "PW": "x"}
+    via_context = {**env, "DOCKER_CONTEXT": "manager-2"}
+    result = CliRunner().invoke(main, ["apply", str(mlab.root), "--yes"], env=via_context)
+    assert result.exit_code == 0, result.output
+    assert mlab.secret_names() == {f"{pw}_v1"}
+    # the current context (manager-1) is used without DOCKER_CONTEXT: that one cannot be reached
+    result = CliRunner().invoke(main, ["plan", str(mlab.root)], env=env)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("error: connecting to the Docker engine at unix:///nonexistent/")
+    result = CliRunner().invoke(main, ["plan", str(mlab.root)], env={**env, "DOCKER_CONTEXT": "manager-9"})
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("error: docker context 'manager-9' (DOCKER_CONTEXT) not found")
 
 
 def test_leader_killed_mid_apply(mlab: MultiLab, cluster: Cluster) -> None:

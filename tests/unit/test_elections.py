@@ -1,6 +1,6 @@
 """Leader elections and down nodes, on plain data: the engine's answers during an election are
-transient (reads wait for a new leader, mutations are not repeated), and tasks on a node that is down
-neither keep versions nor count as running.
+transient (reads wait for a new leader, mutations are not repeated), tasks on a node that is down
+neither keep versions nor count as running, and a docker context per manager picks the endpoint.
 
 The messages are the ones a three-manager swarm gave on this machine (tests/multinode measures them
 for real) or that swarmkit's raft package defines.
@@ -8,8 +8,11 @@ for real) or that swarmkit's raft package defines.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import docker.errors
@@ -20,8 +23,8 @@ from tenacity import RetryCallState, wait_none
 from reconciler.core.model import SecretValue
 from reconciler.core.status import build_status
 from reconciler.engine import swarm as swarm_module
-from reconciler.engine.swarm import ELECTION_PATIENCE, Swarm, _stop_retrying, _translate
-from reconciler.errors import SwarmConflict, SwarmNoLeader, SwarmUnavailable
+from reconciler.engine.swarm import ELECTION_PATIENCE, Swarm, _context_host, _stop_retrying, _translate
+from reconciler.errors import ConfigError, SwarmConflict, SwarmNoLeader, SwarmUnavailable
 
 NO_LEADER = (
     "rpc error: code = Unknown desc = The swarm does not have a leader. It's possible that too few "
@@ -297,3 +300,34 @@ def test_no_value_in_election_errors() -> None:
         Swarm(api).create_secret("pw_v1", SecretValue(b"Zq7-marker-value"), {})
     assert "Zq7-marker-value" not in str(caught.value)
     assert swarm_module.NO_LEADER_MARKERS  # the markers are data, listed once
+
+
+# --- one docker context per manager -----------------------------------------------------------------
+
+
+def _context(config: Path, name: str, host: str) -> None:
+    """What `docker context create NAME --docker host=HOST` writes (docker CLI 28)."""
+    meta = config / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest() / "meta.json"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"Name": name, "Metadata": {}, "Endpoints": {"docker": {"Host": host}}}))
+
+
+def test_docker_context_order_is_the_clis(tmp_path: Path) -> None:
+    _context(tmp_path, "manager-1", "ssh://deploy@manager-1")
+    _context(tmp_path, "manager-2", "ssh://deploy@manager-2")
+    base = {"DOCKER_CONFIG": str(tmp_path)}
+    # no config.json (docker context create writes none): no current context, DOCKER_CONTEXT still works
+    assert _context_host(base) is None
+    assert _context_host({**base, "DOCKER_CONTEXT": "manager-2"}) == "ssh://deploy@manager-2"
+    (tmp_path / "config.json").write_text(json.dumps({"currentContext": "manager-1"}))
+    assert _context_host(base) == "ssh://deploy@manager-1"
+    assert _context_host({**base, "DOCKER_CONTEXT": "manager-2"}) == "ssh://deploy@manager-2"
+    assert _context_host({**base, "DOCKER_CONTEXT": "default"}) is None
+
+
+def test_a_docker_context_that_does_not_exist_is_an_error_not_the_local_socket(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="docker context 'manager-9' \\(DOCKER_CONTEXT\\) not found"):
+        _context_host({"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "manager-9"})
+    (tmp_path / "config.json").write_text(json.dumps({"currentContext": "gone"}))
+    with pytest.raises(ConfigError, match="'gone' \\(the current context in"):
+        _context_host({"DOCKER_CONFIG": str(tmp_path)})
