@@ -12,6 +12,8 @@ Every error the user can act on derives from :class:`SwarmSecretsError` and rend
     │   └── CheckFailed      a pre-mutation check (``converge``) refused the run        → exit 1
     ├── SwarmError           the engine said no or is not usable
     │   ├── SwarmUnavailable     cannot reach the engine (transient)
+    │   │   ├── SwarmNoLeader    the manager answers but the swarm has no leader right now (an election,
+    │   │   │                    or too few managers online); retried for longer (transient)
     │   │   └── NotManager       the engine answers but is not a swarm manager (permanent)
     │   ├── SwarmConflict        someone else changed the object between observe and mutate (re-observe)
     │   ├── SwarmRefused         the engine refused a request permanently (400/404/409 that re-observing
@@ -160,6 +162,15 @@ class LeaseBusy(SwarmError):
 class LeaseLost(SwarmError):
     """The lease could not be renewed in time while held (engine unreachable, or someone removed or
     took over the lease object), so another applier may have run at the same time."""
+
+    transient = True
+
+
+class SwarmNoLeader(SwarmUnavailable):
+    """The manager answers, but the swarm cannot serve the request now: its managers are electing a
+    leader (after the leader was lost) or more than half of them are offline. Reads are retried for
+    longer than other transient errors (an election takes seconds); a mutation that failed this way may
+    still have been committed, so the caller observes again instead of repeating it."""
 
     transient = True
 

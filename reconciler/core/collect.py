@@ -8,7 +8,8 @@ may still need it, because the engine's own in-use check reads only each service
 * a service's current Spec references it — including services this very plan is about to move away
   from it, since their Spec becomes PreviousSpec after the update;
 * a service's PreviousSpec references it (what ``docker service rollback`` brings back);
-* a task that is not shut down yet uses it (old tasks of a rollout still running);
+* a task that is not shut down yet and can still run uses it (old tasks of a rollout still running,
+  tasks not started yet);
 * it is among the newest ``keep`` unprotected superseded versions of its set.
 
 Exactness: the plan shows what the executor will remove, so the rules are applied to the swarm as it
@@ -16,6 +17,12 @@ will be once the plan's own service updates are made (``after``, predicted by th
 protected now only as the PreviousSpec of services the plan updates is free afterwards: it becomes a
 :class:`RemoveSecret` with ``after`` naming those services, and the executor removes it after their
 rollouts only if a fresh observation still finds it free.
+
+A task on a node that is **down** (or that has left the swarm) does not keep a version: the managers go
+on listing it as running for a day, but it cannot start again, and a container it may still have on
+that node keeps its secret files without the Swarm object. A node that is ``unknown`` (a new leader has
+not heard from it yet) or ``disconnected`` still counts as live. The reasons say when tasks on a down
+node use a version, so ``status`` can explain it.
 
 This module is pure: no docker, no subprocess, no clock, no I/O. It never removes the current version
 of a secret, an unmanaged secret, or anything outside the scopes it is given.
@@ -31,7 +38,7 @@ from dataclasses import dataclass
 from reconciler.core.model import LiveSecret, LiveState
 from reconciler.core.plan import Kept, RemoveSecret
 
-__all__ = ["Cause", "Scope", "collect", "current_version", "protections"]
+__all__ = ["Cause", "Scope", "collect", "current_version", "protections", "stranded"]
 
 
 class Cause(enum.Enum):
@@ -82,6 +89,7 @@ def collect(
     users = protections(live)
     users_after = users if after is None or after is live else protections(after)
     rollback_of = _rollback_services(live) if users_after is not users else {}
+    down_users = stranded(live)
     removals: list[RemoveSecret] = []
     kept: list[Kept] = []
     for scope in scopes:
@@ -100,6 +108,8 @@ def collect(
             if not reason and spared < scope.keep:
                 spared += 1
                 reason = f"kept: spec.keep={scope.keep}"
+                if version.id in down_users:
+                    reason += f"; {down_users[version.id]} also use it but cannot start again"
             if reason:
                 kept.append(
                     Kept(
@@ -118,7 +128,7 @@ def collect(
                     set_name=scope.set_name,
                     secret=scope.secret,
                     version=number,
-                    reason=_removal_reason(scope, number, waits_for),
+                    reason=_removal_reason(scope, number, waits_for, down_users.get(version.id)),
                     after=waits_for,
                 )
             )
@@ -127,7 +137,14 @@ def collect(
     return tuple(removals), tuple(kept)
 
 
-def _removal_reason(scope: Scope, number: int, after: tuple[str, ...]) -> str:
+def _removal_reason(scope: Scope, number: int, after: tuple[str, ...], down_users: str | None) -> str:
+    reason = _why_free(scope, number, after)
+    if down_users:
+        reason += f" (only {down_users} use it; they cannot start again)"
+    return reason
+
+
+def _why_free(scope: Scope, number: int, after: tuple[str, ...]) -> str:
     if after:
         if len(after) == 1:
             when = f"after {after[0]}'s rollout: no longer its rollback target"
@@ -155,7 +172,9 @@ def _rollback_services(live: LiveState) -> dict[str, tuple[str, ...]]:
 
 
 def protections(live: LiveState) -> dict[str, str]:
-    """secret id -> why it must stay (Spec, PreviousSpec, running tasks); absent ids are free."""
+    """secret id -> why it must stay (Spec, PreviousSpec, tasks that can still run); absent ids are
+    free. When tasks on a down node use a protected version too, the reason says that they do not
+    keep it."""
     in_use: dict[str, set[str]] = defaultdict(set)
     rollback: dict[str, set[str]] = defaultdict(set)
     for service in live.services:
@@ -163,14 +182,56 @@ def protections(live: LiveState) -> dict[str, str]:
             in_use[ref.secret_id].add(service.name)
         for ref in service.previous_refs:
             rollback[ref.secret_id].add(service.name)
+    runnable, down_users = _task_users(live)
     reasons: dict[str, str] = {}
-    for secret_id in set(in_use) | set(rollback) | set(live.task_secret_ids):
+    for secret_id in set(in_use) | set(rollback) | runnable:
         parts = []
         if secret_id in in_use:
             parts.append(f"in use by {', '.join(sorted(in_use[secret_id]))}")
         if secret_id in rollback:
             parts.append(f"rollback target of {', '.join(sorted(rollback[secret_id]))} (PreviousSpec)")
-        if secret_id in live.task_secret_ids:
+        if secret_id in runnable:
             parts.append("used by tasks still running")
+        if secret_id in down_users:
+            parts.append(f"{down_users[secret_id]} also use it but cannot start again: they do not keep it")
         reasons[secret_id] = "; ".join(parts)
     return reasons
+
+
+def stranded(live: LiveState) -> dict[str, str]:
+    """secret id -> "tasks on down node X (host)" for versions that tasks on down nodes (or nodes that
+    left the swarm) use. Those tasks keep nothing: see the module docstring."""
+    return _task_users(live)[1]
+
+
+def _task_users(live: LiveState) -> tuple[set[str], dict[str, str]]:
+    """(IDs of secrets that tasks which can still run use, secret id -> the down nodes whose tasks use
+    it, as text)."""
+    nodes = {node.id: node for node in live.nodes}
+    runnable: set[str] = set()
+    down_users: dict[str, str] = {}
+    for secret_id in live.task_secret_ids:
+        placed = live.task_nodes.get(secret_id)
+        if placed is None or not nodes:
+            runnable.add(secret_id)  # where its tasks are is not known: they may run
+            continue
+        down: list[str] = []
+        gone: list[str] = []
+        for node_id in placed:
+            node = nodes.get(node_id)
+            if not node_id or (node is not None and not node.down):
+                runnable.add(secret_id)  # not placed yet, or on a node that is up (or not known down)
+            elif node is not None:
+                down.append(node.label)
+            else:
+                gone.append(node_id[:12])
+        texts = []
+        if down:
+            texts.append(("down node " if len(down) == 1 else "down nodes ") + ", ".join(sorted(down)))
+        if gone:
+            texts.append(
+                ("node " if len(gone) == 1 else "nodes ") + ", ".join(sorted(gone)) + " (left the swarm)"
+            )
+        if texts:
+            down_users[secret_id] = "tasks on " + " and on ".join(texts)
+    return runnable, down_users

@@ -8,7 +8,7 @@ Three groups:
 * **desired state** (input of the pure planner): :class:`DesiredState` → :class:`DesiredSet` →
   :class:`DesiredSecret`, which carries a keyed *fingerprint* of the value instead of the value.
 * **live state** (built by ``swarm.py`` from Engine JSON): :class:`LiveState`, :class:`LiveSecret`,
-  :class:`LiveService`, :class:`SecretRef`.
+  :class:`LiveService`, :class:`SecretRef`, :class:`LiveNode`.
 
 Plus :class:`SecretValue`, the only type that holds secret bytes; its ``repr``/``str`` never show them.
 
@@ -319,12 +319,44 @@ class LiveService:
         return self.update_state in {"updating", "paused", "rollback_started", "rollback_paused"}
 
 
+NODE_DOWN = "down"
+"""``Status.State`` of a node the managers have given up on (no heartbeat): its tasks cannot run."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiveNode:
+    """A swarm node as far as collection and rollouts care: where tasks can still run."""
+
+    id: str
+    hostname: str = ""
+    state: str = "ready"
+    """``Status.State``: ``ready``, ``down``, ``unknown`` (a new leader has not heard from it yet),
+    ``disconnected``."""
+    availability: str = "active"
+    """``Spec.Availability``: ``active``, ``pause``, ``drain``."""
+
+    @property
+    def down(self) -> bool:
+        return self.state == NODE_DOWN
+
+    @property
+    def label(self) -> str:
+        """How messages name the node: the short ID (hostnames are not unique), then the hostname."""
+        return f"{self.id[:12]} ({self.hostname})" if self.hostname else self.id[:12]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LiveState:
     secrets: tuple[LiveSecret, ...] = ()
     services: tuple[LiveService, ...] = ()
     task_secret_ids: frozenset[str] = frozenset()
-    """IDs of secrets referenced by tasks that are not shut down yet (old tasks still running)."""
+    """IDs of secrets referenced by tasks that are not shut down yet, wherever they are (old tasks still
+    running, tasks not started yet, and tasks stranded on a node that is down)."""
+    task_nodes: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Secret ID → IDs of the nodes the tasks of :attr:`task_secret_ids` are on (``""`` for a task not
+    placed yet). A secret of :attr:`task_secret_ids` missing here counts as used on a live node."""
+    nodes: tuple[LiveNode, ...] = ()
+    """Every node of the swarm; empty when not observed (then no task counts as stranded)."""
 
     def secret_by_id(self, secret_id: str) -> LiveSecret | None:
         for secret in self.secrets:

@@ -76,11 +76,14 @@ class RolloutProbe:
     spec_secret_ids: frozenset[str]
     """Secret IDs the current Spec references (a rollback or a foreign write swaps ours out)."""
     running: int
-    """Tasks of the current spec that are running."""
+    """Tasks of the current spec that are running on a node that is ready."""
     desired: int
     """Tasks the service wants (replicas, or the global count the engine computed)."""
     failed_tasks: tuple[str, ...] = ()
     """Recent error messages of tasks of the current spec that failed (for the report)."""
+    unavailable: int = 0
+    """Tasks of the current spec that report running on a node that is not ready (down, or unknown
+    after a leader change): never counted as running (they may not run at all), only reported."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,6 +123,8 @@ def judge(rollout: Rollout, probe: RolloutProbe, now: float) -> Verdict:
     if not rollout.task_error and probe.failed_tasks:
         rollout = replace(rollout, task_error=probe.failed_tasks[0])
     running = f"{probe.running}/{probe.desired} tasks running"
+    if probe.unavailable:
+        running += f", {probe.unavailable} more on nodes that are down or not ready"
     task_error = f"; task error: {rollout.task_error}" if rollout.task_error else ""
     timed_out = now >= rollout.deadline
 

@@ -3,7 +3,10 @@
 Built from the live state alone plus the *offline* manifests (sets, their secrets and ``keep``; no
 values, no keys), so it runs anywhere the engine is reachable, including where no decryption key is
 present. For each secret: the current version, when it was made, the services using it, and every
-superseded version with the reason it is kept or the note that the next apply collects it.
+superseded version with the reason it is kept or the note that the next apply collects it. When tasks
+on a node that is down use a version, the note says so and that they do not keep it: "used only by
+tasks on down node 3f2a… (host): they cannot start again, so the next apply collects it", or, next to
+what does keep it, "tasks on down node … also use it but cannot start again: they do not keep it".
 
 It classifies with the planner's own rules (``core/collect.py``): the same idea of "current"
 (:func:`~reconciler.core.collect.current_version`; without values, the newest version) and the same
@@ -21,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from reconciler.core.collect import Cause, Scope, collect, current_version, protections
+from reconciler.core.collect import Cause, Scope, collect, current_version, protections, stranded
 from reconciler.core.model import LiveSecret, LiveState, SecretSet
 from reconciler.core.policy import Governance
 
@@ -96,12 +99,15 @@ def build_status(live: LiveState, sets: Sequence[SecretSet] | None = None) -> St
         )
     removals, kept = collect(scopes, live)
     notes = {k.name: k.reason for k in kept}
+    down_users = stranded(live)
     for removal in removals:
         orphaned = keeps is not None and removal.set_name not in keeps
+        collector = "`apply --prune-orphans` collects it" if orphaned else "the next apply collects it"
+        down = down_users.get(removal.secret_id)
         notes[removal.name] = (
-            "unreferenced: `apply --prune-orphans` collects it"
-            if orphaned
-            else "unreferenced: the next apply collects it"
+            f"used only by {down}: they cannot start again, so {collector}"
+            if down
+            else f"unreferenced: {collector}"
         )
     statuses = []
     for scope in scopes:

@@ -48,7 +48,7 @@ from reconciler.core.refs import rewrite_refs
 from reconciler.core.rollout import Outcome, Rollout, judge
 from reconciler.display import count
 from reconciler.engine.protocol import RawService, Swarm
-from reconciler.errors import SwarmConflict, SwarmError, SwarmSecretsError
+from reconciler.errors import SwarmConflict, SwarmError, SwarmNoLeader, SwarmSecretsError
 from reconciler.logs import audit
 
 log = logging.getLogger(__name__)
@@ -245,8 +245,22 @@ class _Execution:
                     conflict = True
                     break
                 except SwarmError as exc:
-                    self.errors.append(f"could not create {action.name}: {exc}")
-                    return False
+                    if not exc.transient:
+                        self.errors.append(f"could not create {action.name}: {exc}")
+                        return False
+                    # Not confirmed (e.g. the leader was lost): it may or may not exist. Never create
+                    # it again blindly: plan again, which reuses it if it landed.
+                    log.warning("creating %s was not confirmed (%s); planning again", action.name, exc)
+                    audit(
+                        "secret_create_unconfirmed",
+                        set=action.set_name,
+                        secret=action.secret,
+                        version=action.version,
+                        name=action.name,
+                        revision=self.revision or "",
+                    )
+                    conflict = True
+                    break
                 self.ids[action.name] = secret_id
                 self.created.append(action.name)
                 audit(
@@ -314,12 +328,24 @@ class _Execution:
                 service=name, outcome=outcome, detail=detail, seconds=self.clock.now() - started, drift=drift
             )
 
+        # After a write the engine did not confirm (the leader was lost), the next inspect tells whether
+        # it landed: (IDs written, UpdateStatus.StartedAt before it), to watch that rollout instead.
+        unconfirmed: tuple[frozenset[str], str | None] | None = None
         try:
             for attempt in range(1, MAX_UPDATE_ATTEMPTS + 1):
                 if self.stale:
                     return None
                 raw = self.swarm.inspect_service(action.service_id)
                 current = _secrets_of(raw.get("Spec"))
+                if unconfirmed is not None:
+                    written, baseline = unconfirmed
+                    unconfirmed = None
+                    if written and written <= frozenset(str(r.get("SecretID")) for r in current):
+                        log.info("the update of %s had landed; watching its rollout", name)
+                        self._audit_update(action, confirmed=False)
+                        self.progress(name, "updating", f"{count(len(action.changes), 'reference')} changed")
+                        outcome, detail = self.watch(action, written, baseline, started)
+                        return result(outcome, detail)
                 new = self._rewrite(raw, current, action)
                 if new is None:
                     # The service moved since it was planned: plan again; go on only within the plan.
@@ -332,21 +358,21 @@ class _Execution:
                 if new == current:
                     return result(Outcome.UNCHANGED, "already up to date")
                 baseline = (raw.get("UpdateStatus") or {}).get("StartedAt")
+                written = frozenset(str(r.get("SecretID")) for r in new) - frozenset(
+                    str(r.get("SecretID")) for r in current
+                )
                 try:
                     self.swarm.write_service_secrets(raw, new)
                 except SwarmConflict:
                     log.info("service %s changed while we updated it (attempt %d)", name, attempt)
                     continue
-                audit(
-                    "service_updated",
-                    service=name,
-                    secrets=sorted({f"{c.set_name}/{c.secret}" for c in action.changes if c.secret}),
-                    changes=[f"{c.path}:{', '.join(c.old) or None}->{c.new}" for c in action.changes],
-                    revision=self.revision or "",
-                )
-                written = frozenset(str(r.get("SecretID")) for r in new) - frozenset(
-                    str(r.get("SecretID")) for r in current
-                )
+                except SwarmError as exc:
+                    if not exc.transient:
+                        raise
+                    log.warning("updating %s was not confirmed (%s); inspecting again", name, exc)
+                    unconfirmed = (written, baseline)
+                    continue
+                self._audit_update(action)
                 self.progress(name, "updating", f"{count(len(action.changes), 'reference')} changed")
                 outcome, detail = self.watch(action, written, baseline, started)
                 return result(outcome, detail)
@@ -359,6 +385,17 @@ class _Execution:
         except SwarmSecretsError as exc:
             self.progress(name, Outcome.FAILED.value, str(exc))
             return result(Outcome.FAILED, str(exc))
+
+    def _audit_update(self, action: UpdateService, *, confirmed: bool = True) -> None:
+        fields: dict[str, object] = {} if confirmed else {"confirmed": False}
+        audit(
+            "service_updated",
+            service=action.service,
+            secrets=sorted({f"{c.set_name}/{c.secret}" for c in action.changes if c.secret}),
+            changes=[f"{c.path}:{', '.join(c.old) or None}->{c.new}" for c in action.changes],
+            revision=self.revision or "",
+            **fields,
+        )
 
     def _rewrite(
         self, raw: RawService, current: list[dict[str, Any]], action: UpdateService
@@ -386,7 +423,18 @@ class _Execution:
         )
         shown: tuple[str, str] | None = None
         while True:
-            probe = self.swarm.rollout_probe(action.service_id)
+            try:
+                probe = self.swarm.rollout_probe(action.service_id)
+            except SwarmNoLeader as exc:
+                # An election outlasted the read's own patience: the rollout goes on in the swarm
+                # meanwhile; look again until this rollout's deadline.
+                if self.clock.now() >= rollout.deadline:
+                    detail = f"timed out after {self.options.timeout:.0f} s: the swarm had no leader ({exc})"
+                    self.progress(action.service, Outcome.TIMED_OUT.value, detail)
+                    return Outcome.TIMED_OUT, detail
+                log.warning("watching %s: %s; looking again", action.service, exc)
+                self.clock.sleep(self.options.poll_interval)
+                continue
             verdict = judge(rollout, probe, self.clock.now())
             rollout = verdict.rollout
             if verdict.outcome is not None:

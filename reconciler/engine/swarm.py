@@ -14,6 +14,14 @@ Engine behaviours this module is built around (see ``shared/notes/swarm-api.md``
   caller re-inspects. A 409 on create is a conflict as well (someone created the name first).
 * Only reads are retried here (tenacity, bounded, transient errors only). Mutations are not repeated
   blindly: after an ambiguous failure the caller observes again and re-plans.
+* On a swarm with several managers, losing the leader makes every request hang until a new one is
+  elected (measured: about 11 s on three managers), or fail with ``rpc error: code = DeadlineExceeded``
+  (the manager's own 20 s deadline) or ``The swarm does not have a leader`` (quorum lost). Those are
+  :class:`SwarmNoLeader`: reads wait for the election (:data:`ELECTION_PATIENCE`), mutations are
+  reported to the caller, which observes again (a proposal cut off by an election may still commit).
+* Tasks on a node that is down cannot run: :meth:`Swarm.observe` reports where tasks are and which
+  nodes are down (the core decides what that means for collection), and :meth:`Swarm.rollout_probe`
+  counts only tasks on nodes that are ready.
 * Every HTTP request is counted (:attr:`Swarm.requests`) so tests can assert API call budgets.
 
 It must not plan or decide anything: it reports what is there and does what it is told.
@@ -24,6 +32,8 @@ from __future__ import annotations
 import copy
 import errno
 import gc
+import hashlib
+import json
 import logging
 import re
 import socket
@@ -32,14 +42,15 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import docker
 import docker.errors
 import requests
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import RetryCallState, retry, retry_if_exception, wait_exponential
 
-from reconciler.core.model import LiveSecret, LiveService, LiveState, SecretRef, SecretValue
+from reconciler.core.model import LiveNode, LiveSecret, LiveService, LiveState, SecretRef, SecretValue
 from reconciler.core.rollout import RolloutProbe
 from reconciler.engine.protocol import RawService
 from reconciler.errors import (
@@ -47,6 +58,7 @@ from reconciler.errors import (
     NotManager,
     SwarmConflict,
     SwarmError,
+    SwarmNoLeader,
     SwarmRefused,
     SwarmSecretsError,
     SwarmUnavailable,
@@ -59,6 +71,22 @@ T = TypeVar("T")
 STACK_LABEL = "com.docker.stack.namespace"
 _HOST_MOUNTS = frozenset({"bind", "npipe"})
 TERMINAL_TASK_STATES = frozenset({"complete", "shutdown", "failed", "rejected", "orphaned", "remove"})
+
+NO_LEADER_MARKERS = (
+    "does not have a leader",  # 500 rpc error: code = Unknown desc = The swarm does not have a leader. …
+    "no elected cluster leader",  # raft.ErrNoClusterLeader
+    "lost leader status",  # raft.ErrLostLeadership: a proposal cut off by an election (it may commit)
+    "raft: failed to process the request: node is stopped",  # raft.ErrStopped: the manager is stopping
+    "context deadline exceeded",  # 500 rpc error: code = DeadlineExceeded desc = context deadline exceeded
+    "code = DeadlineExceeded",
+    "code = Unavailable",  # the manager lost its connection to the leader (transport is closing, …)
+    "Manager is being prepared",  # 503 This node is not a swarm manager. Manager is being prepared or …
+)
+"""Engine messages (HTTP 5xx) that mean "the swarm cannot serve this until a leader is elected",
+measured on a three-manager swarm (tests/multinode) or read in swarmkit's raft package."""
+ELECTION_PATIENCE = 60.0
+"""Seconds a read keeps being retried while the swarm has no leader. An election after the leader's
+loss took about 11 s on three managers here; a swarm that lost its quorum does not recover on its own."""
 
 
 # --- error translation ------------------------------------------------------------------------------
@@ -75,6 +103,14 @@ def _translate(exc: Exception, what: str, host: str | None = None) -> SwarmError
             return SwarmConflict(text)
         if status == 500 and "out of sequence" in explanation:
             return SwarmConflict(text)
+        if status >= 500 and any(marker in explanation for marker in NO_LEADER_MARKERS):
+            if "leader" in explanation:
+                why = "the swarm has no leader right now"
+                hint = "a leader election is running, or more than half of the managers are offline"
+            else:
+                why = "the managers did not complete the request in time"
+                hint = "a leader election may be running, or the managers are overloaded or offline"
+            return SwarmNoLeader(f"{what}: {why} (the engine answered {status}: {explanation}); {hint}")
         if status == 503 and "not a swarm manager" in explanation and "Worker" not in explanation:
             return SwarmUnavailable(text)
         if status == 503 and ("Worker nodes" in explanation or "not part of a swarm" in explanation):
@@ -87,6 +123,8 @@ def _translate(exc: Exception, what: str, host: str | None = None) -> SwarmError
             # a deadline under load): transient, so reads are retried and the loop backs off.
             return SwarmError(text)
         return SwarmRefused(text)
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return SwarmUnavailable(f"{what}: the Docker engine did not answer in time ({type(exc).__name__})")
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
         at = f" at {host}" if host else ""
         return SwarmUnavailable(f"{what}: cannot reach the Docker engine{at} ({_unreachable(exc)[0]})")
@@ -174,10 +212,27 @@ def _is_transient_read_error(exc: BaseException) -> bool:
     return isinstance(exc, SwarmError) and exc.transient and not isinstance(exc, SwarmConflict)
 
 
+def _stop_retrying(state: RetryCallState) -> bool:
+    """Four attempts for most transient errors; while the swarm has no leader, up to
+    :data:`ELECTION_PATIENCE` seconds (an election is expected to end; a lost quorum is not)."""
+    outcome = state.outcome
+    if outcome is not None and isinstance(outcome.exception(), SwarmNoLeader):
+        return (state.seconds_since_start or 0.0) >= ELECTION_PATIENCE
+    return state.attempt_number >= 4
+
+
+def _log_retry(state: RetryCallState) -> None:
+    outcome = state.outcome
+    wait = state.next_action.sleep if state.next_action else 0.0
+    if outcome is not None:
+        log.warning("%s; retrying in %.1f s", outcome.exception(), wait)
+
+
 _retry_reads = retry(
     retry=retry_if_exception(_is_transient_read_error),
-    stop=stop_after_attempt(4),
-    wait=wait_exponential(multiplier=0.2, max=3),
+    stop=_stop_retrying,
+    wait=wait_exponential(multiplier=0.25, max=4),
+    before_sleep=_log_retry,
     reraise=True,
 )
 
@@ -231,6 +286,15 @@ def parse_service(raw: Mapping[str, Any]) -> LiveService:
         # mounts and the names (never the values) of its environment variables.
         binds=tuple(_host_path(m) for m in container.get("Mounts") or () if _host_path(m)),
         env_names=frozenset(str(e).partition("=")[0] for e in container.get("Env") or ()),
+    )
+
+
+def parse_node(raw: Mapping[str, Any]) -> LiveNode:
+    return LiveNode(
+        id=str(raw.get("ID", "")),
+        hostname=str((raw.get("Description") or {}).get("Hostname", "")),
+        state=str((raw.get("Status") or {}).get("State", "unknown")),
+        availability=str((raw.get("Spec") or {}).get("Availability", "active")),
     )
 
 
@@ -342,25 +406,32 @@ class Swarm:
 
     @_retry_reads
     def observe(self) -> LiveState:
-        """All secrets, all services and the secrets of tasks not yet shut down: three requests,
-        however many objects there are."""
-        # The three lists are independent: asking concurrently makes a run cost about one list, not
-        # three (bench/bench_noop_plan.py measures it against listing secrets and services once).
-        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="observe") as pool:
+        """All secrets, all services, the secrets of tasks not yet shut down and the nodes: four
+        requests, however many objects there are."""
+        # The lists are independent: asking concurrently makes a run cost about one list, not four
+        # (bench/bench_noop_plan.py measures it against listing secrets and services once).
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="observe") as pool:
             secrets_f = pool.submit(self._call, "listing secrets", self._api.secrets)
             services_f = pool.submit(self._call, "listing services", self._api.services)
             tasks_f = pool.submit(self._call, "listing tasks", self._api.tasks)
+            # Nodes: a task on a node that is down stays "running" in the managers' view (for 24 h),
+            # yet it cannot run; the core needs to know, or it keeps that task's versions forever.
+            nodes_f = pool.submit(self._call, "listing nodes", self._api.nodes)
             secrets, services, tasks = secrets_f.result(), services_f.result(), tasks_f.result()
-        task_secret_ids: set[str] = set()
+            nodes = nodes_f.result()
+        task_nodes: dict[str, set[str]] = {}
         for task in tasks:
             if (task.get("Status") or {}).get("State") in TERMINAL_TASK_STATES:
                 continue
+            node_id = str(task.get("NodeID") or "")
             for ref in (task.get("Spec") or {}).get("ContainerSpec", {}).get("Secrets") or ():
-                task_secret_ids.add(ref.get("SecretID", ""))
+                task_nodes.setdefault(ref.get("SecretID", ""), set()).add(node_id)
         return LiveState(
             secrets=tuple(sorted((parse_secret(s) for s in secrets), key=lambda s: s.name)),
             services=tuple(sorted((parse_service(s) for s in services), key=lambda s: s.name)),
-            task_secret_ids=frozenset(task_secret_ids),
+            task_secret_ids=frozenset(task_nodes),
+            task_nodes={secret_id: frozenset(ids) for secret_id, ids in task_nodes.items()},
+            nodes=tuple(sorted((parse_node(n) for n in nodes), key=lambda n: n.id)),
         )
 
     @_retry_reads
@@ -387,11 +458,19 @@ class Swarm:
             "listing tasks",
             lambda: self._api.tasks(filters={"service": service_id, "_up-to-date": "true"}),
         )
-        running = sum(
-            1
+        # A task whose node is not ready (down, or not heard from since a leader change) still says
+        # "running" but may be long gone: only tasks on ready nodes count.
+        ready = {
+            str(n.get("ID"))
+            for n in self._call("listing nodes", self._api.nodes)
+            if (n.get("Status") or {}).get("State") == "ready"
+        }
+        reported = [
+            t
             for t in tasks
             if t.get("DesiredState") == "running" and (t.get("Status") or {}).get("State") == "running"
-        )
+        ]
+        running = sum(1 for t in reported if t.get("NodeID") in ready)
         failed = tuple(
             str((t.get("Status") or {}).get("Err") or (t.get("Status") or {}).get("Message", ""))[:200]
             for t in tasks
@@ -410,6 +489,7 @@ class Swarm:
             running=running,
             desired=desired,
             failed_tasks=failed[:3],
+            unavailable=len(reported) - running,
         )
 
     @_retry_reads
@@ -521,21 +601,31 @@ def _collect_leaked_socket() -> None:
 
 
 def _current_context_host(environ: Mapping[str, str]) -> tuple[str | None, str]:
-    """(Host, name) of the docker context in use, unless it is the default one: DOCKER_CONTEXT, else
-    the current context of the docker CLI's config (cheap: file reads)."""
-    wanted = environ.get("DOCKER_CONTEXT") or None
-    try:
-        from docker.context import ContextAPI
+    """(Host, name) of the docker context in use, unless it is the default one. The docker CLI's
+    order: DOCKER_HOST (handled by the caller), DOCKER_CONTEXT, the current context of the CLI's
+    config. Read from the CLI's context store directly (file reads): docker-py finds contexts only next
+    to a config.json, which ``docker context create`` does not write.
 
-        context = ContextAPI.get_context(wanted)
-    except Exception:  # noqa: BLE001 - contexts are a convenience; fall back to the defaults
-        context = None
-    if context is None and wanted and wanted != "default":
-        raise ConfigError(
-            f"DOCKER_CONTEXT names the docker context '{wanted}', which does not exist: "
-            "see `docker context ls`"
-        )
-    if context is None or context.name == "default":
+    A named context that does not exist is an error: falling back to the local socket could reconcile
+    the wrong swarm. Only the host is taken; TLS material goes in DOCKER_TLS_VERIFY/DOCKER_CERT_PATH.
+    """
+    config_dir = Path(environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    name = environ.get("DOCKER_CONTEXT") or None
+    origin = "DOCKER_CONTEXT"
+    if name is None:
+        origin = f"the current context in {config_dir / 'config.json'}"
+        try:
+            name = json.loads((config_dir / "config.json").read_text(encoding="utf-8")).get("currentContext")
+        except (OSError, ValueError, AttributeError):
+            name = None
+    if not name or name == "default":
         return None, ""
-    host = context.Host
-    return (str(host) if host else None), str(context.name)
+    meta = config_dir / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest() / "meta.json"
+    try:
+        host = json.loads(meta.read_text(encoding="utf-8"))["Endpoints"]["docker"]["Host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(
+            f"docker context {name!r} ({origin}) not found in {config_dir / 'contexts'}: "
+            "`docker context ls` lists the contexts"
+        ) from None
+    return (str(host) if host else None), str(name)

@@ -88,6 +88,8 @@ class Lab:
         env: Sequence[str] = (),
         mounts: Sequence[Mapping[str, Any]] = (),
         name: str | None = None,
+        placement: Mapping[str, Any] | None = None,
+        order: str = "start-first",
     ) -> str:
         """Create a service with the raw API (as a person would with the CLI) and wait for it."""
         name = name or self.name(suffix)
@@ -104,13 +106,14 @@ class Lab:
                     "Secrets": [self.secret_ref(**s) for s in secrets],
                 },
                 "RestartPolicy": {"Condition": "on-failure", "Delay": 500_000_000, "MaxAttempts": 0},
+                **({"Placement": dict(placement)} if placement else {}),
             },
             "Mode": {"Replicated": {"Replicas": replicas}},
             "UpdateConfig": {
                 "Parallelism": 1,
                 "FailureAction": failure_action,
                 "Monitor": monitor_ns,
-                "Order": "start-first",
+                "Order": order,
                 "MaxFailureRatio": 0,
             },
             "RollbackConfig": {

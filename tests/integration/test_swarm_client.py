@@ -76,4 +76,5 @@ def test_service_round_trip_changes_only_secrets(swarm: Swarm, lab: Lab, api: do
 def test_observe_costs_a_fixed_number_of_requests(swarm: Swarm, lab: Lab) -> None:
     before = swarm.requests
     swarm.observe()
-    assert swarm.requests - before == 3
+    # secrets, services, tasks and nodes (a task on a node that is down keeps no version: issue 12)
+    assert swarm.requests - before == 4

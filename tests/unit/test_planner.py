@@ -29,6 +29,7 @@ from reconciler.core.model import (
     DesiredSecret,
     DesiredSet,
     DesiredState,
+    LiveNode,
     LiveSecret,
     LiveService,
     LiveState,
@@ -142,8 +143,25 @@ def _live(raw: dict[str, Any]) -> LiveState:
         for name, body in (raw.get("services") or {}).items()
         for body in [body or {}]
     )
-    tasks = frozenset(ids.get(t, t) for t in raw.get("tasks", ()))
-    return LiveState(secrets=secrets, services=services, task_secret_ids=tasks)
+    # tasks: a name (a task somewhere: placement unknown) or {secret: name, node: node id}
+    task_nodes: dict[str, set[str]] = {}
+    unplaced: set[str] = set()
+    for task in raw.get("tasks", ()):
+        if isinstance(task, str):
+            unplaced.add(ids.get(task, task))
+        else:
+            task_nodes.setdefault(ids.get(task["secret"], task["secret"]), set()).add(task.get("node", ""))
+    nodes = tuple(
+        LiveNode(id=node_id, hostname=f"host-{node_id}", state=state)
+        for node_id, state in (raw.get("nodes") or {}).items()
+    )
+    return LiveState(
+        secrets=secrets,
+        services=services,
+        task_secret_ids=frozenset(unplaced | set(task_nodes)),
+        task_nodes={k: frozenset(v) for k, v in task_nodes.items() if k not in unplaced},
+        nodes=nodes,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,7 +274,7 @@ def simulate_apply(result: Plan, live: LiveState) -> LiveState:
                 update_state="completed",
             )
         )
-    return LiveState(secrets=secrets, services=tuple(services), task_secret_ids=live.task_secret_ids)
+    return dataclasses.replace(live, secrets=secrets, services=tuple(services))
 
 
 # --- the cases --------------------------------------------------------------------------------------
@@ -277,10 +295,11 @@ def test_case(path: Path) -> None:
 @pytest.mark.parametrize("path", CASE_FILES, ids=[p.stem for p in CASE_FILES])
 def test_case_is_deterministic_whatever_the_input_order(path: Path) -> None:
     case = load_case(path)
-    reversed_live = LiveState(
+    reversed_live = dataclasses.replace(
+        case.live,
         secrets=case.live.secrets[::-1],
         services=tuple(dataclasses.replace(s, refs=s.refs[::-1]) for s in case.live.services[::-1]),
-        task_secret_ids=case.live.task_secret_ids,
+        nodes=case.live.nodes[::-1],
     )
     reversed_desired = dataclasses.replace(
         case.desired,

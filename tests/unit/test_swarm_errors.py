@@ -21,6 +21,7 @@ from reconciler.errors import (
     NotManager,
     SwarmConflict,
     SwarmError,
+    SwarmNoLeader,
     SwarmRefused,
     SwarmSecretsError,
     SwarmUnavailable,
@@ -38,12 +39,12 @@ def api_error(status: int, explanation: str) -> docker.errors.APIError:
     [
         (409, "secret db_v1 already exists", SwarmConflict, True),
         (500, "rpc error: code = Unknown desc = update out of sequence", SwarmConflict, True),
-        (500, "context deadline exceeded", SwarmError, True),
+        (500, "context deadline exceeded", SwarmNoLeader, True),
         (500, "something broke", SwarmError, True),
         (
             503,
             "This node is not a swarm manager. Manager is being prepared or has trouble",
-            SwarmUnavailable,
+            SwarmNoLeader,
             True,
         ),
         (
@@ -178,5 +179,5 @@ def test_the_docker_context_is_named_when_it_gave_the_address(
     with pytest.raises(SwarmUnavailable, match=re.escape(expected)):
         Swarm.connect()
     monkeypatch.setenv("DOCKER_CONTEXT", "staging")
-    with pytest.raises(ConfigError, match="docker context 'staging', which does not exist"):
+    with pytest.raises(ConfigError, match="docker context 'staging' .DOCKER_CONTEXT. not found"):
         Swarm.connect()
