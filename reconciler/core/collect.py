@@ -128,7 +128,12 @@ def collect(
                     set_name=scope.set_name,
                     secret=scope.secret,
                     version=number,
-                    reason=_removal_reason(scope, number, waits_for, down_users.get(version.id)),
+                    reason=_removal_reason(scope, number, waits_for, down_users.get(version.id))
+                    + (
+                        " (once the old tasks still using it have stopped)"
+                        if version.id in users and version.id in live.stopping_task_secret_ids
+                        else ""
+                    ),
                     after=waits_for,
                 )
             )

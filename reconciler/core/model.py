@@ -357,6 +357,10 @@ class LiveState:
     placed yet). A secret of :attr:`task_secret_ids` missing here counts as used on a live node."""
     nodes: tuple[LiveNode, ...] = ()
     """Every node of the swarm; empty when not observed (then no task counts as stranded)."""
+    stopping_task_secret_ids: frozenset[str] = frozenset()
+    """IDs of :attr:`task_secret_ids` that only tasks told to stop use (desired state shutdown, not
+    stopped yet: the old tasks of a rollout that just ended). They keep the version now; the plan
+    foresees them gone once its own rollouts have run."""
 
     def secret_by_id(self, secret_id: str) -> LiveSecret | None:
         for secret in self.secrets:

@@ -569,9 +569,10 @@ def predict(
     live: LiveState, updates: Sequence[UpdateService], creates: Sequence[CreateSecret] = ()
 ) -> LiveState:
     """``live`` as it will be once ``updates`` are made: each updated service's Spec holds the
-    rewritten references (``core/refs.py``) and its PreviousSpec the references it has now. Secrets
-    and tasks are left as observed (old tasks stop only after a rollout, and collecting around them
-    is the next plan's business)."""
+    rewritten references (``core/refs.py``) and its PreviousSpec the references it has now, and the
+    tasks already told to stop (the old tasks of a rollout that just ended) have stopped: the
+    executor's rollouts take longer than that. Secrets and the other tasks are left as observed. The
+    executor re-checks every such removal against a fresh look before it removes anything."""
     if not updates:
         return live
     ids = {s.name: s.id for s in live.secrets}
@@ -585,4 +586,11 @@ def predict(
             continue
         refs = apply_ref_changes(service.refs, update.changes, ids)
         services.append(replace(service, refs=refs, previous_refs=service.refs))
-    return replace(live, services=tuple(services))
+    stopped = live.stopping_task_secret_ids
+    return replace(
+        live,
+        services=tuple(services),
+        task_secret_ids=live.task_secret_ids - stopped,
+        task_nodes={k: v for k, v in live.task_nodes.items() if k not in stopped},
+        stopping_task_secret_ids=frozenset(),
+    )

@@ -420,18 +420,24 @@ class Swarm:
             secrets, services, tasks = secrets_f.result(), services_f.result(), tasks_f.result()
             nodes = nodes_f.result()
         task_nodes: dict[str, set[str]] = {}
+        wanted: set[str] = set()  # used by a task meant to run (not one told to stop)
         for task in tasks:
             if (task.get("Status") or {}).get("State") in TERMINAL_TASK_STATES:
                 continue
             node_id = str(task.get("NodeID") or "")
+            running = task.get("DesiredState") in (None, "", "running", "ready", "accepted", "new")
             for ref in (task.get("Spec") or {}).get("ContainerSpec", {}).get("Secrets") or ():
-                task_nodes.setdefault(ref.get("SecretID", ""), set()).add(node_id)
+                secret_id = ref.get("SecretID", "")
+                task_nodes.setdefault(secret_id, set()).add(node_id)
+                if running:
+                    wanted.add(secret_id)
         return LiveState(
             secrets=tuple(sorted((parse_secret(s) for s in secrets), key=lambda s: s.name)),
             services=tuple(sorted((parse_service(s) for s in services), key=lambda s: s.name)),
             task_secret_ids=frozenset(task_nodes),
             task_nodes={secret_id: frozenset(ids) for secret_id, ids in task_nodes.items()},
             nodes=tuple(sorted((parse_node(n) for n in nodes), key=lambda n: n.id)),
+            stopping_task_secret_ids=frozenset(task_nodes) - wanted,
         )
 
     @_retry_reads

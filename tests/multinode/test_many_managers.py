@@ -88,7 +88,8 @@ def test_one_docker_context_per_manager(mlab: MultiLab, cluster: Cluster, tmp_pa
     # the current context (manager-1) is used without DOCKER_CONTEXT: that one cannot be reached
     result = CliRunner().invoke(main, ["plan", str(mlab.root)], env=env)
     assert result.exit_code == 1, result.output
-    assert result.output.startswith("error: connecting to the Docker engine at unix:///nonexistent/")
+    assert result.output.startswith("error: cannot reach the Docker engine at unix:///nonexistent/")
+    assert "(docker context 'manager-1')" in result.output
     result = CliRunner().invoke(main, ["plan", str(mlab.root)], env={**env, "DOCKER_CONTEXT": "manager-9"})
     assert result.exit_code == 1, result.output
     assert result.output.startswith("error: docker context 'manager-9' (DOCKER_CONTEXT) not found")

@@ -143,14 +143,20 @@ def _live(raw: dict[str, Any]) -> LiveState:
         for name, body in (raw.get("services") or {}).items()
         for body in [body or {}]
     )
-    # tasks: a name (a task somewhere: placement unknown) or {secret: name, node: node id}
+    # tasks: a name (a task somewhere: placement unknown) or {secret: name, node: node id, stopping: true}
+    # (stopping: told to shut down, not stopped yet)
     task_nodes: dict[str, set[str]] = {}
     unplaced: set[str] = set()
+    wanted: set[str] = set()
     for task in raw.get("tasks", ()):
         if isinstance(task, str):
             unplaced.add(ids.get(task, task))
+            wanted.add(ids.get(task, task))
         else:
-            task_nodes.setdefault(ids.get(task["secret"], task["secret"]), set()).add(task.get("node", ""))
+            secret_id = ids.get(task["secret"], task["secret"])
+            task_nodes.setdefault(secret_id, set()).add(task.get("node", ""))
+            if not task.get("stopping"):
+                wanted.add(secret_id)
     nodes = tuple(
         LiveNode(id=node_id, hostname=f"host-{node_id}", state=state)
         for node_id, state in (raw.get("nodes") or {}).items()
@@ -161,6 +167,7 @@ def _live(raw: dict[str, Any]) -> LiveState:
         task_secret_ids=frozenset(unplaced | set(task_nodes)),
         task_nodes={k: frozenset(v) for k, v in task_nodes.items() if k not in unplaced},
         nodes=nodes,
+        stopping_task_secret_ids=frozenset(unplaced | set(task_nodes)) - wanted,
     )
 
 
