@@ -57,7 +57,7 @@ class Scope:
 
 def collect(scopes: Iterable[Scope], live: LiveState) -> tuple[tuple[RemoveSecret, ...], tuple[Kept, ...]]:
     """Removals and kept versions for ``scopes``, each sorted by set, secret, version."""
-    users = protections(live)
+    users: dict[str, str] | None = None  # worked out at the first superseded version (often never)
     removals: list[RemoveSecret] = []
     kept: list[Kept] = []
     for scope in scopes:
@@ -66,9 +66,12 @@ def collect(scopes: Iterable[Scope], live: LiveState) -> tuple[tuple[RemoveSecre
             key=lambda v: (v.version or 0, v.name, v.id),
             reverse=True,  # newest first, so `keep` spares the newest
         )
+        if superseded and users is None:
+            users = protections(live)
         spared = 0
         for version in superseded:
             number = version.version or 0
+            assert users is not None
             reason = users.get(version.id, "")
             if not reason and spared < scope.keep:
                 spared += 1
