@@ -28,15 +28,20 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypedDict, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
-import docker
-import docker.errors
-import requests
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from reconciler.core.model import LiveSecret, LiveService, LiveState, SecretRef, SecretValue
 from reconciler.errors import NotManager, SwarmConflict, SwarmError, SwarmRefused, SwarmUnavailable
+
+if TYPE_CHECKING:
+    import docker
+    import requests
+
+# docker-py (with requests and urllib3: a third of the command's start-up) is imported when a swarm is
+# connected or an error translated, not with this module: `validate`, `--help` and `--version` never
+# need it.
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,9 @@ class RolloutProbe:
 
 def _translate(exc: Exception, what: str) -> SwarmError:
     """Map a docker-py / requests exception to our tree. ``what`` says what we were doing."""
+    import docker.errors
+    import requests
+
     if isinstance(exc, docker.errors.APIError):
         status = exc.status_code or 0
         explanation = str(exc.explanation or exc).strip().splitlines()[0][:300]
@@ -201,6 +209,8 @@ class Swarm:
         variables, else the current docker context, else the local socket. Checks that the engine is
         a swarm manager."""
         import os
+
+        import docker
 
         environment = dict(os.environ)
         if docker_host:

@@ -20,13 +20,14 @@ import importlib.resources
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
-
-import jsonschema
-from jsonschema import Draft202012Validator
+from typing import TYPE_CHECKING, Any
 
 from reconciler.core.model import MAX_OBJECT_NAME
 from reconciler.manifests.yamlload import PathKey
+
+if TYPE_CHECKING:
+    import jsonschema
+    from jsonschema import Draft202012Validator
 
 SCHEMA_FILE = "manifest.v1.json"
 
@@ -50,7 +51,11 @@ def manifest_schema() -> dict[str, Any]:
 
 @functools.cache
 def _validator() -> Draft202012Validator:
-    # The schema is checked against the draft's metaschema by a unit test, not on every run (12 ms).
+    # Imported here: jsonschema (with attrs, referencing, rpds) is a fifth of the command's start-up,
+    # and only validating needs it. The schema is checked against the draft's metaschema by a unit
+    # test, not on every run (12 ms).
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator(inline_refs(manifest_schema()))
 
 
