@@ -96,8 +96,13 @@ def format_path(path: PathKey) -> str:
 _CLoader: type[yaml.SafeLoader] | None = getattr(yaml, "CSafeLoader", None)
 """libyaml's parser and composer with PyYAML's safe constructor and resolver (None without libyaml)."""
 
-_PURE_ONLY = re.compile("[\t!]|" + yaml.reader.Reader.NON_PRINTABLE.pattern)
-"""Texts with a tab, a tag, or a character the pure reader refuses take the pure path (module docstring)."""
+_NON_PRINTABLE = yaml.reader.Reader.NON_PRINTABLE  # PyYAML's own compiled pattern (no compile here)
+
+
+def _pure_only(text: str) -> bool:
+    """Texts with a tab, a tag, or a character the pure reader refuses take the pure path (module
+    docstring)."""
+    return "\t" in text or "!" in text or _NON_PRINTABLE.search(text) is not None
 
 
 class ComposedDocument:
@@ -132,7 +137,7 @@ def compose_documents(text: str) -> Iterator[ComposedDocument]:
 
     Documents before the error are yielded first, so the caller can still use them.
     """
-    if _CLoader is not None and not _PURE_ONLY.search(text):
+    if _CLoader is not None and not _pure_only(text):
         composed = _compose_fast(_CLoader, text)
         if composed is not None:
             yield from composed

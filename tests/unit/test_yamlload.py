@@ -80,10 +80,12 @@ def test_errors_after_good_documents_still_yield_those_first() -> None:
     assert (caught.value.message, caught.value.line) == ("YAML syntax error: found undefined alias 'nope'", 3)
 
 
-def test_pure_only_pattern_matches_what_the_pure_reader_refuses() -> None:
-    assert yamlload._PURE_ONLY.search("x\x07") is not None
-    assert yamlload._PURE_ONLY.search("plain: text, 'quoted' \"é\" 0440 # c\n") is None
-    assert yaml.reader.Reader.NON_PRINTABLE.pattern in yamlload._PURE_ONLY.pattern
+def test_texts_for_the_pure_parser_only() -> None:
+    assert yamlload._pure_only("x\x07")
+    assert yamlload._pure_only("a:\tb")
+    assert yamlload._pure_only("a: !!str b")
+    assert not yamlload._pure_only("plain: text, 'quoted' \"é\" 0440 # c\n")
+    assert yamlload._NON_PRINTABLE is yaml.reader.Reader.NON_PRINTABLE
 
 
 def test_a_control_character_is_one_located_problem() -> None:
