@@ -74,6 +74,11 @@ def _converged(api: docker.APIClient, ids: set[str], require_update: bool) -> se
     done = set()
     for service_id, service in services.items():
         state = (service.get("UpdateStatus") or {}).get("State")
+        if state in ("paused", "rollback_started", "rollback_paused", "rollback_completed"):
+            # An engine hiccup (e.g. a failed secrets mount) paused or rolled back a rollout: this
+            # round measures nothing; say so instead of waiting for ever.
+            message = (service.get("UpdateStatus") or {}).get("Message", "")
+            raise RuntimeError(f"{service['Spec']['Name']}: update {state} ({message}); run the bench again")
         settled = state == "completed" or (state is None and not require_update)
         if settled and running.get(service_id, 0) >= 1:
             done.add(service_id)
@@ -135,7 +140,10 @@ class Floor:
 
         with ThreadPoolExecutor(max_workers=K) as pool:
             list(pool.map(update, range(K)))
+        deadline = time.monotonic() + 300
         while len(_converged(self.api, self.ids, require_update=True)) < K:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the hand-made rotation did not converge within 300 s")
             time.sleep(POLL)
         return time.perf_counter() - start  # old generations stay until the end (cleanup)
 
