@@ -1,4 +1,4 @@
-"""(c) Rotating K secrets, each used by one service, with default settings, against the by-hand floor.
+"""(b) Rotating K secrets, each used by one service, with default settings, against the by-hand floor.
 
 Both sides rotate the same shape in the same run, on services built alike (one replica, a 2 s stop
 grace period, the engine's default update config except a 1 s monitor: stop-first, parallelism 1,
