@@ -1,4 +1,4 @@
-"""(b) Rotating one secret used by K = 8 services: our apply (concurrent rollouts) against updating
+"""(c) Rotating one secret used by K = 8 services: our apply (concurrent rollouts) against updating
 those services one after another the way the docker CLI does (each `docker service update` waits
 for its rollout). Target: ≥ 0.8·K = 6.4× faster.
 

@@ -331,7 +331,7 @@ def rollout_options(fn: Callable[P, R]) -> Callable[P, R]:
             click.option(
                 "--concurrency",
                 type=click.IntRange(1, 64),
-                default=4,
+                default=16,  # ApplyOptions.concurrency (a unit test keeps them equal)
                 show_default=True,
                 help="Service rollouts run and watched at the same time.",
             ),

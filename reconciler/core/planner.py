@@ -88,7 +88,8 @@ class _Index:
 
     def __init__(self, live: LiveState, loaded: frozenset[str]) -> None:
         self.by_id: dict[str, LiveSecret] = {s.id: s for s in live.secrets}
-        self.names: dict[str, LiveSecret] = {s.name.lower(): s for s in live.secrets}
+        self._live = live
+        self._names: dict[str, LiveSecret] | None = None
         # (set, secret) -> versions, oldest first; a managed secret without set or secret label is
         # malformed and belongs to nobody (never touched).
         self.versions: dict[tuple[str, str], list[LiveSecret]] = defaultdict(list)
@@ -103,11 +104,20 @@ class _Index:
             self.versions[(secret.set_name, secret.secret)].append(secret)
             self.highest[secret.secret] = max(self.highest.get(secret.secret, 0), _version(secret))
         for versions in self.versions.values():
-            versions.sort(key=lambda s: (_version(s), s.name, s.id))
+            if len(versions) > 1:
+                versions.sort(key=lambda s: (_version(s), s.name, s.id))
         self.orphan_counts: dict[str, int] = defaultdict(int)
         for (set_name, _), versions in self.versions.items():
             if set_name not in loaded:
                 self.orphan_counts[set_name] += len(versions)
+
+    @property
+    def names(self) -> dict[str, LiveSecret]:
+        """Live secrets by lower-cased name (Swarm names are unique case-insensitively); built when
+        a version is to be created, so a plan without creates never needs it."""
+        if self._names is None:
+            self._names = {s.name.lower(): s for s in self._live.secrets}
+        return self._names
 
     def ours(self, secret_id: str, sets: frozenset[str]) -> LiveSecret | None:
         """The live secret behind a reference when it is a well-formed managed secret of ``sets``."""
@@ -326,9 +336,11 @@ def _wanted(
     warnings: list[str] = []
     for dset in sorted(desired.sets, key=lambda s: s.name):
         for declared in sorted(dset.secrets, key=lambda s: s.secret):
-            grants = sorted(
-                declared.grants, key=lambda g: (g.service, g.path, g.uid, g.gid, g.mode, g.target)
-            )
+            grants = declared.grants
+            if len(grants) > 1:
+                grants = tuple(
+                    sorted(grants, key=lambda g: (g.service, g.path, g.uid, g.gid, g.mode, g.target))
+                )
             for grant in grants:
                 paths = wanted[grant.service]
                 first = paths.get(grant.path)
@@ -545,6 +557,9 @@ def _scopes(
         if key in blocked or (set_name not in keeps and set_name not in pruned):
             continue
         current = currents.get(key)
+        versions = index.versions[key]
+        if len(versions) == 1 and current is not None and versions[0].id == current.secret_id:
+            continue  # only the current version exists: nothing to remove or keep (the steady state)
         if set_name in pruned:
             cause = Cause.ORPHANED
         elif key in declared:
@@ -554,7 +569,7 @@ def _scopes(
         yield Scope(
             set_name=set_name,
             secret=secret,
-            versions=tuple(index.versions[key]),
+            versions=tuple(versions),
             current_id=current.secret_id if current else None,
             current_version=current.version if current else None,
             keep=keeps.get(set_name, 0),

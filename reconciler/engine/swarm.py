@@ -43,11 +43,8 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-import docker
-import docker.errors
-import requests
 from tenacity import RetryCallState, retry, retry_if_exception, wait_exponential
 
 from reconciler.core.model import LiveNode, LiveSecret, LiveService, LiveState, SecretRef, SecretValue
@@ -63,6 +60,14 @@ from reconciler.errors import (
     SwarmSecretsError,
     SwarmUnavailable,
 )
+
+if TYPE_CHECKING:
+    import docker
+    import requests
+
+# docker-py (with requests and urllib3: a third of the command's start-up) is imported when a swarm is
+# connected or an error translated, not with this module: `validate`, `--help` and `--version` never
+# need it.
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +100,9 @@ loss took about 11 s on three managers here; a swarm that lost its quorum does n
 def _translate(exc: Exception, what: str, host: str | None = None) -> SwarmError:
     """Map a docker-py / requests exception to our tree. ``what`` says what we were doing; ``host``,
     the engine's address as shown (:func:`shown_host`), is named when the engine cannot be reached."""
+    import docker.errors
+    import requests
+
     if isinstance(exc, docker.errors.APIError):
         status = exc.status_code or 0
         explanation = str(exc.explanation or exc).strip().splitlines()[0][:300]
@@ -175,6 +183,8 @@ def _os_errors(exc: BaseException) -> Iterator[BaseException]:
 
 def _unreachable(exc: BaseException) -> tuple[str, str]:
     """(what went wrong, what usually fixes it) for an engine that cannot be reached."""
+    import requests
+
     chain = list(_os_errors(exc))
     codes = {e.errno for e in chain if isinstance(e, OSError)}
     if any(isinstance(e, ssl.SSLError) for e in chain):
@@ -197,6 +207,8 @@ def _unreachable(exc: BaseException) -> tuple[str, str]:
 
 def _connect_error(exc: Exception, host: str, source: str) -> SwarmSecretsError:
     """One line naming the engine tried, where its address came from, the cause and the usual fix."""
+    import docker.errors
+
     shown = shown_host(host)
     if isinstance(exc, docker.errors.DockerException) and "Invalid bind address" in str(exc):
         return ConfigError(
@@ -303,10 +315,15 @@ def parse_secret(raw: Mapping[str, Any]) -> LiveSecret:
     return LiveSecret(
         id=raw["ID"],
         name=spec.get("Name", ""),
-        labels=dict(spec.get("Labels") or {}),
+        # The decoded JSON is ours alone: no copy (a thousand secrets per observation).
+        labels=spec.get("Labels") or {},
         created_at=raw.get("CreatedAt", ""),
         index=int((raw.get("Version") or {}).get("Index", 0)),
     )
+
+
+def _by_name(item: LiveSecret | LiveService) -> str:
+    return item.name
 
 
 def secret_ids_of(spec: Mapping[str, Any]) -> frozenset[str]:
@@ -344,6 +361,8 @@ class Swarm:
         socket. Checks that the engine is a swarm manager. An engine that cannot be reached is one
         line naming the address tried (password masked), where it came from, and the usual fix."""
         import os
+
+        import docker
 
         environment = dict(os.environ)
         source = ""
@@ -409,16 +428,17 @@ class Swarm:
         """All secrets, all services, the secrets of tasks not yet shut down and the nodes: four
         requests, however many objects there are."""
         # The lists are independent: asking concurrently makes a run cost about one list, not four
-        # (bench/bench_noop_plan.py measures it against listing secrets and services once).
-        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="observe") as pool:
-            secrets_f = pool.submit(self._call, "listing secrets", self._api.secrets)
-            services_f = pool.submit(self._call, "listing services", self._api.services)
+        # (bench/bench_noop_plan.py measures it against listing secrets and services). The longest
+        # (secrets) is asked from this thread, so no thread start delays it, and each list is parsed
+        # where it arrived, while the others are still on their way.
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="observe") as pool:
+            services_f = pool.submit(self._services)
             tasks_f = pool.submit(self._call, "listing tasks", self._api.tasks)
             # Nodes: a task on a node that is down stays "running" in the managers' view (for 24 h),
             # yet it cannot run; the core needs to know, or it keeps that task's versions forever.
-            nodes_f = pool.submit(self._call, "listing nodes", self._api.nodes)
-            secrets, services, tasks = secrets_f.result(), services_f.result(), tasks_f.result()
-            nodes = nodes_f.result()
+            nodes_f = pool.submit(self._nodes)
+            secrets = self._secrets()
+            services, tasks, nodes = services_f.result(), tasks_f.result(), nodes_f.result()
         task_nodes: dict[str, set[str]] = {}
         wanted: set[str] = set()  # used by a task meant to run (not one told to stop)
         for task in tasks:
@@ -432,13 +452,25 @@ class Swarm:
                 if running:
                     wanted.add(secret_id)
         return LiveState(
-            secrets=tuple(sorted((parse_secret(s) for s in secrets), key=lambda s: s.name)),
-            services=tuple(sorted((parse_service(s) for s in services), key=lambda s: s.name)),
+            secrets=secrets,
+            services=services,
             task_secret_ids=frozenset(task_nodes),
             task_nodes={secret_id: frozenset(ids) for secret_id, ids in task_nodes.items()},
-            nodes=tuple(sorted((parse_node(n) for n in nodes), key=lambda n: n.id)),
+            nodes=nodes,
             stopping_task_secret_ids=frozenset(task_nodes) - wanted,
         )
+
+    def _secrets(self) -> tuple[LiveSecret, ...]:
+        listed = self._call("listing secrets", self._api.secrets)
+        return tuple(sorted(map(parse_secret, listed), key=_by_name))
+
+    def _services(self) -> tuple[LiveService, ...]:
+        listed = self._call("listing services", self._api.services)
+        return tuple(sorted(map(parse_service, listed), key=_by_name))
+
+    def _nodes(self) -> tuple[LiveNode, ...]:
+        listed = self._call("listing nodes", self._api.nodes)
+        return tuple(sorted((parse_node(n) for n in listed), key=lambda n: n.id))
 
     @_retry_reads
     def inspect_service(self, service_id: str) -> RawService:
@@ -552,6 +584,8 @@ class Swarm:
     @_retry_reads
     def inspect_config(self, name: str) -> dict[str, Any] | None:
         """The raw config named exactly ``name`` (``ID``, ``Version``, ``UpdatedAt``, ``Spec``), or None."""
+
+        import docker.errors
 
         def get() -> dict[str, Any] | None:
             try:

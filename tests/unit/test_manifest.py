@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from reconciler.core.model import EnvSource, FileSource, Origin, ServiceGrant, SopsSource
 from reconciler.errors import ManifestError
 from reconciler.manifests import loader as manifest
 from reconciler.manifests import yamlload
 from reconciler.manifests.loader import load, parse_mode
-from reconciler.manifests.schema import MAX_SECRET_NAME, manifest_schema
+from reconciler.manifests.schema import MAX_SECRET_NAME, inline_refs, manifest_schema, policy_schema
 from reconciler.manifests.yamlload import format_path
 
 CONTRACT = """\
@@ -316,3 +318,17 @@ def test_a_yaml_file_over_the_cap_is_not_read(tmp_path: Path) -> None:
         load([tmp_path])
     (problem,) = info.value.problems
     assert problem.file.endswith("big.yaml") and "larger than 1024 KiB" in problem.message
+def test_schema_is_valid_and_inlines_to_the_same_rules() -> None:
+    schema = manifest_schema()
+    Draft202012Validator.check_schema(schema)  # checked here, not on every run
+    Draft202012Validator.check_schema(policy_schema())
+    inlined = inline_refs(schema)
+    assert "$ref" not in json.dumps(inlined)
+    assert inlined["properties"]["metadata"]["properties"]["name"] == {
+        k: v for k, v in schema["$defs"]["setName"].items()
+    }
+    # Anything but a plain local definition reference is left alone.
+    odd = {"$defs": {"a": {"type": "string"}}, "properties": {"x": {"$ref": "#/$defs/a", "minLength": 1}}}
+    assert inline_refs(odd) is odd
+    recursive = {"$defs": {"n": {"items": {"$ref": "#/$defs/n"}}}, "items": {"$ref": "#/$defs/n"}}
+    assert inline_refs(recursive) is recursive
