@@ -25,7 +25,6 @@ import secrets
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import docker
 import yaml
 
-from bench.common import api_client, cleanup, docker_host, timed
+from bench.common import api_client, cleanup, docker_host, timed, workdir
 from reconciler import converge
 from reconciler.engine.swarm import Swarm
 
@@ -72,7 +71,7 @@ def _ms(values: list[float]) -> str:
 def main() -> None:
     api = api_client()
     prefix = "b" + secrets.token_hex(3)
-    root = Path(tempfile.mkdtemp(prefix="bench-"))
+    root = workdir(prefix)
     try:
         services = [f"{prefix}_svc{i}" for i in range(N_SERVICES)]
         for service in services:

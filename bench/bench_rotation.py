@@ -15,14 +15,12 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import docker
 import yaml
 
-from bench.common import IDLE, IMAGE, api_client, cleanup, docker_host
+from bench.common import IDLE, IMAGE, api_client, cleanup, docker_host, workdir
 from reconciler import converge
 from reconciler.engine.executor import ApplyOptions
 from reconciler.engine.swarm import Swarm
@@ -79,7 +77,7 @@ def measure(
     sequential = time.perf_counter() - start
 
     # Ours: one apply rotates the secret on every consumer.
-    root = Path(tempfile.mkdtemp(prefix="bench-"))
+    root = workdir(prefix)
     (root / "value").write_text("one")
     api.create_secret(f"{prefix}_seed", b"seed")
     ours_services = create_services(api, prefix + "o", f"{prefix}_seed", update)

@@ -27,16 +27,14 @@ import secrets
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import docker
 import yaml
 
-from bench.common import IDLE, IMAGE, api_client, cleanup, docker_host
+from bench.common import IDLE, IMAGE, api_client, cleanup, docker_host, workdir
 from reconciler import converge
 from reconciler.engine.swarm import Swarm
 
@@ -152,7 +150,7 @@ class Ours:
 
     def __init__(self, api: docker.APIClient, prefix: str) -> None:
         self.api = api
-        self.root = Path(tempfile.mkdtemp(prefix="bench-"))
+        self.root = workdir(prefix)
         self.services = [f"{prefix}_svc{i}" for i in range(K)]
         seeds = {}
         for i, service in enumerate(self.services):

@@ -7,10 +7,13 @@ noisy; they assert nothing about time.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import docker
 
@@ -39,7 +42,15 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(samples)
 
 
+def workdir(prefix: str) -> Path:
+    """A fresh folder for a bench's manifests and values; :func:`cleanup` removes it with the rest."""
+    return Path(tempfile.mkdtemp(prefix=f"bench-{prefix}-"))
+
+
 def cleanup(api: docker.APIClient, prefix: str) -> None:
+    """Remove the bench's services, secrets and folders (the values must not outlive the bench)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"bench-{prefix}-*"):
+        shutil.rmtree(folder, ignore_errors=True)
     for service in api.services():
         if service["Spec"]["Name"].startswith(prefix):
             api.remove_service(service["ID"])
