@@ -311,16 +311,26 @@ def _parsed_by_recipe() -> dict[str, list[Parsed]]:
 
 
 def test_each_recipe_runs_the_commands_it_should() -> None:
+    """Pull requests: validate offline, or plan (Markdown, detailed exit code). Main: a saved plan
+    (`plan --out`) applied exactly (`apply --plan`, which needs no --yes: the saved plan is the
+    approval)."""
     found = _parsed_by_recipe()
     for recipe in (GITHUB.name, GITLAB.name):
-        by_name = {p.name: p for p in found[recipe]}
-        assert sorted(by_name) == ["apply", "plan", "validate"], recipe
-        assert by_name["validate"].params["offline"] is True, recipe
-        plan = by_name["plan"].params
-        assert (plan["fmt"], plan["detailed_exitcode"]) == ("markdown", True), recipe
-        assert by_name["apply"].params["yes"] is True, recipe
-        for parsed in by_name.values():
+        commands = found[recipe]
+        assert sorted(p.name for p in commands) == ["apply", "plan", "plan", "validate"], recipe
+        for parsed in commands:
             assert parsed.params["paths"] == (Path("manifests/"),), recipe
+        (validate,) = [p.params for p in commands if p.name == "validate"]
+        assert validate["offline"] is True, recipe
+        pr_plan, main_plan = sorted(
+            (p.params for p in commands if p.name == "plan"), key=lambda p: bool(p["out"])
+        )
+        assert (pr_plan["fmt"], pr_plan["detailed_exitcode"], pr_plan["out"]) == ("markdown", True, None), (
+            recipe
+        )
+        assert main_plan["out"] is not None and main_plan["fmt"] == "markdown", recipe
+        (apply,) = [p.params for p in commands if p.name == "apply"]
+        assert apply["plan_file"] is not None and apply["plan_file"].name == main_plan["out"].name, recipe
     [hook] = found[HOOKS.name]
     assert (hook.name, hook.params["offline"]) == ("validate", True)
 
@@ -462,11 +472,12 @@ def test_gitlab_jobs() -> None:
     pipeline = load(GITLAB)
     assert pipeline["stages"] == ["plan", "apply"]
     validate, plan, apply = pipeline["validate-offline"], pipeline["plan"], pipeline["apply"]
+    plan_main = pipeline["plan-main"]
 
     # every merge request validates offline; the plan job too runs on merge requests, and ends early
     # without the key (environment-scoped variables are not visible to rules)
     assert _rules_text(validate) == _rules_text(plan) == ['$CI_PIPELINE_SOURCE == "merge_request_event"']
-    assert plan["extends"] == apply["extends"] == ".engine"
+    assert plan["extends"] == apply["extends"] == plan_main["extends"] == ".engine"
     assert validate["extends"] == ".swarm-secrets"
     first = list(_items(plan["script"]))[0]
     assert 'if [ -z "$SOPS_AGE_KEY" ]' in first and "exit 0" in first
@@ -474,7 +485,11 @@ def test_gitlab_jobs() -> None:
     # credentials per environment: the apply's protected ones reach the production environment only
     assert plan["environment"] == {"name": "swarm-plan", "action": "prepare"}
     assert apply["environment"]["name"] == "production"
+    assert plan_main["environment"] == {"name": "production", "action": "prepare"}
     assert apply["resource_group"] == "swarm-production"
+    # the apply applies the plan that plan-main saved, on the same commit, under the same rules
+    assert apply["needs"] == ["plan-main"] and "plan.json" in plan_main["artifacts"]["paths"]
+    assert _rules_text(apply) == _rules_text(plan_main)
     [rule] = _rules_text(apply)
     assert "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH" in rule and '$CI_COMMIT_REF_PROTECTED == "true"' in rule
 
@@ -919,7 +934,13 @@ def test_recipe_validates_against_the_official_schema(schema: str, path: Path) -
 # --- least privilege -------------------------------------------------------------------------------------
 
 # The first major release of each action that runs on Node 24 (Node 20 is deprecated on GitHub's runners).
-NODE24_SINCE = {"actions/checkout": 5, "actions/setup-python": 6, "actions/github-script": 8}
+NODE24_SINCE = {
+    "actions/checkout": 5,
+    "actions/setup-python": 6,
+    "actions/github-script": 8,
+    "actions/upload-artifact": 6,
+    "actions/download-artifact": 7,
+}
 USES = re.compile(r"^\s*(?:- )?uses: (\S+)(.*)$", re.MULTILINE)
 
 
@@ -933,6 +954,24 @@ def test_actions_are_pinned_by_commit_sha_on_node24() -> None:
         assert version, f"{reference}: say which release the SHA is, as `# vN.N.N`"
         assert action in NODE24_SINCE, f"{action}: which major release runs on Node 24?"
         assert int(version[1]) >= NODE24_SINCE[action], f"{reference} {comment}: a Node 20 release"
+
+
+def test_github_applies_on_main_exactly_the_plan_saved_before_the_approval() -> None:
+    jobs = load(GITHUB)["jobs"]
+    plan_main, apply = jobs["plan-main"], jobs["apply"]
+    assert apply["needs"] == "plan-main" and "needs.plan-main.outputs.current == 'true'" in apply["if"]
+    assert plan_main["environment"] == "swarm-plan" and apply["environment"] == "swarm-production"
+    (upload,) = [
+        s for s in _steps(plan_main) if str(s.get("uses", "")).startswith("actions/upload-artifact@")
+    ]
+    (download,) = [
+        s for s in _steps(apply) if str(s.get("uses", "")).startswith("actions/download-artifact@")
+    ]
+    assert upload["with"]["name"] == download["with"]["name"]
+    assert upload["with"]["path"].endswith("/saved-plan/plan.json")
+    assert download["with"]["path"] == upload["with"]["path"].removesuffix("/plan.json")
+    # the saved plan holds no value, but it still goes away soon
+    assert upload["with"]["retention-days"] == 1
 
 
 def test_github_credentials_live_in_environments() -> None:
