@@ -209,6 +209,18 @@ def prepare(loaded: Loaded, swarm: Swarm, settings: Settings | None = None) -> P
     return prepared
 
 
+def revision_note(loaded: Loaded, live: LiveState, repository: Path) -> str | None:
+    """What ``plan`` says when ``apply`` would refuse these manifests as older than what the swarm
+    records (or could not tell): a warning, since a plan changes nothing and refuses nothing."""
+    recorded = revisions.recorded_revisions(live, (s.name for s in loaded.sets))
+    problem = revisions.check_revision(loaded.revision, recorded, repository)
+    if problem is None:
+        return None
+    if problem.kind == "older":
+        return f"apply would refuse these manifests: {problem.detail}; {problem.advice}"
+    return f"apply cannot tell whether these manifests are older than the swarm's: {problem.detail}"
+
+
 def guard_revision(loaded: Loaded, live: LiveState, revision_guard: RevisionGuard | None) -> None:
     """Raise :class:`RevisionError` when the manifests are older than a revision the swarm records for
     one of the loaded sets (or that cannot be decided and the guard says refuse); else warn or pass."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -117,6 +118,10 @@ def plan(
         )
         _write(out, dumps(saved))
         click.echo(f"saved the plan to {display_path(out)}; apply it with `apply --plan {out}`", err=True)
-    click.echo(_render(prepared.plan, fmt).rstrip("\n"))
+    shown = prepared.plan
+    note = converge.revision_note(loaded, prepared.live, paths[0])
+    if note is not None:  # shown, not saved: the saved plan is what apply recomputes
+        shown = replace(shown, warnings=(*shown.warnings, note))
+    click.echo(_render(shown, fmt).rstrip("\n"))
     if detailed_exitcode and not prepared.plan.empty:
         raise click.exceptions.Exit(ExitCode.CHANGES)

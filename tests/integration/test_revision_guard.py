@@ -98,6 +98,12 @@ def test_an_older_commit_is_not_applied_over_a_newer_one(
     assert a in line and b in line and "--allow-older-revision" in line
     assert "Traceback" not in result.output
     assert _snapshot(api) == before
+    # a plan (as on a pull request) changes and refuses nothing, but says that apply would refuse
+    env: dict[str, str | None] = {**lab.env(), **dict.fromkeys(CI_VARIABLES)}
+    planned = CliRunner().invoke(main, ["plan", str(lab.root)], env=env)
+    assert planned.exit_code == 0, planned.output
+    assert f"apply would refuse these manifests: revision {a} is older than {b}" in planned.output
+    assert _snapshot(api) == before
 
     # the loop's tick refuses the same way (a failed tick, nothing changed)
     tick = make_tick(
