@@ -16,9 +16,9 @@ This module is pure: no I/O, no docker, no subprocess, no clock.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from reconciler.core.model import LABEL_FINGERPRINT
 from reconciler.core.policy import Governance
@@ -163,6 +163,47 @@ class Plan:
 
 
 # --- exactness ---------------------------------------------------------------------------------------
+
+
+def action_fields(
+    action: Action,
+    *,
+    change: Callable[[RefChange], dict[str, Any]],
+    labels: Callable[[Mapping[str, str]], dict[str, str]] = dict,
+) -> dict[str, Any]:
+    """``action`` as a JSON-ready mapping: the one field list shared by the plan's JSON rendering and
+    the saved-plan file; ``change`` renders a reference change and ``labels`` a create's labels (the
+    rendering leaves out the fingerprint, the saved plan keeps every label)."""
+    if isinstance(action, CreateSecret):
+        return {
+            "kind": action.kind,
+            "set": action.set_name,
+            "secret": action.secret,
+            "version": action.version,
+            "name": action.name,
+            "labels": labels(action.labels),
+            "reason": action.reason,
+        }
+    if isinstance(action, UpdateService):
+        return {
+            "kind": action.kind,
+            "service": action.service,
+            "service_id": action.service_id,
+            "observed_version": action.observed_version,
+            "stack": action.stack,
+            "reason": action.reason,
+            "changes": [change(c) for c in action.changes],
+        }
+    return {
+        "kind": action.kind,
+        "secret_id": action.secret_id,
+        "name": action.name,
+        "set": action.set_name,
+        "secret": action.secret,
+        "version": action.version,
+        "reason": action.reason,
+        "after": list(action.after),
+    }
 
 
 def _change_within(fresh: RefChange, approved: RefChange) -> bool:

@@ -34,6 +34,7 @@ from reconciler.core.plan import (
     RefChange,
     RemoveSecret,
     UpdateService,
+    action_fields,
 )
 
 __all__ = ["FORMAT_VERSION", "KIND", "Basis", "SavedPlan", "basis_of", "dumps", "loads", "moved"]
@@ -138,39 +139,6 @@ def _change(change: RefChange) -> dict[str, Any]:
     }
 
 
-def _action(action: Action) -> dict[str, Any]:
-    if isinstance(action, CreateSecret):
-        return {
-            "kind": action.kind,
-            "set": action.set_name,
-            "secret": action.secret,
-            "version": action.version,
-            "name": action.name,
-            "labels": dict(action.labels),
-            "reason": action.reason,
-        }
-    if isinstance(action, UpdateService):
-        return {
-            "kind": action.kind,
-            "service": action.service,
-            "service_id": action.service_id,
-            "observed_version": action.observed_version,
-            "stack": action.stack,
-            "reason": action.reason,
-            "changes": [_change(c) for c in action.changes],
-        }
-    return {
-        "kind": action.kind,
-        "secret_id": action.secret_id,
-        "name": action.name,
-        "set": action.set_name,
-        "secret": action.secret,
-        "version": action.version,
-        "reason": action.reason,
-        "after": list(action.after),
-    }
-
-
 def dumps(saved: SavedPlan) -> str:
     """The saved plan as JSON text (sorted keys, so the same plan gives the same file)."""
     basis, plan = saved.basis, saved.plan
@@ -187,7 +155,7 @@ def dumps(saved: SavedPlan) -> str:
             "secrets": {i: {"name": n, "version": v} for i, (n, v) in basis.secrets.items()},
         },
         "plan": {
-            "actions": [_action(a) for a in plan.actions],
+            "actions": [action_fields(a, change=_change) for a in plan.actions],
             "kept": [
                 {
                     "name": k.name,

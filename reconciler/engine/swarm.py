@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from tenacity import RetryCallState, retry, retry_if_exception, wait_exponential
 
 from reconciler.core.model import LiveNode, LiveSecret, LiveService, LiveState, SecretRef, SecretValue
+from reconciler.core.refs import parse_refs
 from reconciler.core.rollout import RolloutProbe
 from reconciler.engine.protocol import RawService
 from reconciler.errors import (
@@ -255,21 +256,7 @@ _retry_reads = retry(
 def _refs(spec: Mapping[str, Any] | None) -> tuple[SecretRef, ...]:
     if not spec:
         return ()
-    container = spec.get("TaskTemplate", {}).get("ContainerSpec", {})
-    refs = []
-    for raw in container.get("Secrets") or ():
-        file = raw.get("File") or {}
-        refs.append(
-            SecretRef(
-                secret_id=raw.get("SecretID", ""),
-                secret_name=raw.get("SecretName", ""),
-                target=file.get("Name", ""),
-                uid=str(file.get("UID", "")),
-                gid=str(file.get("GID", "")),
-                mode=int(file.get("Mode", 0)),
-            )
-        )
-    return tuple(refs)
+    return parse_refs(spec.get("TaskTemplate", {}).get("ContainerSpec", {}).get("Secrets"))
 
 
 def _host_path(mount: Mapping[str, Any]) -> str:

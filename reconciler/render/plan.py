@@ -51,7 +51,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.core.model import LABEL_FINGERPRINT
-from reconciler.core.plan import CreateSecret, Kept, Plan, RefChange, RemoveSecret, UpdateService
+from reconciler.core.plan import (
+    CreateSecret,
+    Kept,
+    Plan,
+    RefChange,
+    RemoveSecret,
+    UpdateService,
+    action_fields,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -181,39 +189,6 @@ def _change_dict(change: RefChange) -> dict[str, Any]:
     }
 
 
-def _action_dict(action: CreateSecret | UpdateService | RemoveSecret) -> dict[str, Any]:
-    if isinstance(action, CreateSecret):
-        return {
-            "kind": action.kind,
-            "set": action.set_name,
-            "secret": action.secret,
-            "version": action.version,
-            "name": action.name,
-            "labels": _public_labels(action.labels),
-            "reason": action.reason,
-        }
-    if isinstance(action, UpdateService):
-        return {
-            "kind": action.kind,
-            "service": action.service,
-            "service_id": action.service_id,
-            "observed_version": action.observed_version,
-            "stack": action.stack,
-            "reason": action.reason,
-            "changes": [_change_dict(c) for c in action.changes],
-        }
-    return {
-        "kind": action.kind,
-        "secret_id": action.secret_id,
-        "name": action.name,
-        "set": action.set_name,
-        "secret": action.secret,
-        "version": action.version,
-        "reason": action.reason,
-        "after": list(action.after),
-    }
-
-
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
     """The JSON shape documented in this module's docstring, as plain dicts and lists."""
     return {
@@ -226,7 +201,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             "kept": len(plan.kept),
         },
         "empty": plan.empty,
-        "actions": [_action_dict(a) for a in plan.actions],
+        "actions": [action_fields(a, change=_change_dict, labels=_public_labels) for a in plan.actions],
         "kept": [
             {"name": k.name, "set": k.set_name, "secret": k.secret, "version": k.version, "reason": k.reason}
             for k in plan.kept
