@@ -191,7 +191,7 @@ def prepare(loaded: Loaded, swarm: Swarm, settings: Settings | None = None) -> P
         raise ConfigError("--prune-orphans needs the manifests loaded with complete=True (a bug)")
     # Observing is mostly waiting for the engine: fetch the key and fingerprint the values meanwhile.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe") as pool:
-        observing = pool.submit(swarm.observe)
+        observing = pool.submit(swarm.observe, lean=True)
         key = find_key(swarm, settings.key_file)
         desired = build_desired(loaded.sets, loaded.values, key, revision=loaded.revision) if key else None
         live = observing.result()
@@ -240,7 +240,7 @@ def replanner(prepared: Prepared, swarm: Swarm, settings: Settings) -> Replan:
     """The executor's way to plan again: observe, then plan the same desired state."""
 
     def replan() -> tuple[LiveState, Plan]:
-        live = swarm.observe()
+        live = swarm.observe(lean=True)
         return live, planner.plan(prepared.desired, live, prune_orphans=settings.apply.prune_orphans)
 
     return replan

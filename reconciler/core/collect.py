@@ -35,10 +35,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from reconciler.core.model import LiveSecret, LiveState
+from reconciler.core.model import LiveSecret, LiveService, LiveState
 from reconciler.core.plan import Kept, RemoveSecret
 
-__all__ = ["Cause", "Scope", "collect", "current_version", "protections", "stranded"]
+__all__ = ["Cause", "Scope", "collect", "current_version", "needs_tasks", "protections", "stranded"]
 
 
 class Cause(enum.Enum):
@@ -174,6 +174,15 @@ def _rollback_services(live: LiveState) -> dict[str, tuple[str, ...]]:
         for ref in service.previous_refs:
             services[ref.secret_id].add(service.name)
     return {secret_id: tuple(sorted(names)) for secret_id, names in services.items()}
+
+
+def needs_tasks(secrets: Iterable[LiveSecret], services: Iterable[LiveService]) -> bool:
+    """Whether tasks can change a plan: only when some managed version is referenced by no service's
+    current Spec. A version in a Spec is kept whatever the tasks do (and the plan's own updates turn it
+    into a rollback target, kept too), so in the steady state, where every version is in use, a plan
+    needs neither the task list nor the node list (``observe(lean=True)``)."""
+    in_spec = {ref.secret_id for service in services for ref in service.refs}
+    return any(secret.managed and secret.id not in in_spec for secret in secrets)
 
 
 def protections(live: LiveState) -> dict[str, str]:

@@ -32,9 +32,11 @@ class RawService(TypedDict, total=False):
 class Swarm(Protocol):
     """A connection to one swarm manager. Every method raises only :mod:`reconciler.errors` types."""
 
-    def observe(self) -> LiveState:
+    def observe(self, *, lean: bool = False) -> LiveState:
         """Every secret (with its version index), every service (Spec and PreviousSpec references,
-        version index, update state) and the secrets of tasks not shut down yet."""
+        version index, update state) and the secrets of tasks not shut down yet, with their nodes.
+        ``lean``: the tasks and nodes only when :func:`~reconciler.core.collect.needs_tasks` says a
+        plan needs them (for planning; never for a decision to remove something)."""
         ...
 
     def inspect_service(self, service_id: str) -> RawService:

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from tenacity import RetryCallState, retry, retry_if_exception, wait_exponential
 
+from reconciler.core.collect import needs_tasks
 from reconciler.core.model import LiveNode, LiveSecret, LiveService, LiveState, SecretRef, SecretValue
 from reconciler.core.refs import parse_refs
 from reconciler.core.rollout import RolloutProbe
@@ -411,21 +412,30 @@ class Swarm:
             )
 
     @_retry_reads
-    def observe(self) -> LiveState:
+    def observe(self, *, lean: bool = False) -> LiveState:
         """All secrets, all services, the secrets of tasks not yet shut down and the nodes: four
-        requests, however many objects there are."""
+        requests, however many objects there are; ``lean`` (planning): the tasks and nodes only when
+        some managed version is in no service's Spec (``core.collect.needs_tasks``), so a steady
+        state costs two."""
         # The lists are independent: asking concurrently makes a run cost about one list, not four
         # (bench/bench_noop_plan.py measures it against listing secrets and services). The longest
         # (secrets) is asked from this thread, so no thread start delays it, and each list is parsed
         # where it arrived, while the others are still on their way.
         with ThreadPoolExecutor(max_workers=3, thread_name_prefix="observe") as pool:
             services_f = pool.submit(self._services)
-            tasks_f = pool.submit(self._call, "listing tasks", self._api.tasks)
-            # Nodes: a task on a node that is down stays "running" in the managers' view (for 24 h),
-            # yet it cannot run; the core needs to know, or it keeps that task's versions forever.
-            nodes_f = pool.submit(self._nodes)
+            if not lean:
+                tasks_f = pool.submit(self._call, "listing tasks", self._api.tasks)
+                # Nodes: a task on a node that is down stays "running" in the managers' view (for
+                # 24 h), yet it cannot run; the core needs to know, or it keeps that task's versions.
+                nodes_f = pool.submit(self._nodes)
             secrets = self._secrets()
-            services, tasks, nodes = services_f.result(), tasks_f.result(), nodes_f.result()
+            services = services_f.result()
+            if lean:
+                if not needs_tasks(secrets, services):
+                    return LiveState(secrets=secrets, services=services)
+                tasks_f = pool.submit(self._call, "listing tasks", self._api.tasks)
+                nodes_f = pool.submit(self._nodes)
+            tasks, nodes = tasks_f.result(), nodes_f.result()
         task_nodes: dict[str, set[str]] = {}
         wanted: set[str] = set()  # used by a task meant to run (not one told to stop)
         for task in tasks:

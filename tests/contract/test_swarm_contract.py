@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.core.collect import needs_tasks
 from reconciler.core.model import (
     LABEL_FINGERPRINT,
     LABEL_MANAGED,
@@ -175,6 +176,31 @@ def test_running_tasks_hold_their_secrets(world: World) -> None:
     live = world.swarm.observe()
     old_id = next(s.id for s in live.secrets if s.name == old)
     assert old_id in live.task_secret_ids
+
+
+def test_a_lean_look_lists_tasks_only_when_a_managed_version_is_in_no_spec(world: World) -> None:
+    def managed(version: int) -> str:
+        name = world.name(f"pw_v{version}")
+        labels = {
+            LABEL_MANAGED: "true",
+            LABEL_SET: world.name("set").lower().replace("_", "-"),
+            LABEL_SECRET: world.name("pw"),
+            LABEL_VERSION: str(version),
+        }
+        world.swarm.create_secret(name, SecretValue(b"v%d" % version), labels)
+        return name
+
+    current = managed(1)
+    world.create_service("app", secrets=[(current, "pw")])
+    # every managed version in a Spec: a plan needs no tasks (and does not ask for them)
+    lean, full = world.swarm.observe(lean=True), world.swarm.observe()
+    current_id = next(s.id for s in full.secrets if s.name == current)
+    assert current_id in full.task_secret_ids and not lean.task_secret_ids
+    assert not needs_tasks(lean.secrets, lean.services)
+    # a managed version no Spec references (it could be removed): the tasks are listed
+    managed(2)
+    lean = world.swarm.observe(lean=True)
+    assert needs_tasks(lean.secrets, lean.services) and current_id in lean.task_secret_ids
 
 
 def test_the_executors_reference_rule_round_trips_through_the_engine(world: World) -> None:

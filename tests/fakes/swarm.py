@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.core.collect import needs_tasks
 from reconciler.core.model import MAX_OBJECT_NAME, MAX_SECRET_BYTES, LiveState, SecretValue, normalize_target
 from reconciler.core.rollout import RolloutProbe
 from reconciler.engine.protocol import RawService
@@ -223,11 +224,16 @@ class FakeSwarm:
 
     # --- the protocol: reads --------------------------------------------------------------------
 
-    def observe(self) -> LiveState:
+    def observe(self, *, lean: bool = False) -> LiveState:
         with self._lock:
             self._enter("observe")
             secrets = [parse_secret(copy.deepcopy(s)) for s in self.secrets.values()]
             services = [parse_service(self._raw(s)) for s in self.services.values()]
+            if lean and not needs_tasks(secrets, services):
+                return LiveState(
+                    secrets=tuple(sorted(secrets, key=lambda s: s.name)),
+                    services=tuple(sorted(services, key=lambda s: s.name)),
+                )
             task_ids = {
                 ref["SecretID"]
                 for service in self.services.values()

@@ -281,7 +281,9 @@ def test_noop_apply_request_count_does_not_grow_with_secrets(lab: Lab) -> None:
     small = _noop_apply_requests(lab, 2, "a")
     large = _noop_apply_requests(lab, 20, "b")
     assert small == large
-    assert large <= 10
+    # engine info, the key config, the secret and service lists: in the steady state (every version
+    # in use) a plan needs neither tasks nor nodes (observe(lean=True))
+    assert large == 4
 
 
 def test_no_value_in_outputs_labels_or_temp_files(lab: Lab, api: docker.APIClient, tmp_path: Path) -> None:

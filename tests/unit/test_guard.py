@@ -384,7 +384,7 @@ class _FreshSwarm:
         self.live = live
         self.created: list[str] = []
 
-    def observe(self) -> LiveState:
+    def observe(self, *, lean: bool = False) -> LiveState:
         return self.live
 
     def find_config(self, name: str) -> tuple[str, bytes] | None:
