@@ -52,6 +52,7 @@ from .user_swarm import (
     default_ports_lock,
     listening,
     port_free,
+    sweep_stale,
     vxlan_bound,
 )
 
@@ -119,6 +120,8 @@ def test_quickstart_and_suite_beside_a_users_swarm(tmp_path: Path, dev_dir: str)
         pytest.skip("starts engines of its own: only where scripts/test started one (root, dockerd)")
     with contextlib.ExitStack() as stack:
         stack.enter_context(default_ports_lock())
+        for folder in sweep_stale():
+            print(f"removed {folder}: a user swarm left by a run killed before its cleanup")
         user = stack.enter_context(UserSwarm()) if port_free(CLUSTER_PORT) else None
         if user is None:
             print(f"port {CLUSTER_PORT} is held by a swarm manager of this host: testing beside that one")

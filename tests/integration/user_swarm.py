@@ -13,7 +13,11 @@ host's DOCKER chains and turns on forwarding) and bridges of its own instead of 
 ``docker_gwbridge``. None of them changes which ports its swarm holds.
 
 Only one such manager can hold the default ports at a time: :func:`default_ports_lock` serialises the
-test runs of one machine.
+test runs of one machine, and :func:`sweep_stale` (called under that lock) removes what a run killed
+before its cleanup left behind. That matters beyond tidiness: the overlay driver creates its VXLAN
+devices in the host's namespace before moving them into a sandbox, and the kernel keeps counting a moved
+device against the host's (VNI, port 4789) pair, so a stale sandbox makes the next manager's ingress
+network fail with "error creating vxlan interface: file exists".
 """
 
 from __future__ import annotations
@@ -54,6 +58,40 @@ def default_ports_lock(timeout: float = 900) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _alive_dockerd(folder: Path) -> bool:
+    try:
+        pid = int((folder / "docker.pid").read_text().strip())
+        return str(folder).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+
+
+def _remove(folder: Path, bridge: str | None) -> None:
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+              if line.split()[1].startswith(f"{folder}/")]  # fmt: skip
+    for mount in sorted(mounts, reverse=True):
+        subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
+    if bridge:
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def sweep_stale() -> list[Path]:
+    """Remove the folders, namespace mounts and bridges of user swarms whose dockerd is gone (a run
+    killed before its cleanup); call it holding :func:`default_ports_lock`. Returns what it removed."""
+    removed = []
+    for folder in sorted(Path("/tmp").glob("ss-user-*")):
+        if folder.name.startswith("ss-user-image-") or not folder.is_dir() or _alive_dockerd(folder):
+            continue
+        try:
+            bridge: str | None = (folder / "bridge").read_text().strip()
+        except OSError:
+            bridge = None
+        _remove(folder, bridge)
+        removed.append(folder)
+    return removed
 
 
 def port_free(port: int, kind: int = socket.SOCK_STREAM) -> bool:
@@ -109,6 +147,7 @@ class UserSwarm:
 
     def __enter__(self) -> UserSwarm:
         try:
+            (self.dir / "bridge").write_text(self.gwbridge)  # for sweep_stale, should this run be killed
             self._start_engine()
             self._init_swarm()
             self._create_objects()
@@ -229,12 +268,7 @@ class UserSwarm:
         self._kill()
         if self.api is not None:
             self.api.close()
-        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-                  if line.split()[1].startswith(f"{self.dir}/")]  # fmt: skip
-        for mount in sorted(mounts, reverse=True):
-            subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
-        subprocess.run(["ip", "link", "del", self.gwbridge], capture_output=True, check=False)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        _remove(self.dir, self.gwbridge)
 
     # --- what the test compares -------------------------------------------------------------------
 
