@@ -26,7 +26,7 @@ Adding a step: a check is a function ``(Prepared) -> Sequence[Problem]``; a guar
 Values stay inside :class:`Loaded` (as :class:`~reconciler.core.model.SecretValue`) and are handed only
 to the executor; the desired state and the plan carry keyed fingerprints. A generated secret has no
 value until the executor creates its version: it asks :func:`generator` for one then, which makes it
-from the CSPRNG (``sources/generate.py``) and hands it straight to the swarm.
+from the CSPRNG (``sources/generator.py``) and hands it straight to the swarm.
 
 Time: :func:`prepare` gives the planner the swarm's clock at observation
 (:attr:`~reconciler.core.model.LiveState.observed_at`) as ``desired.now`` (``Settings.now`` instead

@@ -167,7 +167,7 @@ class EnvSource:
 
 
 CHARSETS = ("alnum", "hex", "base64", "urlsafe", "printable")
-"""Alphabets of ``source.generate.charset`` (``sources/generate.py`` defines them)."""
+"""Alphabets of ``source.generate.charset`` (``sources/generator.py`` defines them)."""
 RAW_BYTES = "bytes"
 """The :attr:`GenerateSource.charset` of ``generate: {bytes: N}``: N raw random bytes."""
 

@@ -15,8 +15,8 @@ Pure: no clock of its own (``now`` is always passed in), no I/O.
 
 from __future__ import annotations
 
+import calendar
 import re
-from datetime import datetime
 
 from reconciler.core.collect import current_version
 from reconciler.core.model import DesiredState, LiveSecret, LiveState, Rotation
@@ -37,7 +37,9 @@ __all__ = [
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 """Seconds per unit of a rotation period."""
 _PERIOD = re.compile(r"([1-9][0-9]{0,8})([smhdw])")
-_TIMESTAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
+_TIMESTAMP = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:Z|([+-])(\d\d):(\d\d))", re.IGNORECASE
+)
 
 
 def parse_period(text: str) -> int | None:
@@ -60,11 +62,17 @@ def parse_time(text: str) -> float | None:
     match = _TIMESTAMP.fullmatch(text.strip())
     if match is None:
         return None
-    whole, fraction, zone = match.groups()
+    *fields, fraction, sign, hours, minutes = match.groups()
+    year, month, day, hour, minute, second = map(int, fields)
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61):
+        return None
     try:
-        stamp = datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone)).timestamp()
+        stamp = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
     except ValueError:
         return None
+    if sign:
+        offset = int(hours) * 3600 + int(minutes) * 60
+        stamp -= offset if sign == "+" else -offset
     return stamp + (float("0." + fraction) if fraction else 0.0)
 
 

@@ -5,9 +5,8 @@ decides *when* it runs and reports how it went. Ticks are requested by
 
 * ``startup`` (at once), ``interval`` (every ``interval`` ± ``jitter``), ``retry`` (after a failure,
   with exponential :class:`Backoff`, reset by a success), ``rotation`` (when a generated secret's
-  scheduled rotation falls due before the next interval: the tick's result says when; at least
-  :data:`ROTATION_MIN_WAIT` after the tick, never later than the interval, plus up to ``jitter`` of
-  the wait, never earlier);
+  scheduled rotation falls due within the interval: the tick's result says when; at least
+  :data:`ROTATION_MIN_WAIT` after the tick, plus up to ``jitter`` of the wait, never earlier);
 * ``webhook:<provider>`` and ``manual`` (``POST /reconcile``), from the HTTP listener;
 * ``event`` (a Docker service/secret change) and ``git`` (a new revision), from any thread through
   :meth:`Loop.request`, or from the ``events`` iterable given to :meth:`Loop.run`.
@@ -453,10 +452,10 @@ class Loop:
             jitter = self._rng.uniform(-self.settings.jitter, self.settings.jitter)
             self._next_interval_at = now + self.settings.interval * (1 + jitter)
             self._rotation_at = None
-            if result.next_rotation is not None:
-                # Bounded (never spinning, never later than the interval) and jittered (never early):
-                # replicas and many swarms do not rotate in lockstep.
-                wait = min(max(result.next_rotation, ROTATION_MIN_WAIT), self.settings.interval)
+            if result.next_rotation is not None and result.next_rotation < self.settings.interval:
+                # Bounded (never spinning; a later one is the interval tick's) and jittered (never
+                # early): replicas and many swarms do not rotate in lockstep.
+                wait = max(result.next_rotation, ROTATION_MIN_WAIT)
                 self._rotation_at = now + wait * (1 + self._rng.uniform(0, self.settings.jitter))
             if result.changed:
                 # Events that came in during this tick were (very likely) caused by it: drop them.

@@ -137,7 +137,9 @@ class Metrics:
     by the tick loop being the only caller of :meth:`observe`.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._clock = clock
         self._revision: str | None = None
@@ -185,7 +187,7 @@ class Metrics:
             ["provider", "result"],
             registry=reg,
         )
-        self.secrets = SecretsCollector()
+        self.secrets = SecretsCollector(clock=monotonic)
         reg.register(self.secrets)
         # Create the fixed label combinations now so every series exists (as 0) from the first scrape.
         for result in ("success", "failure", "stalled"):

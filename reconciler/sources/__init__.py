@@ -8,7 +8,7 @@ secret's manifest line and the path of the faulty source field (``spec.secrets.p
 Values never go into a log line, an exception, argv or a file. Callers should keep the returned dict
 only as long as they need it (fingerprinting, then the Engine request).
 
-A generated secret (``generate.py``) has no value here: it is made only when its version is created
+A generated secret (``generator.py``) has no value here: it is made only when its version is created
 (``converge`` hands :func:`generate` to the executor), so ``resolve`` leaves it out.
 """
 
@@ -31,7 +31,7 @@ from reconciler.errors import Problem, SourceError
 from reconciler.sources.base import SourceFailure, check_size
 from reconciler.sources.env import read_env
 from reconciler.sources.file import read_file
-from reconciler.sources.generate import generate
+from reconciler.sources.generator import generate
 from reconciler.sources.sops import SopsDecryptor, key_text
 
 __all__ = ["generate", "resolve"]
