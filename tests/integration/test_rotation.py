@@ -2,7 +2,8 @@
 
 * a generated secret is created by the first apply with the requested length and charset (read inside
   the task), the next plan is empty, and the value is in no output, log, audit event, label or file;
-* ``rotate: {every: 5s}``: 6 s later the plan shows the scheduled rotation (exit 2) and apply makes v2
+* ``rotate: {every: 5s}``: 6 s later the plan shows the scheduled rotation (exit 2) and applying it
+  (as a saved plan) makes v2
   with another value; a file secret on the same schedule is reported due (``status``) and never created;
 * ``swarm-secrets rotate`` forces a new version of a generated secret, and refuses a file secret;
 * the loop rotates a generated secret on schedule with no commit, and ``/metrics`` shows ages, due
@@ -130,7 +131,7 @@ def test_a_generated_secret_is_made_once_and_its_value_is_nowhere_but_in_the_swa
 
 
 def test_a_scheduled_rotation_is_planned_and_applied_and_a_file_secret_is_only_reported_due(
-    lab: Lab, api: docker.APIClient
+    lab: Lab, api: docker.APIClient, tmp_path: Path
 ) -> None:
     key, pw = lab.name("key"), lab.name("pw")
     app = lab.create_service("app")
@@ -146,7 +147,8 @@ def test_a_scheduled_rotation_is_planned_and_applied_and_a_file_secret_is_only_r
     assert len(first) == 32
     wait_until_older_than(api, f"{key}_v1", 6)
 
-    result = run(lab, "plan", str(lab.root), "--detailed-exitcode")
+    saved = tmp_path / "rotation.plan.json"
+    result = run(lab, "plan", str(lab.root), "--detailed-exitcode", "--out", str(saved))
     assert result.exit_code == 2, result.output
     assert f"+ create {key}_v2" in result.stdout and "scheduled rotation: v1 is " in result.stdout
     assert "old, every 5s" in result.stdout
@@ -154,7 +156,9 @@ def test_a_scheduled_rotation_is_planned_and_applied_and_a_file_secret_is_only_r
     due = entry(lab, pw)
     assert due["rotation_due"] is True and due["age_seconds"] >= 6 and due["rotate_every"] == "5s"
 
-    result = apply(lab)
+    # the saved plan says a version is to be generated; applied later, it is judged as of its time
+    assert '"generate:bytes:32"' in saved.read_text()
+    result = run(lab, "apply", "--plan", str(saved), str(lab.root), "--timeout", "90")
     assert result.exit_code == 0, result.output
     assert lab.service_secret_names(app) == {key: f"{key}_v2", pw: f"{pw}_v1"}
     second, _ = lab.read_in_task(app, f"/run/secrets/{key}")
