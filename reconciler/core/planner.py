@@ -194,11 +194,10 @@ def _resolve_versions(
             found = current_version(versions, declared.fingerprint, generator=declared.generator)
             due = _rotation_due(desired, declared, found) if found is not None else None
             if found is not None and (due is None or declared.generator is None):
-                if due is not None:
+                if due is not None:  # the tool cannot invent a sourced value: say so, change nothing
                     warnings.append(
-                        f"secret {dset.name}/{declared.secret}: rotation is due: "
-                        f"{due[0].removeprefix('scheduled rotation: ')}; swarm-secrets cannot make this "
-                        "value: change it at its source, then apply"
+                        f"secret {dset.name}/{declared.secret}: rotation is due: {due.detail}; "
+                        "swarm-secrets cannot make this value: change it at its source, then apply"
                     )
                 currents[key] = _Current(
                     version=_version(found), name=found.name, secret_id=found.id, rotation=""
@@ -212,7 +211,10 @@ def _resolve_versions(
                 continue
             highest[declared.secret] = number
             planned_names.add(name.lower())
-            reason, rotation = due or _create_reason(declared, versions, number, desired.fingerprint_key_id)
+            if due is not None:
+                reason, rotation = f"{due.cause}: {due.detail}", due.cause
+            else:
+                reason, rotation = _create_reason(declared, versions, number, desired.fingerprint_key_id)
             creates.append(
                 CreateSecret(
                     set_name=dset.name,
@@ -227,20 +229,27 @@ def _resolve_versions(
     return currents, creates, blocked, warnings
 
 
-def _rotation_due(
-    desired: DesiredState, declared: DesiredSecret, current: LiveSecret
-) -> tuple[str, str] | None:
-    """(reason of the create, short cause) when ``current`` is to be replaced on schedule or by a
-    forced rotation; None when it stays."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Due:
+    """Why the current version of a secret is to be replaced although its value did not change."""
+
+    cause: str
+    """``scheduled rotation`` or ``forced rotation`` (the reason of the services' changes)."""
+    detail: str
+    """``v3 is 91 days old, every 90d``."""
+
+
+def _rotation_due(desired: DesiredState, declared: DesiredSecret, current: LiveSecret) -> _Due | None:
+    """Why ``current`` is to be replaced on schedule or by a forced rotation; None when it stays."""
     number = _version(current)
     forced = desired.forced.get((declared.set_name, declared.secret))
     if declared.generator is not None and forced is not None and number <= forced:
-        return f"forced rotation (swarm-secrets rotate): replaces v{number}", "forced rotation"
+        return _Due(cause="forced rotation", detail=f"replaces v{number} (swarm-secrets rotate)")
     rotate = declared.rotate
     if rotate is None or not schedule.rotation_due(rotate, current, desired.now):
         return None
     age = schedule.format_age(schedule.age(current, desired.now) or 0.0)
-    return f"scheduled rotation: v{number} is {age} old, every {rotate.text}", "scheduled rotation"
+    return _Due(cause="scheduled rotation", detail=f"v{number} is {age} old, every {rotate.text}")
 
 
 def forced_versions(

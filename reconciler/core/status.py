@@ -170,12 +170,12 @@ def build_status(
                 secret=scope.secret,
                 current=_version_status(current, users, note),
                 superseded=old,
-                age_seconds=schedule.age(current, now),
+                age_seconds=_rounded(schedule.age(current, now)),
                 generated=current.generator is not None,
                 rotate_every=rotate.text if rotate else None,
                 rotate_every_seconds=rotate.every if rotate else None,
                 rotation_due=schedule.rotation_due(rotate, current, now),
-                kept=dict(Counter(v.kept_by for v in old)),
+                kept=dict(sorted(Counter(v.kept_by for v in old).items())),
             )
         )
     orphaned_sets = tuple(sorted({s.set_name for s in scopes} - set(keeps))) if keeps is not None else ()
@@ -202,3 +202,7 @@ def _version_status(
         note=note,
         kept_by=kept.value if kept is not None else "",
     )
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)

@@ -3,8 +3,8 @@
 * a generated secret is created by the first apply with the requested length and charset (read inside
   the task), the next plan is empty, and the value is in no output, log, audit event, label or file;
 * ``rotate: {every: 5s}``: 6 s later the plan shows the scheduled rotation (exit 2) and applying it
-  (as a saved plan) makes v2
-  with another value; a file secret on the same schedule is reported due (``status``) and never created;
+  (as a saved plan) makes v2 with another value; a file secret on the same schedule is reported due
+  (``status``) and never created;
 * ``swarm-secrets rotate`` forces a new version of a generated secret, and refuses a file secret;
 * the loop rotates a generated secret on schedule with no commit, and ``/metrics`` shows ages, due
   rotations and the superseded versions by what keeps them.
@@ -192,7 +192,7 @@ def test_rotate_forces_a_new_version_of_a_generated_secret_and_refuses_a_file_se
 
     result = run(lab, "rotate", str(lab.root), "--secret", key, "--yes", "--timeout", "90")
     assert result.exit_code == 0, result.output
-    assert "forced rotation (swarm-secrets rotate): replaces v1" in result.stdout
+    assert "forced rotation: replaces v1 (swarm-secrets rotate)" in result.stdout
     assert lab.service_secret_names(app) == {key: f"{key}_v2", pw: f"{pw}_v1"}
     second, _ = lab.read_in_task(app, f"/run/secrets/{key}")
     assert len(second) == 24 and second != first
