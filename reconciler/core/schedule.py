@@ -91,8 +91,8 @@ def age(secret: LiveSecret, now: float | None) -> float | None:
 
 def due_in(rotate: Rotation, secret: LiveSecret, now: float | None) -> float | None:
     """Seconds until ``secret`` is due for rotation (0 or less: due); None when its age is unknown."""
-    years = age(secret, now)
-    return None if years is None else rotate.every - years
+    seconds = age(secret, now)
+    return None if seconds is None else rotate.every - seconds
 
 
 def rotation_due(rotate: Rotation | None, secret: LiveSecret, now: float | None) -> bool:

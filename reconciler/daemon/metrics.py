@@ -118,13 +118,13 @@ class SecretsCollector(Collector):
         )
         for item in secrets:
             key = [item.set_name, item.secret]
-            years = None if item.age_seconds is None else item.age_seconds + passed
-            if years is not None:
-                age.add_metric(key, years)
+            old = None if item.age_seconds is None else item.age_seconds + passed
+            if old is not None:
+                age.add_metric(key, old)
             if item.rotate_every_seconds is not None:
                 period.add_metric(key, item.rotate_every_seconds)
             every = item.rotate_every_seconds
-            due.add_metric(key, 1 if years is not None and every is not None and years >= every else 0)
+            due.add_metric(key, 1 if old is not None and every is not None and old >= every else 0)
             for kept_by, count in sorted(item.kept.items()):
                 superseded.add_metric([*key, kept_by], count)
         yield from (age, period, due, superseded)

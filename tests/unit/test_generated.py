@@ -286,6 +286,23 @@ def test_a_forced_rotation_is_planned_once_even_when_planning_again(tmp_path: Pa
     assert fake.mounted("web")["/run/secrets/session_key"] == value_of(fake, "session_key_v2")
 
 
+def test_a_409_from_a_concurrent_rotation_of_the_same_generator_lets_the_plan_go_on(
+    tmp_path: Path, fake: FakeSwarm, generations: list[str]
+) -> None:
+    loaded = converge.load([write_manifest(tmp_path / "m", {"session_key": session_key()})])
+    prepared = converge.prepare(loaded, fake, SETTINGS)
+    (create,) = prepared.plan.creates
+    # another applier (--no-lock) creates the same version, generated its own way, just before us
+    fake.before["create_secret"] = lambda: fake.create_secret(
+        create.name, generator.generate(GenerateSource(charset="urlsafe", length=48)), create.labels
+    )
+    result = converge.execute(prepared, prepared.plan, fake, SETTINGS, clock=FakeClock())
+    assert result.ok and not result.stale and result.created == ()  # theirs is used, none made twice
+    assert generations == ["urlsafe:48"]  # ours was made for the refused create, then dropped
+    assert fake.secret_names() == {"session_key_v1"}
+    assert fake.mounted("web")["/run/secrets/session_key"] == value_of(fake, "session_key_v1")
+
+
 def test_a_create_is_within_an_approved_one_only_with_the_same_generator() -> None:
     def create(generator: str) -> CreateSecret:
         labels = {LABEL_GENERATOR: generator}
