@@ -24,7 +24,15 @@ Adding a step: a check is a function ``(Prepared) -> Sequence[Problem]``; a guar
 :attr:`Settings.guards` where the settings are built (``cli/``, ``daemon/tick.py``).
 
 Values stay inside :class:`Loaded` (as :class:`~reconciler.core.model.SecretValue`) and are handed only
-to the executor; the desired state and the plan carry keyed fingerprints.
+to the executor; the desired state and the plan carry keyed fingerprints. A generated secret has no
+value until the executor creates its version: it asks :func:`generator` for one then, which makes it
+from the CSPRNG (``sources/generator.py``) and hands it straight to the swarm.
+
+Time: :func:`prepare` gives the planner the swarm's clock at observation
+(:attr:`~reconciler.core.model.LiveState.observed_at`) as ``desired.now`` (``Settings.now`` instead
+when given: ``apply --plan`` plans as of the saved plan), and the forced rotations of
+``Settings.rotate`` as the version numbers they replace, so planning again (the replanner uses the
+same desired state) never plans a second rotation.
 
 The trust boundary (``core/guard.py``, the operator's ``Boundary``) is held in two places, both
 before anything is read or changed: :func:`load` (via the loader: policy, source roots, reserved
@@ -38,6 +46,7 @@ created only once they passed.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack
@@ -47,8 +56,8 @@ from pathlib import Path
 from reconciler import sources
 from reconciler.core import guard, planner
 from reconciler.core.desired import Values, build_desired
-from reconciler.core.model import DesiredState, LiveState, SecretSet
-from reconciler.core.plan import Plan
+from reconciler.core.model import DesiredState, GenerateSource, LiveState, SecretSet, SecretValue
+from reconciler.core.plan import CreateSecret, Plan
 from reconciler.core.saved import SavedPlan, basis_of, moved
 from reconciler.engine import executor
 from reconciler.engine.executor import SYSTEM_CLOCK, ApplyOptions, ApplyResult, Clock, ProgressFn, Replan
@@ -69,11 +78,13 @@ __all__ = [
     "Prepared",
     "Settings",
     "Show",
+    "at_time",
     "auto_approve",
     "builtin_checks",
     "builtin_guards",
     "converge",
     "execute",
+    "generator",
     "load",
     "manifest_digest",
     "prepare",
@@ -128,6 +139,11 @@ class Settings:
     """Guards around execution beyond :func:`builtin_guards`."""
     revision_guard: RevisionGuard | None = None
     """Refuse manifests older than what the swarm records (apply, run); None: no check (plan)."""
+    now: float | None = None
+    """Plan as of this time (Unix seconds on the swarm's clock) instead of the observation's: ``apply
+    --plan`` passes the saved plan's, so rotations are judged as they were when it was made."""
+    rotate: frozenset[tuple[str, str]] = frozenset()
+    """(set, secret) of generated secrets to give a new version now (``swarm-secrets rotate``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -200,6 +216,7 @@ def prepare(loaded: Loaded, swarm: Swarm, settings: Settings | None = None) -> P
     if desired is None:  # a fresh swarm: the key config is created only now, after the checks passed
         key = load_key(swarm, settings.key_file, create=not settings.read_only)
         desired = build_desired(loaded.sets, loaded.values, key, revision=loaded.revision)
+    desired = at_time(desired, live, settings)
     plan = planner.plan(desired, live, prune_orphans=settings.apply.prune_orphans)
     plan = replace(plan, governance=guard.governance(loaded.sets, loaded.boundary.policy))
     prepared = Prepared(loaded=loaded, desired=desired, live=live, plan=plan)
@@ -219,6 +236,39 @@ def revision_note(loaded: Loaded, live: LiveState, repository: Path) -> str | No
     if problem.kind == "older":
         return f"apply would refuse these manifests: {problem.detail}; {problem.advice}"
     return f"apply cannot tell whether these manifests are older than the swarm's: {problem.detail}"
+
+
+def at_time(desired: DesiredState, live: LiveState, settings: Settings) -> DesiredState:
+    """``desired`` with the time it is planned at (``Settings.now``, else the swarm's clock when
+    ``live`` was observed, else this machine's) and the version numbers forced rotations replace."""
+    now = settings.now if settings.now is not None else live.observed_at
+    if now is None:
+        log.debug("the engine did not give its time; versions' ages use this machine's clock")
+        now = time.time()
+    forced = planner.forced_versions(desired, live, settings.rotate) if settings.rotate else {}
+    return replace(desired, now=now, forced=forced)
+
+
+def generator(loaded: Loaded) -> Callable[[CreateSecret], SecretValue]:
+    """What the executor calls to get the value of a generated version it is creating: a fresh one,
+    made as the manifest says (its generator label must agree). Never kept here."""
+    specs = {
+        (s.name, spec.secret): spec.source
+        for s in loaded.sets
+        for spec in s.secrets
+        if isinstance(spec.source, GenerateSource)
+    }
+
+    def generate(action: CreateSecret) -> SecretValue:
+        source = specs.get((action.set_name, action.secret))
+        if source is None or source.label != action.generator:
+            raise ConfigError(
+                f"{action.set_name}/{action.secret} is not generated as {action.generator} by the loaded "
+                "manifests; make a new plan"
+            )
+        return sources.generate(source)
+
+    return generate
 
 
 def guard_revision(loaded: Loaded, live: LiveState, revision_guard: RevisionGuard | None) -> None:
@@ -346,4 +396,5 @@ def execute(
             progress=progress,
             clock=clock,
             revision=prepared.desired.revision,
+            generate=generator(prepared.loaded),
         )

@@ -102,6 +102,8 @@ def apply(
         revision_guard=RevisionGuard(
             repository=paths[0], allow_older=allow_older_revision, undecidable=revision_check
         ),
+        # A saved plan is judged as of when it was made (a rotation due since is the next run's).
+        now=saved.basis.now if saved is not None else None,
     )
     approval: converge.Approval = converge.auto_approve if yes else _prompt
     show: converge.Show | None = _show
@@ -111,7 +113,37 @@ def apply(
         verify = converge.saved_plan_approval(saved, settings, manifests_digest=digest)
         approval = _saved_approval(verify, plan_file)
         show = None
-    locking = lease_settings(lock, lock_timeout, lock_ttl)
+    run_apply(
+        loaded,
+        settings,
+        docker_host=docker_host,
+        locking=lease_settings(lock, lock_timeout, lock_ttl),
+        approval=approval,
+        show=show,
+        verify=verify,
+        ask=not yes and verify is None,
+        stats=stats,
+    )
+
+
+def run_apply(
+    loaded: converge.Loaded,
+    settings: converge.Settings,
+    *,
+    docker_host: str | None,
+    locking: lease.LeaseSettings | None,
+    approval: converge.Approval,
+    show: converge.Show | None = None,
+    verify: converge.Approval | None = None,
+    ask: bool = True,
+    stats: bool = False,
+    purpose: str = "apply",
+) -> None:
+    """Plan, approve and apply ``loaded`` under the swarm's lease, print what was done, and exit 3 when
+    it was not all done (``apply``, and ``rotate`` with its forced rotations in ``settings``).
+
+    ``verify`` approves a saved plan (nothing is shown then); ``ask``: the approval will prompt, so
+    without a terminal it is refused before waiting for the lease."""
     with Swarm.connect(docker_host) as swarm:
         if locking is not None:
             # A first look that changes nothing, not even the swarm's lease: a refusal (a policy, the
@@ -123,12 +155,12 @@ def apply(
                 _show(first)
                 _stats(stats, swarm)
                 return
-            if not yes and verify is None:
+            if ask:
                 _can_ask()
         # The swarm's lease (engine/lease.py), held from before the plan that is shown and approved to
         # the end: what another applier changed while this one waited is in that plan.
         holding: AbstractContextManager[lease.Lease | None] = lease.hold(
-            swarm, locking, purpose="apply", revision=loaded.revision, on_wait=_tell_waiting
+            swarm, locking, purpose=purpose, revision=loaded.revision, on_wait=_tell_waiting
         )
         with holding as held:
             try:

@@ -1,7 +1,9 @@
-"""``swarm-secrets status``: what the swarm holds per set and secret, and why old versions stay."""
+"""``swarm-secrets status``: what the swarm holds per set and secret, how old each current version is
+and whether its rotation is due, and why old versions stay."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,12 +38,15 @@ from reconciler.render.status import render_status_json, render_status_text
 @trust_options
 @handle_errors
 def status(paths: tuple[Path, ...], docker_host: str | None, fmt: str, trust: TrustOptions) -> None:
-    """Per set and secret: current version, its users, superseded versions and why each is kept;
-    orphaned sets; unmanaged secrets nothing references; with --policy, the rule governing each set.
-    Reads manifests offline (no keys needed) and only reports: the policy is enforced by plan/apply."""
+    """Per set and secret: current version, its age and whether its rotation is due (rotate.every),
+    its users, superseded versions and why each is kept; orphaned sets; unmanaged secrets nothing
+    references; with --policy, the rule governing each set. Reads manifests offline (no keys needed)
+    and only reports: the policy is enforced by plan/apply."""
     boundary = trust.boundary(paths)
     sets = manifests.load(paths, boundary, enforce=False) if all(p.exists() for p in paths) else None
     with Swarm.connect(docker_host) as swarm:
-        report = build_status(swarm.observe(), sets)
+        live = swarm.observe()
+    # Ages on the swarm's clock; this machine's only when the engine did not give its time.
+    report = build_status(live, sets, now=live.observed_at if live.observed_at is not None else time.time())
     report = replace(report, governance=governance(sets or (), boundary.policy))
     click.echo(render_status_json(report) if fmt == "json" else render_status_text(report), nl=False)

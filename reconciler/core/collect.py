@@ -38,7 +38,17 @@ from dataclasses import dataclass
 from reconciler.core.model import LiveSecret, LiveService, LiveState
 from reconciler.core.plan import Kept, RemoveSecret
 
-__all__ = ["Cause", "Scope", "collect", "current_version", "needs_tasks", "protections", "stranded"]
+__all__ = [
+    "Cause",
+    "KeptBy",
+    "Scope",
+    "collect",
+    "current_version",
+    "kept_by",
+    "needs_tasks",
+    "protections",
+    "stranded",
+]
 
 
 class Cause(enum.Enum):
@@ -50,6 +60,23 @@ class Cause(enum.Enum):
     """The secret is no longer in its set's manifest: every version is superseded."""
     ORPHANED = "orphaned"
     """The set has no loaded manifest and ``--prune-orphans`` was given."""
+
+
+class KeptBy(enum.StrEnum):
+    """Why a superseded version is still in the swarm, as a class (for ``status`` and ``/metrics``):
+    the first that applies, in this order. :data:`NONE` means nothing keeps it: the next apply
+    removes it; one that stays so is a bug."""
+
+    IN_USE = "in_use"
+    """A service's current Spec references it (e.g. its rollout to the newer version failed)."""
+    ROLLBACK_TARGET = "rollback_target"
+    """A service's PreviousSpec references it: ``docker service rollback`` would bring it back."""
+    RUNNING_TASK = "running_task"
+    """A task that can still run uses it (an old task of a rollout, not stopped yet)."""
+    KEEP = "keep"
+    """Among the newest ``spec.keep`` superseded versions nothing else keeps."""
+    NONE = "none"
+    """Nothing: collected by the next apply (or ``apply --prune-orphans`` for an orphaned set)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,12 +95,18 @@ class Scope:
     cause: Cause = Cause.SUPERSEDED
 
 
-def current_version(versions: Iterable[LiveSecret], fingerprint: str | None) -> LiveSecret | None:
+def current_version(
+    versions: Iterable[LiveSecret], fingerprint: str | None, *, generator: str | None = None
+) -> LiveSecret | None:
     """The one idea of "current": the newest version whose fingerprint label is ``fingerprint`` (the
     planner: None when the value has no version yet). Without a fingerprint (``status`` reads no
     values) the newest version, which is the planner's choice too unless the value returned to an
-    older version."""
-    candidates = [v for v in versions if fingerprint is None or v.fingerprint == fingerprint]
+    older version. A generated secret has no fingerprint: its current version is the newest one made
+    by ``generator`` (its generator label, ``urlsafe:48``)."""
+    if generator is not None:
+        candidates = [v for v in versions if v.generator == generator]
+    else:
+        candidates = [v for v in versions if fingerprint is None or v.fingerprint == fingerprint]
     return max(candidates, key=lambda v: (v.version or 0, v.name, v.id), default=None)
 
 
@@ -185,10 +218,8 @@ def needs_tasks(secrets: Iterable[LiveSecret], services: Iterable[LiveService]) 
     return any(secret.managed and secret.id not in in_spec for secret in secrets)
 
 
-def protections(live: LiveState) -> dict[str, str]:
-    """secret id -> why it must stay (Spec, PreviousSpec, tasks that can still run); absent ids are
-    free. When tasks on a down node use a protected version too, the reason says that they do not
-    keep it."""
+def _references(live: LiveState) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(secret id -> services whose Spec references it, secret id -> services whose PreviousSpec does)."""
     in_use: dict[str, set[str]] = defaultdict(set)
     rollback: dict[str, set[str]] = defaultdict(set)
     for service in live.services:
@@ -196,6 +227,25 @@ def protections(live: LiveState) -> dict[str, str]:
             in_use[ref.secret_id].add(service.name)
         for ref in service.previous_refs:
             rollback[ref.secret_id].add(service.name)
+    return in_use, rollback
+
+
+def kept_by(live: LiveState) -> dict[str, KeptBy]:
+    """secret id -> the first protection that keeps it (:class:`KeptBy`, the same rules as
+    :func:`protections`); absent ids are free. ``spec.keep`` is the collector's to apply."""
+    in_use, rollback = _references(live)
+    runnable = _task_users(live)[0]
+    classes: dict[str, KeptBy] = dict.fromkeys(runnable, KeptBy.RUNNING_TASK)
+    classes.update(dict.fromkeys(rollback, KeptBy.ROLLBACK_TARGET))
+    classes.update(dict.fromkeys(in_use, KeptBy.IN_USE))
+    return classes
+
+
+def protections(live: LiveState) -> dict[str, str]:
+    """secret id -> why it must stay (Spec, PreviousSpec, tasks that can still run); absent ids are
+    free. When tasks on a down node use a protected version too, the reason says that they do not
+    keep it."""
+    in_use, rollback = _references(live)
     runnable, down_users = _task_users(live)
     reasons: dict[str, str] = {}
     for secret_id in set(in_use) | set(rollback) | runnable:

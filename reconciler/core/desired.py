@@ -1,7 +1,9 @@
 """Turn loaded manifests and their resolved values into the planner's desired state.
 
 Values are replaced by keyed fingerprints here, so nothing downstream of this function (planner,
-plan, renderers) ever holds a value. Pure: no I/O.
+plan, renderers) ever holds a value. A generated secret (``source.generate``) has no value before
+its version is created: it is described by its generator parameters instead, and never fingerprinted.
+Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -9,7 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from reconciler.core.fingerprint import fingerprint, key_id
-from reconciler.core.model import DesiredSecret, DesiredSet, DesiredState, SecretSet, SecretValue
+from reconciler.core.model import (
+    DesiredSecret,
+    DesiredSet,
+    DesiredState,
+    GenerateSource,
+    SecretSet,
+    SecretSpec,
+    SecretValue,
+)
 
 Values = Mapping[tuple[str, str], SecretValue]
 """Resolved values keyed by (set name, logical secret name)."""
@@ -25,18 +35,25 @@ def build_desired(
                 name=secret_set.name,
                 keep=secret_set.keep,
                 secrets=tuple(
-                    DesiredSecret(
-                        set_name=secret_set.name,
-                        secret=spec.secret,
-                        fingerprint=fingerprint(key, values[(secret_set.name, spec.secret)], kid=kid),
-                        labels=dict(spec.labels),
-                        grants=spec.grants,
-                    )
-                    for spec in secret_set.secrets
+                    _desired(secret_set.name, spec, values, key, kid) for spec in secret_set.secrets
                 ),
             )
             for secret_set in sets
         ),
         revision=revision,
         fingerprint_key_id=kid,
+    )
+
+
+def _desired(set_name: str, spec: SecretSpec, values: Values, key: bytes, kid: str) -> DesiredSecret:
+    source = spec.source
+    generator = source.label if isinstance(source, GenerateSource) else None
+    return DesiredSecret(
+        set_name=set_name,
+        secret=spec.secret,
+        fingerprint="" if generator else fingerprint(key, values[(set_name, spec.secret)], kid=kid),
+        labels=dict(spec.labels),
+        grants=spec.grants,
+        generator=generator,
+        rotate=spec.rotate,
     )

@@ -3,8 +3,8 @@
 Three groups:
 
 * **manifest side** (built by ``manifest.py``): :class:`SecretSet`, :class:`SecretSpec`,
-  :class:`ServiceGrant` and the source specs :class:`SopsSource`, :class:`FileSource`,
-  :class:`EnvSource`. They say where a value comes from, never the value.
+  :class:`ServiceGrant`, :class:`Rotation` and the source specs :class:`SopsSource`, :class:`FileSource`,
+  :class:`EnvSource`, :class:`GenerateSource`. They say where a value comes from, never the value.
 * **desired state** (input of the pure planner): :class:`DesiredState` → :class:`DesiredSet` →
   :class:`DesiredSecret`, which carries a keyed *fingerprint* of the value instead of the value.
 * **live state** (built by ``swarm.py`` from Engine JSON): :class:`LiveState`, :class:`LiveSecret`,
@@ -46,6 +46,10 @@ LABEL_FINGERPRINT = LABEL_PREFIX + "fingerprint"
 """Keyed HMAC of the value: ``hmac-sha256:<key id>:<hex>``. Without the key it confirms nothing."""
 LABEL_REVISION = LABEL_PREFIX + "revision"
 """The manifest revision (git commit) that created this version, when known."""
+LABEL_GENERATOR = LABEL_PREFIX + "generator"
+"""On a generated version (``source.generate``): how its value was made, ``<charset>:<length>``
+(``urlsafe:48``, ``bytes:32``). Generated versions carry no fingerprint: nothing outside the swarm
+ever holds their value, so there is nothing to compare, and nothing should let anyone confirm a guess."""
 
 SECRETS_DIR = "/run/secrets"
 """Where Swarm places a secret whose target is a relative path."""
@@ -162,7 +166,40 @@ class EnvSource:
     origin: Origin | None = field(default=None, compare=False)
 
 
-Source = SopsSource | FileSource | EnvSource
+CHARSETS = ("alnum", "hex", "base64", "urlsafe", "printable")
+"""Alphabets of ``source.generate.charset`` (``sources/generator.py`` defines them)."""
+RAW_BYTES = "bytes"
+"""The :attr:`GenerateSource.charset` of ``generate: {bytes: N}``: N raw random bytes."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenerateSource:
+    """A value nobody ever sees: made from the operating system's CSPRNG at the moment a version is
+    created, and kept nowhere but in that Swarm secret."""
+
+    charset: str
+    """One of :data:`CHARSETS`, or :data:`RAW_BYTES`."""
+    length: int
+    """Characters of ``charset`` (or raw bytes)."""
+    origin: Origin | None = field(default=None, compare=False)
+
+    @property
+    def label(self) -> str:
+        """The :data:`LABEL_GENERATOR` value of the versions it makes: ``urlsafe:48``."""
+        return f"{self.charset}:{self.length}"
+
+
+Source = SopsSource | FileSource | EnvSource | GenerateSource
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rotation:
+    """``rotate: {every: 90d}``: the current version is due for replacement once it is this old."""
+
+    every: int
+    """Seconds."""
+    text: str
+    """As the manifest writes it (``90d``), for messages."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -195,7 +232,13 @@ class SecretSpec:
     source: Source
     labels: Mapping[str, str] = field(default_factory=dict)
     grants: tuple[ServiceGrant, ...] = ()
+    rotate: Rotation | None = None
+    """``rotate.every``: generated values are replaced on schedule; others are reported as due."""
     origin: Origin
+
+    @property
+    def generated(self) -> bool:
+        return isinstance(self.source, GenerateSource)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -222,9 +265,15 @@ class DesiredSecret:
     secret: str
     """The logical secret's name (``db_password``)."""
     fingerprint: str
+    """Empty for a generated secret (:attr:`generator`), whose value exists only in the swarm."""
     labels: Mapping[str, str] = field(default_factory=dict)
     """User labels from the manifest, copied onto every new version."""
     grants: tuple[ServiceGrant, ...] = ()
+    generator: str | None = None
+    """For ``source.generate``: the :data:`LABEL_GENERATOR` value (``urlsafe:48``) its current version
+    must carry; a new version is generated when none does."""
+    rotate: Rotation | None = None
+    """``rotate.every`` of the manifest."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -242,6 +291,13 @@ class DesiredState:
     fingerprint_key_id: str = ""
     """Id of the HMAC key the fingerprints were made with; a live fingerprint made with another key
     cannot be compared and counts as changed."""
+    now: float | None = None
+    """When the plan is made, as Unix seconds on the swarm's clock (``converge`` sets it from the
+    observation), to judge versions' ages against their ``CreatedAt``; None: no rotation falls due."""
+    forced: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """Rotations asked for now (``swarm-secrets rotate``): (set, secret) → the version number current
+    when asked; a generated secret whose current version is at most that number gets a new one. A
+    number, not a flag, so that planning again after the new version exists plans nothing more."""
 
 
 # --- live state (built from Engine JSON by swarm.py) ------------------------------------------------
@@ -264,6 +320,8 @@ class LiveSecret:
     """``LABEL_VERSION`` when it is a decimal number."""
     fingerprint: str | None = field(init=False)
     """``LABEL_FINGERPRINT``."""
+    generator: str | None = field(init=False)
+    """``LABEL_GENERATOR``: set on generated versions (which have no fingerprint)."""
     managed: bool = field(init=False)
     """Ours: ``LABEL_MANAGED`` is "true" and the version label is a number."""
 
@@ -274,6 +332,7 @@ class LiveSecret:
         object.__setattr__(self, "secret", self.labels.get(LABEL_SECRET))
         object.__setattr__(self, "version", version)
         object.__setattr__(self, "fingerprint", self.labels.get(LABEL_FINGERPRINT))
+        object.__setattr__(self, "generator", self.labels.get(LABEL_GENERATOR))
         object.__setattr__(self, "managed", self.labels.get(LABEL_MANAGED) == "true" and version is not None)
 
 
@@ -361,6 +420,9 @@ class LiveState:
     """IDs of :attr:`task_secret_ids` that only tasks told to stop use (desired state shutdown, not
     stopped yet: the old tasks of a rollout that just ended). They keep the version now; the plan
     foresees them gone once its own rollouts have run."""
+    observed_at: float | None = None
+    """The swarm's clock when this was observed (Unix seconds: the manager's ``SystemTime`` carried
+    forward on a monotonic clock), the time versions' ``CreatedAt`` is compared with; None: unknown."""
 
     def secret_by_id(self, secret_id: str) -> LiveSecret | None:
         for secret in self.secrets:

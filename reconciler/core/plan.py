@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from reconciler.core.model import LABEL_FINGERPRINT
+from reconciler.core.model import LABEL_FINGERPRINT, LABEL_GENERATOR
 from reconciler.core.policy import Governance
 
 
@@ -40,8 +40,14 @@ class CreateSecret:
 
     @property
     def fingerprint(self) -> str | None:
-        """The keyed fingerprint label of the value the version gets."""
+        """The keyed fingerprint label of the value the version gets (None for a generated one)."""
         return self.labels.get(LABEL_FINGERPRINT)
+
+    @property
+    def generator(self) -> str | None:
+        """``urlsafe:48`` when the version's value is generated as it is created (``source.generate``):
+        the plan holds no value for it, only how it is to be made."""
+        return self.labels.get(LABEL_GENERATOR)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -222,7 +228,7 @@ def action_within(action: Action, approved: Plan) -> bool:
     """Whether ``action`` (from a fresh plan) is allowed by ``approved``:
 
     * a create is within when the approved plan creates the same set / secret / name / version with
-      the same keyed fingerprint;
+      the same keyed fingerprint (for a generated version: the same generator);
     * an update is within when the approved plan updates the same service (by id) and each of its
       reference changes is within one approved change of that service (same path, same ``new`` with
       the same target, uid, gid and mode, ``old`` a subset of the approved ``old``);
@@ -232,8 +238,15 @@ def action_within(action: Action, approved: Plan) -> bool:
     """
     if isinstance(action, CreateSecret):
         return any(
-            (c.set_name, c.secret, c.name, c.version, c.fingerprint)
-            == (action.set_name, action.secret, action.name, action.version, action.fingerprint)
+            (c.set_name, c.secret, c.name, c.version, c.fingerprint, c.generator)
+            == (
+                action.set_name,
+                action.secret,
+                action.name,
+                action.version,
+                action.fingerprint,
+                action.generator,
+            )
             for c in approved.creates
         )
     if isinstance(action, UpdateService):

@@ -3,10 +3,16 @@
 What it decides, in this order:
 
 1. **Versions.** For each desired logical secret, the *current* version is the highest managed version
-   of that set whose fingerprint label equals the desired fingerprint. Without one, a
+   of that set whose fingerprint label equals the desired fingerprint (for a generated secret: whose
+   generator label equals the manifest's ``generate`` parameters). Without one, a
    :class:`CreateSecret` makes ``<secret>_v<N>`` with N one past the highest version of that secret
    in *any* set (names are global), unless an object already holds that name case-insensitively: then
-   the secret is :class:`Blocked` and every reference to it is left as it is.
+   the secret is :class:`Blocked` and every reference to it is left as it is. A generated secret also
+   gets a new version when its ``rotate.every`` has passed since the current one was created
+   (``desired.now``, the swarm's clock; see ``core/schedule.py``) or a rotation was forced
+   (``desired.forced``); for any other source a due rotation is a warning (the tool cannot invent the
+   value). The create of a generated version carries no value and no fingerprint: the executor has the
+   value generated when it creates the version.
 2. **References.** One :class:`UpdateService` per service, holding every :class:`RefChange`: add what is
    granted and missing, replace what points elsewhere or has the wrong owner/mode, collapse duplicate
    references at one path, and revoke references to a loaded set's secrets the manifests no longer
@@ -31,13 +37,15 @@ one). Output order is deterministic: by set, secret, service, path, version.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from reconciler.core import schedule
 from reconciler.core.collect import Cause, Scope, collect, current_version
 from reconciler.core.fingerprint import fingerprint_key_id
 from reconciler.core.model import (
     LABEL_FINGERPRINT,
+    LABEL_GENERATOR,
     LABEL_MANAGED,
     LABEL_REVISION,
     LABEL_SECRET,
@@ -57,7 +65,7 @@ from reconciler.core.model import (
 from reconciler.core.plan import Action, Blocked, CreateSecret, Plan, RefChange, UpdateService
 from reconciler.core.refs import apply_ref_changes
 
-__all__ = ["fingerprint_key_id", "plan", "predict"]
+__all__ = ["fingerprint_key_id", "forced_versions", "plan", "predict"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -150,7 +158,8 @@ def plan(desired: DesiredState, live: LiveState, *, prune_orphans: bool = False)
         ]
     pruned = frozenset(orphans) if prune_orphans else frozenset()
 
-    currents, creates, blocked = _resolve_versions(desired, index)
+    currents, creates, blocked, due = _resolve_versions(desired, index)
+    warnings += due
     blocked_keys = frozenset((b.set_name, b.secret) for b in blocked)
     updates, service_warnings = _plan_services(desired, live, index, currents, loaded, pruned, blocked_keys)
     after = predict(live, updates, creates)
@@ -170,18 +179,26 @@ def plan(desired: DesiredState, live: LiveState, *, prune_orphans: bool = False)
 
 def _resolve_versions(
     desired: DesiredState, index: _Index
-) -> tuple[dict[tuple[str, str], _Current], list[CreateSecret], list[Blocked]]:
+) -> tuple[dict[tuple[str, str], _Current], list[CreateSecret], list[Blocked], list[str]]:
+    """(current version per secret, creates, blocked secrets, warnings about due rotations)."""
     currents: dict[tuple[str, str], _Current] = {}
     creates: list[CreateSecret] = []
     blocked: list[Blocked] = []
+    warnings: list[str] = []
     highest = dict(index.highest)  # grows as this plan allocates versions, so two sets never collide
     planned_names: set[str] = set()
     for dset in sorted(desired.sets, key=lambda s: s.name):
         for declared in sorted(dset.secrets, key=lambda s: s.secret):
             key = (dset.name, declared.secret)
             versions = index.versions.get(key, [])
-            found = current_version(versions, declared.fingerprint)
-            if found is not None:
+            found = current_version(versions, declared.fingerprint, generator=declared.generator)
+            due = _rotation_due(desired, declared, found) if found is not None else None
+            if found is not None and (due is None or declared.generator is None):
+                if due is not None:  # the tool cannot invent a sourced value: say so, change nothing
+                    warnings.append(
+                        f"secret {dset.name}/{declared.secret}: rotation is due: {due.detail}; "
+                        "swarm-secrets cannot make this value: change it at its source, then apply"
+                    )
                 currents[key] = _Current(
                     version=_version(found), name=found.name, secret_id=found.id, rotation=""
                 )
@@ -194,7 +211,10 @@ def _resolve_versions(
                 continue
             highest[declared.secret] = number
             planned_names.add(name.lower())
-            reason, rotation = _create_reason(declared, versions, number, desired.fingerprint_key_id)
+            if due is not None:
+                reason, rotation = f"{due.cause}: {due.detail}", due.cause
+            else:
+                reason, rotation = _create_reason(declared, versions, number, desired.fingerprint_key_id)
             creates.append(
                 CreateSecret(
                     set_name=dset.name,
@@ -206,7 +226,48 @@ def _resolve_versions(
                 )
             )
             currents[key] = _Current(version=number, name=name, secret_id=None, rotation=rotation)
-    return currents, creates, blocked
+    return currents, creates, blocked, warnings
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Due:
+    """Why the current version of a secret is to be replaced although its value did not change."""
+
+    cause: str
+    """``scheduled rotation`` or ``forced rotation`` (the reason of the services' changes)."""
+    detail: str
+    """``v3 is 91 days old, every 90d``."""
+
+
+def _rotation_due(desired: DesiredState, declared: DesiredSecret, current: LiveSecret) -> _Due | None:
+    """Why ``current`` is to be replaced on schedule or by a forced rotation; None when it stays."""
+    number = _version(current)
+    forced = desired.forced.get((declared.set_name, declared.secret))
+    if declared.generator is not None and forced is not None and number <= forced:
+        return _Due(cause="forced rotation", detail=f"replaces v{number} (swarm-secrets rotate)")
+    rotate = declared.rotate
+    if rotate is None or not schedule.rotation_due(rotate, current, desired.now):
+        return None
+    age = schedule.format_age(schedule.age(current, desired.now) or 0.0)
+    return _Due(cause="scheduled rotation", detail=f"v{number} is {age} old, every {rotate.text}")
+
+
+def forced_versions(
+    desired: DesiredState, live: LiveState, secrets: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    """For :attr:`DesiredState.forced`: (set, secret) → the number of the version of each generated
+    secret that is current in ``live`` (0 when it has none yet), which a forced rotation replaces."""
+    wanted = set(secrets)
+    found: dict[tuple[str, str], int] = {}
+    for dset in desired.sets:
+        for declared in dset.secrets:
+            key = (dset.name, declared.secret)
+            if key not in wanted or declared.generator is None:
+                continue
+            versions = [s for s in live.secrets if s.managed and (s.set_name, s.secret) == key]
+            current = current_version(versions, None, generator=declared.generator)
+            found[key] = 0 if current is None else _version(current)
+    return found
 
 
 def _name_problem(name: str, index: _Index, planned: set[str]) -> str:
@@ -230,13 +291,28 @@ def _create_reason(
 ) -> tuple[str, str]:
     """(reason of the create, short cause for the services that rotate to it)."""
     if not versions:
+        made = f"; generated as {declared.generator}" if declared.generator is not None else ""
         if number > 1:
             return (
-                f"new secret (v{number}: {declared.secret} has versions up to v{number - 1} in other sets)",
+                f"new secret (v{number}: {declared.secret} has versions up to v{number - 1} in other "
+                f"sets{made})",
                 "new secret",
             )
-        return "new secret", "new secret"
+        return f"new secret ({made[2:]})" if made else "new secret", "new secret"
     latest = versions[-1]
+    if declared.generator is not None:
+        if latest.generator is None:
+            return f"the value is now generated (v{_version(latest)} came from a source)", "now generated"
+        return (
+            f"generator changed (v{_version(latest)} was made as {latest.generator}, "
+            f"the manifest asks for {declared.generator})",
+            "generator changed",
+        )
+    if latest.generator is not None and latest.fingerprint is None:
+        return (
+            f"the value now comes from the manifest's source (v{_version(latest)} was generated)",
+            "new source",
+        )
     wanted_key = key_id or fingerprint_key_id(declared.fingerprint)
     live_key = fingerprint_key_id(latest.fingerprint)
     if live_key is None:
@@ -258,9 +334,13 @@ def _labels(desired: DesiredState, dset: DesiredSet, declared: DesiredSecret, nu
             LABEL_SET: dset.name,
             LABEL_SECRET: declared.secret,
             LABEL_VERSION: str(number),
-            LABEL_FINGERPRINT: declared.fingerprint,
         }
     )
+    # A generated value is never fingerprinted: its version records how it was made instead.
+    if declared.generator is not None:
+        labels[LABEL_GENERATOR] = declared.generator
+    else:
+        labels[LABEL_FINGERPRINT] = declared.fingerprint
     if desired.revision:
         labels[LABEL_REVISION] = desired.revision
     return dict(sorted(labels.items()))

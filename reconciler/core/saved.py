@@ -3,7 +3,10 @@
 A :class:`SavedPlan` is the plan with the :class:`Basis` it was computed from:
 
 * the manifests' revision and a digest of the manifest files (``manifests/digest.py``);
-* the fingerprint key id and each value's keyed fingerprint (``set/secret`` → ``hmac-sha256:…``);
+* the fingerprint key id and each value's keyed fingerprint (``set/secret`` → ``hmac-sha256:…``;
+  a generated secret has no value yet: ``generate:<charset>:<length>``, how it is to be made);
+* the time it was planned at (the swarm's clock), which ``apply --plan`` plans at again, so that
+  rotations are judged as they were when the plan was made (one falling due later is the next run's);
 * whether orphaned sets were pruned;
 * the version index of every observed object the plan touches: the services it updates, the secrets
   it removes and the existing secrets its updates reference.
@@ -54,6 +57,8 @@ class Basis:
     values: Mapping[str, str] = field(default_factory=dict)
     """``set/secret`` → keyed fingerprint of its value."""
     prune_orphans: bool = False
+    now: float | None = None
+    """The time the plan was made at (Unix seconds, the swarm's clock): ``desired.now``."""
     services: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     """service id → (name, version index) of the services the plan updates."""
     secrets: Mapping[str, tuple[str, int]] = field(default_factory=dict)
@@ -78,8 +83,13 @@ def basis_of(
         revision=desired.revision,
         manifests_digest=manifests_digest,
         fingerprint_key_id=desired.fingerprint_key_id,
-        values={f"{s.name}/{x.secret}": x.fingerprint for s in desired.sets for x in s.secrets},
+        values={
+            f"{s.name}/{x.secret}": f"generate:{x.generator}" if x.generator else x.fingerprint
+            for s in desired.sets
+            for x in s.secrets
+        },
         prune_orphans=prune_orphans,
+        now=desired.now,
         services={u.service_id: (u.service, u.observed_version) for u in plan.updates},
         secrets={i: (secrets[i].name, secrets[i].index) for i in sorted(touched) if i in secrets},
     )
@@ -101,7 +111,10 @@ def moved(saved: Basis, now: Basis, live: LiveState) -> list[str]:
             elif name not in saved.values:
                 found.append(f"secret {name} is new in the manifests")
             elif saved.values[name] != now.values[name]:
-                found.append(f"the value of {name} changed")
+                if now.values[name].startswith("generate:"):
+                    found.append(f"how {name} is generated changed")
+                else:
+                    found.append(f"the value of {name} changed")
     if saved.prune_orphans != now.prune_orphans:
         found.append("--prune-orphans differs from the saved plan")
     services = {s.id: s for s in live.services}
@@ -151,6 +164,7 @@ def dumps(saved: SavedPlan) -> str:
             "fingerprint_key_id": basis.fingerprint_key_id,
             "values": dict(basis.values),
             "prune_orphans": basis.prune_orphans,
+            "now": basis.now,
             "services": {i: {"name": n, "version": v} for i, (n, v) in basis.services.items()},
             "secrets": {i: {"name": n, "version": v} for i, (n, v) in basis.secrets.items()},
         },
@@ -203,6 +217,13 @@ class _Reader:
 
     def number(self, key: str) -> int:
         return int(self.get(key, int))
+
+    def moment(self, key: str) -> float | None:
+        """An optional time in Unix seconds (absent in files written before it was recorded)."""
+        if key not in self.data:
+            return None
+        value = self.get(key, (int, float), optional=True)
+        return None if value is None else float(value)
 
     def texts(self, key: str) -> tuple[str, ...]:
         values = self.get(key, list)
@@ -300,6 +321,7 @@ def loads(text: str) -> SavedPlan:
         fingerprint_key_id=b.text("fingerprint_key_id"),
         values=b.mapping("values"),
         prune_orphans=bool(b.get("prune_orphans", bool)),
+        now=b.moment("now"),
         services=b.objects("services"),
         secrets=b.objects("secrets"),
     )

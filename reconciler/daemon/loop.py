@@ -4,7 +4,9 @@ The reconcile step itself (fetch → load → plan → apply) is injected as a :
 decides *when* it runs and reports how it went. Ticks are requested by
 
 * ``startup`` (at once), ``interval`` (every ``interval`` ± ``jitter``), ``retry`` (after a failure,
-  with exponential :class:`Backoff`, reset by a success);
+  with exponential :class:`Backoff`, reset by a success), ``rotation`` (when a generated secret's
+  scheduled rotation falls due within the interval: the tick's result says when; at least
+  :data:`ROTATION_MIN_WAIT` after the tick, plus up to ``jitter`` of the wait, never earlier);
 * ``webhook:<provider>`` and ``manual`` (``POST /reconcile``), from the HTTP listener;
 * ``event`` (a Docker service/secret change) and ``git`` (a new revision), from any thread through
   :meth:`Loop.request`, or from the ``events`` iterable given to :meth:`Loop.run`.
@@ -79,6 +81,10 @@ from reconciler.daemon.webhooks import SecretFiles
 from reconciler.errors import ConfigError, ExitCode, SwarmSecretsError
 
 log = logging.getLogger(__name__)
+
+ROTATION_MIN_WAIT = 1.0
+"""Fewest seconds between a tick and a rotation tick it asked for: a schedule can never make the loop
+spin."""
 
 _STOP_POLL = 0.1
 """Longest idle wait between stop-flag checks: an external ``stop_event.set()`` cannot wake the loop's
@@ -269,6 +275,7 @@ class Loop:
         self._pending: dict[Reason, float] = {}  # reason -> when first requested
         self._next_interval_at = now + settings.interval
         self._retry_at: float | None = None  # set while failing
+        self._rotation_at: float | None = None  # set when a scheduled rotation falls due before the interval
         self._suppress_until = float("-inf")
         self._ticking = False
         self._tick_started = now
@@ -352,6 +359,8 @@ class Loop:
         failing = self._retry_at is not None
         due = self._retry_at if self._retry_at is not None else self._next_interval_at
         timer = Reason(Trigger.RETRY if failing else Trigger.INTERVAL)
+        if not failing and self._rotation_at is not None and self._rotation_at < due:
+            due, timer = self._rotation_at, Reason(Trigger.ROTATION)
         pending = tuple(sorted(self._pending, key=self._pending.__getitem__))
         if pending:
             first = self._pending[pending[0]]
@@ -442,6 +451,12 @@ class Loop:
                 self._retry_at = now + delay
             jitter = self._rng.uniform(-self.settings.jitter, self.settings.jitter)
             self._next_interval_at = now + self.settings.interval * (1 + jitter)
+            self._rotation_at = None
+            if result.next_rotation is not None and result.next_rotation < self.settings.interval:
+                # Bounded (never spinning; a later one is the interval tick's) and jittered (never
+                # early): replicas and many swarms do not rotate in lockstep.
+                wait = max(result.next_rotation, ROTATION_MIN_WAIT)
+                self._rotation_at = now + wait * (1 + self._rng.uniform(0, self.settings.jitter))
             if result.changed:
                 # Events that came in during this tick were (very likely) caused by it: drop them.
                 for reason, at in list(self._pending.items()):

@@ -18,7 +18,19 @@ and ``GET /metrics`` shows exactly these series. Every name starts with ``swarm_
 ``drift_corrections_total``                    service updates made because someone changed a service
 ``git_revision_info{revision}``                1, labelled with the revision applied last
 ``webhook_requests_total{provider,result}``    webhook deliveries by forge and outcome
+``secret_age_seconds{set,secret}``             age of each managed secret's current version
+``secret_rotation_period_seconds{set,secret}`` its ``rotate.every``, for secrets that have one
+``secret_rotation_due{set,secret}``            1 when the current version is at least that old
+``superseded_versions{set,secret,kept_by}``    superseded versions still present, by what keeps
+                                               them: ``in_use``, ``rollback_target``,
+                                               ``running_task``, ``keep``, or ``none`` (nothing:
+                                               the next apply removes it; lasting: a bug)
 =============================================  =====================================================
+
+The per-secret series come from the last tick that observed the swarm (``TickResult.secrets``); ages
+and due rotations are carried forward to the moment of the scrape on the monotonic clock, so a
+rotation shows as due when it falls due, not at the next tick. They name sets and secrets (never
+versions, services or values): a few series per secret, whatever the number of versions.
 
 This module only counts: it must not decide anything, log, or serve HTTP (``loop.py`` serves
 :meth:`Metrics.render`). Labels carry names and outcomes, never a value.
@@ -26,16 +38,20 @@ This module only counts: it must not decide anything, log, or serve HTTP (``loop
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 
 from reconciler.core.rollout import Outcome
 
 if TYPE_CHECKING:  # loop.py imports this module; the type is only needed for annotations
+    from reconciler.core.status import SecretStatus
     from reconciler.daemon.types import TickResult
 
 PREFIX: Final = "swarm_secrets_"
@@ -61,6 +77,59 @@ TICK_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 3
 """A no-op tick takes well under a second; one that waits for rollouts can take minutes."""
 
 
+class SecretsCollector(Collector):
+    """The per-secret series, from the snapshot of the last tick that observed the swarm."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._secrets: Sequence[SecretStatus] = ()
+        self._taken = clock()
+
+    def update(self, secrets: Sequence[SecretStatus]) -> None:
+        with self._lock:
+            self._secrets, self._taken = tuple(secrets), self._clock()
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            secrets, passed = self._secrets, max(0.0, self._clock() - self._taken)
+        names = ["set", "secret"]
+        age = GaugeMetricFamily(
+            PREFIX + "secret_age_seconds",
+            "Age of the current version of each managed secret (the swarm's clock).",
+            labels=names,
+        )
+        period = GaugeMetricFamily(
+            PREFIX + "secret_rotation_period_seconds",
+            "rotate.every of each secret that has one.",
+            labels=names,
+        )
+        due = GaugeMetricFamily(
+            PREFIX + "secret_rotation_due",
+            "1 when the current version is at least rotate.every old: generated secrets are rotated by "
+            "the next tick; any other must be changed at its source.",
+            labels=names,
+        )
+        superseded = GaugeMetricFamily(
+            PREFIX + "superseded_versions",
+            "Superseded versions still present, by what keeps them (in_use, rollback_target, "
+            "running_task, keep; none: nothing, the next apply removes it).",
+            labels=[*names, "kept_by"],
+        )
+        for item in secrets:
+            key = [item.set_name, item.secret]
+            old = None if item.age_seconds is None else item.age_seconds + passed
+            if old is not None:
+                age.add_metric(key, old)
+            if item.rotate_every_seconds is not None:
+                period.add_metric(key, item.rotate_every_seconds)
+            every = item.rotate_every_seconds
+            due.add_metric(key, 1 if old is not None and every is not None and old >= every else 0)
+            for kept_by, count in sorted(item.kept.items()):
+                superseded.add_metric([*key, kept_by], count)
+        yield from (age, period, due, superseded)
+
+
 class Metrics:
     """The reconciler's metrics; :meth:`observe` feeds them from one tick's result.
 
@@ -68,7 +137,9 @@ class Metrics:
     by the tick loop being the only caller of :meth:`observe`.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._clock = clock
         self._revision: str | None = None
@@ -116,6 +187,8 @@ class Metrics:
             ["provider", "result"],
             registry=reg,
         )
+        self.secrets = SecretsCollector(clock=monotonic)
+        reg.register(self.secrets)
         # Create the fixed label combinations now so every series exists (as 0) from the first scrape.
         for result in ("success", "failure", "stalled"):
             self.ticks.labels(result=result)
@@ -147,6 +220,8 @@ class Metrics:
             self.managed_secrets.set(result.managed_secrets)
         if result.revision is not None:
             self.set_revision(result.revision)
+        if result.secrets is not None:
+            self.secrets.update(result.secrets)
 
     def set_revision(self, revision: str) -> None:
         """Point ``git_revision_info`` at ``revision``, dropping the series of the previous one."""

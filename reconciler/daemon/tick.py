@@ -3,9 +3,10 @@
 :func:`make_tick` returns the :data:`~reconciler.daemon.types.Tick` the loop calls: load and resolve the
 manifests (a bad commit fails here, before the swarm is touched), connect, and :func:`converge
 <reconciler.converge.converge>` with the loop's auto-approval, then summarise the outcome as a
-:class:`~reconciler.daemon.types.TickResult`. When the swarm changed between the tick's plan and its
-execution, the tick stops (not ok) and the loop simply ticks again. It connects anew
-on every tick, so an engine restart between ticks costs one failed tick at most.
+:class:`~reconciler.daemon.types.TickResult`, with the secrets' ages, due rotations and superseded
+versions (``monitor.py``) and when the next scheduled rotation falls due. When the swarm changed
+between the tick's plan and its execution, the tick stops (not ok) and the loop simply ticks again. It
+connects anew on every tick, so an engine restart between ticks costs one failed tick at most.
 
 :func:`docker_events` yields one item per secret or service event and reconnects (with a capped
 delay) whenever the stream breaks, e.g. while the engine restarts; after a reconnect it yields once
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from reconciler import converge
 from reconciler.core import guard
+from reconciler.daemon import monitor
 from reconciler.daemon.types import Reason, Tick, TickRequest, TickResult
 from reconciler.display import count
 from reconciler.engine import lease
@@ -121,11 +123,19 @@ def make_tick(settings: TickSettings) -> Tick:
                         loaded, swarm, approval=converge.auto_approve, settings=run_settings, show=show
                     )
                 lost = holding is not None and holding.lost
+            watch = monitor.after_tick(swarm, outcome)  # ages, rotations due, superseded versions
         managed = sum(1 for s in outcome.prepared.live.secrets if s.managed)
         result = outcome.result
         if result is None:
             log.info("in sync (%d managed versions, revision %s)", managed, loaded.revision or "-")
-            return TickResult(ok=True, changed=False, revision=loaded.revision, managed_secrets=managed)
+            return TickResult(
+                ok=True,
+                changed=False,
+                revision=loaded.revision,
+                managed_secrets=managed,
+                secrets=watch.secrets,
+                next_rotation=watch.next_rotation,
+            )
         for warning in result.warnings:
             if warning not in outcome.prepared.plan.warnings:  # those were logged before the apply
                 log.warning("%s", warning)
@@ -150,6 +160,8 @@ def make_tick(settings: TickSettings) -> Tick:
             managed_secrets=managed + len(result.created) - len(result.removed),
             error="; ".join(problems)[:500] or None,
             error_class=None if result.ok and not lost else "rollout" if not result.ok else "engine",
+            secrets=watch.secrets,
+            next_rotation=watch.next_rotation,
         )
 
     return tick

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Final
 
 from reconciler import errors
+from reconciler.core.status import SecretStatus
 
 ERROR_CLASSES = ("manifest", "policy", "source", "git", "engine", "config", "rollout", "error", "internal")
 """What kind of failure a tick had: the only failure detail ``/readyz`` ever shows (its text could
@@ -82,6 +83,8 @@ class Trigger(enum.StrEnum):
     """The swarm reported a secret or service change (maybe our own: see the loop's quiet window)."""
     GIT = "git"
     """A new revision of the manifests was fetched."""
+    ROTATION = "rotation"
+    """A generated secret's scheduled rotation falls due (before the next interval tick)."""
 
     @property
     def immediate(self) -> bool:
@@ -178,6 +181,12 @@ class TickResult:
     (``SwarmSecretsError.transient``): the loop then waits for a change instead."""
     skipped: bool = False
     """Nothing was tried: the revision that failed with a permanent error is still the newest."""
+    secrets: tuple[SecretStatus, ...] | None = None
+    """Every managed secret after the tick: age of its current version, rotation due, superseded
+    versions by what keeps them (for ``/metrics``); None when the tick did not observe the swarm."""
+    next_rotation: float | None = None
+    """Seconds until the next scheduled rotation of a generated secret falls due (0: now); the loop
+    ticks then (bounded and jittered) instead of waiting for the interval. None: none scheduled."""
 
 
 Tick = Callable[[TickRequest], TickResult]

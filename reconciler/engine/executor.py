@@ -9,7 +9,9 @@ again). The steps:
 
 1. **Create** every new version the plan lists (all values were resolved before anything runs). A
    409 means someone created the name first: plan again; a fresh plan within the approved one (the
-   same name with the same fingerprint exists now) lets the remaining creates go on.
+   same name with the same fingerprint exists now) lets the remaining creates go on. The value of a
+   generated version (``CreateSecret.generator``) is made by the ``generate`` callback right before
+   its create, sent to the swarm and dropped: it exists nowhere else.
 2. **Update** services concurrently (``concurrency`` workers). Each update is a raw spec round-trip
    that replaces only the secret references, by the one rule of ``core/refs.py``. When the service's
    version moved since the plan, a reference the plan did not expect sits at a path it writes, or the
@@ -42,7 +44,7 @@ from typing import Any, Protocol
 
 from reconciler.core.collect import protections
 from reconciler.core.desired import Values
-from reconciler.core.model import LiveState
+from reconciler.core.model import LiveState, SecretValue
 from reconciler.core.plan import Action, CreateSecret, Plan, RemoveSecret, UpdateService, outside
 from reconciler.core.refs import rewrite_refs
 from reconciler.core.rollout import Outcome, Rollout, judge
@@ -153,6 +155,9 @@ ProgressFn = Callable[[str, str, str], None]
 Replan = Callable[[], "tuple[LiveState, Plan]"]
 """Observe the swarm again and plan from it (supplied by ``converge``; the executor never plans)."""
 
+Generate = Callable[[CreateSecret], SecretValue]
+"""A fresh value for a generated version about to be created (supplied by ``converge``)."""
+
 
 def hold_key(update: UpdateService) -> tuple[str, frozenset[str]]:
     """What identifies an update for :attr:`ApplyOptions.held`: the service and the versions it gets."""
@@ -200,9 +205,11 @@ class _Execution:
         progress: ProgressFn,
         clock: Clock,
         revision: str | None,
+        generate: Generate | None,
     ) -> None:
         self.approved = plan
         self.values = values
+        self.generate = generate
         self.swarm = swarm
         self.replan_fn = replan
         self.options = options
@@ -240,9 +247,7 @@ class _Execution:
             conflict = False
             for action in pending:
                 try:
-                    secret_id = self.swarm.create_secret(
-                        action.name, self.values[(action.set_name, action.secret)], action.labels
-                    )
+                    secret_id = self.swarm.create_secret(action.name, self._value(action), action.labels)
                 except SwarmConflict:
                     log.info("%s was created concurrently; planning again", action.name)
                     conflict = True
@@ -273,6 +278,7 @@ class _Execution:
                     version=action.version,
                     name=action.name,
                     revision=self.revision or "",
+                    **({"generated": action.generator} if action.generator else {}),
                 )
             if not conflict:
                 return True
@@ -289,6 +295,14 @@ class _Execution:
                 self.errors.append(f"could not observe the swarm again after a conflict: {exc}")
                 return False
         return True  # pragma: no cover - the loop returns
+
+    def _value(self, action: CreateSecret) -> SecretValue:
+        """The value of the version ``action`` creates: generated this moment, or resolved before."""
+        if action.generator is None:
+            return self.values[(action.set_name, action.secret)]
+        if self.generate is None:
+            raise SwarmSecretsError(f"{action.name} is to be generated, and no generator was given (a bug)")
+        return self.generate(action)
 
     # --- 2. updates ------------------------------------------------------------------------------
 
@@ -501,14 +515,17 @@ def execute(
     progress: ProgressFn | None = None,
     clock: Clock = SYSTEM_CLOCK,
     revision: str | None = None,
+    generate: Generate | None = None,
 ) -> ApplyResult:
     """Carry out the approved ``plan`` exactly (see the module docstring for the steps).
 
     ``live`` is the observation the plan was approved against (it gives the ids of the versions the
     plan references); ``replan`` observes and plans again when the swarm moved; ``revision`` goes
-    into the audit events.
+    into the audit events; ``generate`` makes the values of generated versions as they are created.
     """
-    run = _Execution(plan, values, swarm, live, replan, options, progress or _log_progress, clock, revision)
+    run = _Execution(
+        plan, values, swarm, live, replan, options, progress or _log_progress, clock, revision, generate
+    )
     blocked = tuple(f"{b.set_name}/{b.secret}: {b.reason}" for b in plan.blocked)
     warnings = list(plan.warnings)
     rollouts: list[RolloutResult] = []

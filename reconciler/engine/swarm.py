@@ -23,6 +23,9 @@ Engine behaviours this module is built around (see ``shared/notes/swarm-api.md``
   nodes are down (the core decides what that means for collection), and :meth:`Swarm.rollout_probe`
   counts only tasks on nodes that are ready.
 * Every HTTP request is counted (:attr:`Swarm.requests`) so tests can assert API call budgets.
+* Time is the swarm's: the manager's ``SystemTime``, read with the info request every connection
+  makes, carried forward on this process's monotonic clock (:meth:`Swarm.now`) and stamped on each
+  observation, so versions' ages compare two manager clocks and never this machine's.
 
 It must not plan or decide anything: it reports what is there and does what it is told.
 """
@@ -39,6 +42,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +55,7 @@ from reconciler.core.collect import needs_tasks
 from reconciler.core.model import LiveNode, LiveSecret, LiveService, LiveState, SecretRef, SecretValue
 from reconciler.core.refs import parse_refs
 from reconciler.core.rollout import RolloutProbe
+from reconciler.core.schedule import parse_time
 from reconciler.engine.protocol import RawService
 from reconciler.errors import (
     ConfigError,
@@ -330,6 +335,8 @@ class Swarm:
         """The engine's address as messages show it (password masked), when known."""
         self._requests = 0
         self._requests_lock = threading.Lock()
+        self._clock: tuple[float, float] | None = None
+        """(the manager's SystemTime as Unix seconds, time.monotonic() when it was read)."""
         # APIClient is a requests.Session: a response hook sees every HTTP exchange it makes.
         api.hooks["response"].append(self._count)
 
@@ -399,6 +406,7 @@ class Swarm:
     @_retry_reads
     def check_manager(self) -> None:
         info = self._call("reading engine info", self._api.info)
+        self._set_clock(str(info.get("SystemTime", "")))
         swarm = info.get("Swarm") or {}
         if swarm.get("LocalNodeState") != "active":
             raise NotManager(
@@ -410,6 +418,19 @@ class Swarm:
                 "this Docker engine is a swarm worker; secrets can only be managed on a manager node: "
                 "point DOCKER_HOST/--docker-host at a manager"
             )
+
+    def _set_clock(self, system_time: str) -> None:
+        stamp = parse_time(system_time)
+        if stamp is not None:
+            self._clock = (stamp, time.monotonic())
+
+    def now(self) -> float | None:
+        """The manager's clock now (Unix seconds), from its ``SystemTime`` at connect plus the time
+        passed since on this process's monotonic clock; None when the engine did not say."""
+        if self._clock is None:
+            return None
+        stamp, read_at = self._clock
+        return stamp + (time.monotonic() - read_at)
 
     @_retry_reads
     def observe(self, *, lean: bool = False) -> LiveState:
@@ -432,7 +453,7 @@ class Swarm:
             services = services_f.result()
             if lean:
                 if not needs_tasks(secrets, services):
-                    return LiveState(secrets=secrets, services=services)
+                    return LiveState(secrets=secrets, services=services, observed_at=self.now())
                 tasks_f = pool.submit(self._call, "listing tasks", self._api.tasks)
                 nodes_f = pool.submit(self._nodes)
             tasks, nodes = tasks_f.result(), nodes_f.result()
@@ -455,6 +476,7 @@ class Swarm:
             task_nodes={secret_id: frozenset(ids) for secret_id, ids in task_nodes.items()},
             nodes=nodes,
             stopping_task_secret_ids=frozenset(task_nodes) - wanted,
+            observed_at=self.now(),
         )
 
     def _secrets(self) -> tuple[LiveSecret, ...]:
@@ -613,6 +635,7 @@ class Swarm:
     def system_time(self) -> str:
         """The manager's clock (``SystemTime`` of ``GET /info``), RFC 3339 with nanoseconds."""
         info = self._call("reading engine info", self._api.info)
+        self._set_clock(str(info.get("SystemTime", "")))
         return str(info.get("SystemTime", ""))
 
     # --- events (for the long-running loop) --------------------------------------------------------

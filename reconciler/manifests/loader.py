@@ -28,10 +28,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from reconciler.core import guard
+from reconciler.core import guard, schedule
 from reconciler.core.model import (
+    RAW_BYTES,
     EnvSource,
     FileSource,
+    GenerateSource,
     Origin,
     SecretSet,
     SecretSpec,
@@ -402,6 +404,8 @@ def _build(file: Path, root: Path, shown: str, doc: Document) -> tuple[LoadedSet
                 source=source,
                 labels=dict(raw.get("labels") or {}),
                 grants=tuple(grants),
+                # the schema checked the period's shape
+                rotate=schedule.rotation(raw["rotate"]["every"]) if "rotate" in raw else None,
                 origin=Origin(file=shown, line=doc.line_of(path), path=format_path(path)),
             )
         )
@@ -431,6 +435,13 @@ def _source(
     if "env" in raw:
         origin = Origin(file=shown, line=doc.line_of((*path, "env")), path=format_path((*path, "env")))
         return EnvSource(var=raw["env"], origin=origin)
+    if "generate" in raw:
+        at_generate: PathKey = (*path, "generate")
+        origin = Origin(file=shown, line=doc.line_of(at_generate), path=format_path(at_generate))
+        spec = raw["generate"]
+        if "bytes" in spec:
+            return GenerateSource(charset=RAW_BYTES, length=int(spec["bytes"]), origin=origin)
+        return GenerateSource(charset=spec.get("charset", "alnum"), length=int(spec["length"]), origin=origin)
     at: PathKey = (*path, "sops", "file") if "sops" in raw else (*path, "file")
     written = raw["sops"]["file"] if "sops" in raw else raw["file"]
     origin = Origin(file=shown, line=doc.line_of(at), path=format_path(at))

@@ -8,9 +8,19 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from reconciler.core.status import StatusReport
+from reconciler.core.schedule import format_age
+from reconciler.core.status import SecretStatus, StatusReport
 
 FORMAT_VERSION = 1
+"""Fields are only ever added within a version (``age_seconds``, ``rotation_due``, ``kept_by``, …)."""
+
+KEPT_WORDS = {
+    "in_use": "in use",
+    "rollback_target": "rollback target",
+    "running_task": "used by a running task",
+    "keep": "kept by spec.keep",
+    "none": "kept for no reason (the next apply collects it)",
+}
 
 
 def render_status_json(report: StatusReport) -> str:
@@ -27,9 +37,14 @@ def render_status_text(report: StatusReport) -> str:
         cur = item.current
         users = ", ".join(cur.used_by) or "no service"
         created = cur.created_at[:19] or "?"
-        lines.append(f"  {item.secret}: {cur.name} (v{cur.version}, created {created}) used by {users}")
+        lines.append(
+            f"  {item.secret}: {cur.name} (v{cur.version}, created {created}{_age(item)}) used by {users}"
+        )
         for old in item.superseded:
             lines.append(f"    {old.name}: {old.note}")
+        if item.kept:
+            counts = ", ".join(f"{n} {KEPT_WORDS.get(k, k)}" for k, n in sorted(item.kept.items()))
+            lines.append(f"    superseded versions present: {counts}")
     if not report.secrets:
         lines.append("No managed secrets.")
     if report.orphaned_sets:
@@ -45,3 +60,17 @@ def render_status_text(report: StatusReport) -> str:
         lines.append(f"unmanaged secret {name} (left alone): {why}")
     lines += [f"policy: set {g.set_name}: {g.where}" for g in report.governance]
     return "\n".join(lines) + "\n"
+
+
+def _age(item: SecretStatus) -> str:
+    """``, 91 days old, generated; rotation due (every 90d)`` as far as known."""
+    text = f", {format_age(item.age_seconds)} old" if item.age_seconds is not None else ""
+    if item.generated:
+        text += ", generated"
+    if item.rotate_every is not None:
+        text += (
+            f"; rotation due (every {item.rotate_every})"
+            if item.rotation_due
+            else f"; rotates every {item.rotate_every}"
+        )
+    return text

@@ -7,6 +7,9 @@ secret's manifest line and the path of the faulty source field (``spec.secrets.p
 
 Values never go into a log line, an exception, argv or a file. Callers should keep the returned dict
 only as long as they need it (fingerprinting, then the Engine request).
+
+A generated secret (``generator.py``) has no value here: it is made only when its version is created
+(``converge`` hands :func:`generate` to the executor), so ``resolve`` leaves it out.
 """
 
 from __future__ import annotations
@@ -14,21 +17,30 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from reconciler.core.model import EnvSource, FileSource, SecretSet, SecretSpec, SecretValue, SopsSource
+from reconciler.core.model import (
+    EnvSource,
+    FileSource,
+    GenerateSource,
+    SecretSet,
+    SecretSpec,
+    SecretValue,
+    SopsSource,
+)
 from reconciler.display import display_path
 from reconciler.errors import Problem, SourceError
 from reconciler.sources.base import SourceFailure, check_size
 from reconciler.sources.env import read_env
 from reconciler.sources.file import read_file
+from reconciler.sources.generator import generate
 from reconciler.sources.sops import SopsDecryptor, key_text
 
-__all__ = ["resolve"]
+__all__ = ["generate", "resolve"]
 
 
 def resolve(
     sets: Sequence[SecretSet], environ: Mapping[str, str] | None = None, *, sops_env: Sequence[str] = ()
 ) -> dict[tuple[str, str], SecretValue]:
-    """The value of every secret, keyed by ``(set name, secret name)``.
+    """The value of every secret but the generated ones, keyed by ``(set name, secret name)``.
 
     ``environ`` is the environment for ``env`` sources, for finding sops (``SWARM_SECRETS_SOPS``) and
     the source of the sops process's reduced environment (its key variables; ``sops_env`` globs add
@@ -45,6 +57,8 @@ def resolve(
     problems: list[Problem] = []
     for secret_set in sets:
         for spec in secret_set.secrets:
+            if isinstance(spec.source, GenerateSource):
+                continue  # made when its version is created, never before
             try:
                 values[(secret_set.name, spec.secret)] = SecretValue(_fetch(spec, env, decryptor))
             except SourceFailure as failure:

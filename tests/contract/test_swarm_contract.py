@@ -23,6 +23,7 @@ from reconciler.core.model import (
 )
 from reconciler.core.refs import raw_ref
 from reconciler.core.rollout import Outcome, Rollout, Verdict, judge
+from reconciler.core.schedule import parse_time
 from reconciler.errors import SwarmConflict, SwarmRefused
 
 from .conftest import World
@@ -74,6 +75,17 @@ def test_a_created_secret_is_observed_with_its_labels(world: World) -> None:
     assert found.managed and found.version == 1 and found.set_name == "shop"
     assert found.created_at
     assert found.index > 0  # the object version index, which saved plans record
+
+
+def test_an_observation_carries_the_swarms_clock_that_stamps_created_at(world: World) -> None:
+    """Versions' ages (rotation schedules) compare ``observed_at`` with ``CreatedAt``: both the swarm's."""
+    secret_id = world.swarm.create_secret(world.name("clock"), SecretValue(b"x"), {})
+    live = world.swarm.observe()
+    found = live.secret_by_id(secret_id)
+    assert found is not None and live.observed_at is not None
+    created = parse_time(found.created_at)
+    assert created is not None
+    assert -1 < live.observed_at - created < 60  # taken just after it was created, on the same clock
 
 
 def test_secret_names_are_unique_case_insensitively(world: World) -> None:

@@ -16,7 +16,9 @@ contract suite in ``tests/contract/`` runs the same checks against this fake and
   dropped, ``rollback_started`` → ``rollback_completed``); ``stuck`` tasks never start;
 * a foreign writer (:meth:`foreign_write`) and a manual rollback (:meth:`manual_rollback`);
 * crash points: :meth:`crash_after` makes the n-th mutation raise :class:`Crash` once it is done,
-  and every call after it too, as if the process had died there.
+  and every call after it too, as if the process had died there;
+* a clock of its own (:attr:`FakeSwarm.time`, moved by :meth:`advance`): ``CreatedAt`` of what it
+  creates and ``observed_at`` of what it shows, as the engine's ``SystemTime`` is.
 
 Values are kept (tests read what a task mounts); this module is test code only.
 """
@@ -29,6 +31,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.core.collect import needs_tasks
@@ -87,6 +90,8 @@ class FakeSwarm:
         self._index = itertools.count(10)
         self._ids = itertools.count(1)
         self._time = itertools.count(1)
+        self.time = 1_704_067_200.0
+        """The swarm's clock in Unix seconds (2024-01-01 at first); :meth:`advance` moves it."""
         self.secrets: dict[str, dict[str, Any]] = {}
         self.data: dict[str, bytes] = {}
         self.configs: dict[str, dict[str, Any]] = {}
@@ -107,7 +112,15 @@ class FakeSwarm:
         return f"{prefix}{next(self._ids):023d}"
 
     def _now(self) -> str:
-        return f"2024-01-01T00:00:00.{next(self._time):09d}Z"
+        # One nanosecond more on every stamp, so that stamps of one instant still order.
+        stamp = round(self.time * 10**9) + next(self._time)
+        seconds, nanos = divmod(stamp, 10**9)
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass on the swarm's clock."""
+        with self._lock:
+            self.time += seconds
 
     def crash_after(self, mutations: int) -> None:
         """Raise :class:`Crash` right after the ``mutations``-th mutation from now, and on every call
@@ -233,6 +246,7 @@ class FakeSwarm:
                 return LiveState(
                     secrets=tuple(sorted(secrets, key=lambda s: s.name)),
                     services=tuple(sorted(services, key=lambda s: s.name)),
+                    observed_at=self.time,
                 )
             task_ids = {
                 ref["SecretID"]
@@ -245,6 +259,7 @@ class FakeSwarm:
                 secrets=tuple(sorted(secrets, key=lambda s: s.name)),
                 services=tuple(sorted(services, key=lambda s: s.name)),
                 task_secret_ids=frozenset(task_ids),
+                observed_at=self.time,
             )
 
     def inspect_service(self, service_id: str) -> RawService:

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from reconciler.core import planner
+from reconciler.core import planner, schedule
 from reconciler.core.model import (
     LABEL_FINGERPRINT,
+    LABEL_GENERATOR,
     LABEL_MANAGED,
     LABEL_REVISION,
     LABEL_SECRET,
@@ -86,14 +88,34 @@ def _desired(raw: dict[str, Any]) -> DesiredState:
             DesiredSecret(
                 set_name=set_name,
                 secret=name,
-                fingerprint=_fingerprint(str(spec["fp"]), spec.get("key", key_id)),
+                fingerprint=""
+                if "generate" in spec
+                else _fingerprint(str(spec["fp"]), spec.get("key", key_id)),
                 labels=spec.get("labels", {}),
                 grants=tuple(_grant(g, name) for g in spec.get("grants", ())),
+                generator=spec.get("generate"),
+                rotate=schedule.rotation(spec["rotate"]) if "rotate" in spec else None,
             )
             for name, spec in (body.get("secrets") or {}).items()
         )
         sets.append(DesiredSet(name=set_name, keep=body.get("keep", 0), secrets=secrets))
-    return DesiredState(sets=tuple(sets), revision=raw.get("revision"), fingerprint_key_id=key_id)
+    forced = {tuple(key.split("/")): number for key, number in (raw.get("forced") or {}).items()}
+    return DesiredState(
+        sets=tuple(sets),
+        revision=raw.get("revision"),
+        fingerprint_key_id=key_id,
+        now=_time(raw["now"]) if "now" in raw else None,
+        forced=forced,
+    )
+
+
+def _time(raw: Any) -> float:
+    """Cases write times as days after an epoch of their own (``now: 100``, ``created: 9``)."""
+    return 1_700_000_000.0 + float(raw) * 86_400
+
+
+def _stamp(raw: Any) -> str:
+    return datetime.fromtimestamp(_time(raw), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _live_secret(raw: Any) -> LiveSecret:
@@ -106,10 +128,14 @@ def _live_secret(raw: Any) -> LiveSecret:
             LABEL_SET: raw["set"],
             LABEL_SECRET: raw["secret"],
             LABEL_VERSION: str(raw["version"]),
-            LABEL_FINGERPRINT: _fingerprint(str(raw["fp"]), raw.get("key", DEFAULT_KEY)),
         }
+        if "generator" in raw:
+            labels[LABEL_GENERATOR] = raw["generator"]
+        else:
+            labels[LABEL_FINGERPRINT] = _fingerprint(str(raw["fp"]), raw.get("key", DEFAULT_KEY))
     name = raw.get("name") or f"{raw['secret']}_v{raw['version']}"
-    return LiveSecret(id=raw.get("id", f"id-{name}"), name=name, labels=labels)
+    created = _stamp(raw["created"]) if "created" in raw else ""
+    return LiveSecret(id=raw.get("id", f"id-{name}"), name=name, labels=labels, created_at=created)
 
 
 def _ref(raw: Any, ids: dict[str, str]) -> SecretRef:
@@ -385,6 +411,39 @@ def test_create_carries_user_labels_ours_and_the_revision() -> None:
     }
 
 
+def test_a_generated_version_carries_its_generator_and_no_fingerprint() -> None:
+    desired = dataclasses.replace(
+        _one_secret(),
+        sets=(
+            DesiredSet(
+                name="shop",
+                secrets=(
+                    DesiredSecret(
+                        set_name="shop", secret="db_password", fingerprint="", generator="printable:64"
+                    ),
+                ),
+            ),
+        ),
+    )
+    (create,) = plan(desired, LiveState()).creates
+    assert dict(create.labels) == {
+        LABEL_MANAGED: "true",
+        LABEL_SET: "shop",
+        LABEL_SECRET: "db_password",
+        LABEL_VERSION: "1",
+        LABEL_GENERATOR: "printable:64",
+        LABEL_REVISION: "abc123",
+    }
+    assert create.generator == "printable:64" and create.fingerprint is None
+
+
+def test_without_a_time_no_rotation_falls_due() -> None:
+    """``now`` None (a caller that gives no time): ages are unknown, nothing is rotated or warned."""
+    case = load_case(CASES_DIR / "generated-scheduled-rotation.yaml")
+    result = plan(dataclasses.replace(case.desired, now=None), case.live)
+    assert result.empty and not result.warnings
+
+
 def test_create_without_revision_has_no_revision_label() -> None:
     desired = dataclasses.replace(_one_secret(), revision=None)
     (create,) = plan(desired, LiveState()).creates
@@ -490,7 +549,14 @@ def test_the_planner_is_pure() -> None:
     """No docker, subprocess, I/O or clock: the import-linter contract, checked here too."""
     forbidden = {"docker", "subprocess", "os", "time", "datetime", "socket", "logging", "random"}
     package = Path(planner.__file__).parents[1]
-    for module in ("core/planner.py", "core/collect.py", "core/plan.py", "render/plan.py"):
+    for module in (
+        "core/planner.py",
+        "core/collect.py",
+        "core/plan.py",
+        "core/schedule.py",
+        "core/status.py",
+        "render/plan.py",
+    ):
         tree = ast.parse((package / module).read_text(encoding="utf-8"))
         imported = {
             alias.name.split(".")[0]
