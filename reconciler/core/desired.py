@@ -10,13 +10,19 @@ from collections.abc import Mapping, Sequence
 
 from reconciler.core.fingerprint import fingerprint, key_id
 from reconciler.core.model import DesiredSecret, DesiredSet, DesiredState, SecretSet, SecretValue
+from reconciler.core.stacks import StackSpec
 
 Values = Mapping[tuple[str, str], SecretValue]
 """Resolved values keyed by (set name, logical secret name)."""
 
 
 def build_desired(
-    sets: Sequence[SecretSet], values: Values, key: bytes, *, revision: str | None = None
+    sets: Sequence[SecretSet],
+    values: Values,
+    key: bytes,
+    *,
+    revision: str | None = None,
+    stacks: Sequence[StackSpec] = (),
 ) -> DesiredState:
     kid = key_id(key)
     return DesiredState(
@@ -39,4 +45,5 @@ def build_desired(
         ),
         revision=revision,
         fingerprint_key_id=kid,
+        stacks=tuple(stacks),
     )

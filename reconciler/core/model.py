@@ -29,6 +29,10 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # stacks.py builds on this module; the type is only needed for annotations
+    from reconciler.core.stacks import StackSpec
 
 # --- labels -----------------------------------------------------------------------------------------
 
@@ -242,6 +246,9 @@ class DesiredState:
     fingerprint_key_id: str = ""
     """Id of the HMAC key the fingerprints were made with; a live fingerprint made with another key
     cannot be compared and counts as changed."""
+    stacks: tuple[StackSpec, ...] = ()
+    """Stacks this run deploys (``core/stacks.py``): their services get their versions through the
+    deploy, never through a service update of their own."""
 
 
 # --- live state (built from Engine JSON by swarm.py) ------------------------------------------------

@@ -29,10 +29,12 @@ from reconciler.core.plan import (
     Action,
     Blocked,
     CreateSecret,
+    DeployStack,
     Kept,
     Plan,
     RefChange,
     RemoveSecret,
+    StackService,
     UpdateService,
 )
 
@@ -73,13 +75,22 @@ def basis_of(
     by_name = {s.name: s for s in live.secrets}
     touched = {r.secret_id for r in plan.removals}
     touched |= {by_name[c.new].id for u in plan.updates for c in u.changes if c.new in by_name}
+    touched |= {by_name[name].id for d in plan.deploys for name in d.pinned if name in by_name}
     return Basis(
         revision=desired.revision,
         manifests_digest=manifests_digest,
         fingerprint_key_id=desired.fingerprint_key_id,
         values={f"{s.name}/{x.secret}": x.fingerprint for s in desired.sets for x in s.secrets},
         prune_orphans=prune_orphans,
-        services={u.service_id: (u.service, u.observed_version) for u in plan.updates},
+        services={
+            **{u.service_id: (u.service, u.observed_version) for u in plan.updates},
+            **{
+                s.service_id: (s.service, s.observed_version)
+                for d in plan.deploys
+                for s in d.services
+                if s.service_id
+            },
+        },
         secrets={i: (secrets[i].name, secrets[i].index) for i in sorted(touched) if i in secrets},
     )
 
@@ -158,6 +169,23 @@ def _action(action: Action) -> dict[str, Any]:
             "stack": action.stack,
             "reason": action.reason,
             "changes": [_change(c) for c in action.changes],
+        }
+    if isinstance(action, DeployStack):
+        return {
+            "kind": action.kind,
+            "stack": action.stack,
+            "content": action.content,
+            "pins": [{"key": key, "name": name} for key, name in action.pins],
+            "services": [
+                {
+                    "service": s.service,
+                    "service_id": s.service_id,
+                    "observed_version": s.observed_version,
+                    "changes": [_change(c) for c in s.changes],
+                }
+                for s in action.services
+            ],
+            "reason": action.reason,
         }
     return {
         "kind": action.kind,
@@ -263,6 +291,21 @@ def _types(kind: type | tuple[type, ...]) -> Sequence[type]:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
+def _read_change(c: _Reader) -> RefChange:
+    return RefChange(
+        path=c.text("path"),
+        set_name=c.maybe_text("set"),
+        secret=c.maybe_text("secret"),
+        old=c.texts("old"),
+        new=c.maybe_text("new"),
+        target=c.text("target"),
+        uid=c.text("uid"),
+        gid=c.text("gid"),
+        mode=c.number("mode"),
+        reason=c.text("reason"),
+    )
+
+
 def _read_action(item: _Reader) -> Action:
     kind = item.text("kind")
     if kind == CreateSecret.kind:
@@ -281,21 +324,23 @@ def _read_action(item: _Reader) -> Action:
             observed_version=item.number("observed_version"),
             stack=item.maybe_text("stack"),
             reason=item.text("reason"),
-            changes=tuple(
-                RefChange(
-                    path=c.text("path"),
-                    set_name=c.maybe_text("set"),
-                    secret=c.maybe_text("secret"),
-                    old=c.texts("old"),
-                    new=c.maybe_text("new"),
-                    target=c.text("target"),
-                    uid=c.text("uid"),
-                    gid=c.text("gid"),
-                    mode=c.number("mode"),
-                    reason=c.text("reason"),
+            changes=tuple(_read_change(c) for c in item.items("changes")),
+        )
+    if kind == DeployStack.kind:
+        return DeployStack(
+            stack=item.text("stack"),
+            content=item.text("content"),
+            pins=tuple((p.text("key"), p.text("name")) for p in item.items("pins")),
+            services=tuple(
+                StackService(
+                    service=s.text("service"),
+                    service_id=s.maybe_text("service_id"),
+                    observed_version=s.number("observed_version"),
+                    changes=tuple(_read_change(c) for c in s.items("changes")),
                 )
-                for c in item.items("changes")
+                for s in item.items("services")
             ),
+            reason=item.text("reason"),
         )
     if kind == RemoveSecret.kind:
         return RemoveSecret(

@@ -140,7 +140,8 @@ warning: set 'legacy' has 1 managed secret but no loaded manifest; left alone \
 (use --prune-orphans to revoke and collect)
 warning: service 'shop_worker' not found; skipped (granted db_password)
 warning: service 'shop_web' belongs to stack 'shop': a `docker stack deploy` of that stack would \
-revert this change; point the stack's external secrets at db_password_v4
+revert this change; deploy it with `swarm-secrets stack deploy` (or a `kind: Stack` manifest), or point \
+the stack's external secrets at db_password_v4
 
 Plan: 1 to create, 1 service to update, 1 to remove, 1 blocked."""
 
