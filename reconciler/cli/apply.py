@@ -1,4 +1,7 @@
-"""``swarm-secrets apply``: show the plan, ask, carry it out, report."""
+"""``swarm-secrets apply``: show the plan, ask, carry it out, report.
+
+:func:`apply_loaded` is the part after loading (connect, first look, the swarm's lease, converge,
+report, exit code), shared with ``stack deploy``."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import click
 from reconciler import converge
 from reconciler.cli.app import (
     TrustOptions,
+    docker_cli_option,
     engine_options,
     handle_errors,
     key_options,
@@ -28,6 +32,8 @@ from reconciler.core.saved import SavedPlan, loads
 from reconciler.display import count, display_path
 from reconciler.engine import lease
 from reconciler.engine.executor import ApplyOptions, ApplyResult
+from reconciler.engine.lease import LeaseSettings
+from reconciler.engine.stackdeploy import DockerCli, find_docker_cli
 from reconciler.engine.swarm import Swarm
 from reconciler.errors import ConfigError, ExitCode
 from reconciler.manifests.revision import RevisionCheckMode, RevisionGuard
@@ -55,6 +61,7 @@ from reconciler.render.progress import Progress
 @revision_check_options
 @lock_options
 @click.option("--stats", is_flag=True, help="Print how many Engine API requests the run made.")
+@docker_cli_option
 @trust_options
 @handle_errors
 def apply(
@@ -74,6 +81,7 @@ def apply(
     lock_timeout: float,
     lock_ttl: float,
     stats: bool,
+    docker_cli: str | None,
 ) -> None:
     """Show the plan, then create versions, roll services, wait for them and collect old versions.
 
@@ -111,8 +119,40 @@ def apply(
         verify = converge.saved_plan_approval(saved, settings, manifests_digest=digest)
         approval = _saved_approval(verify, plan_file)
         show = None
-    locking = lease_settings(lock, lock_timeout, lock_ttl)
+    apply_loaded(
+        loaded,
+        settings,
+        docker_host=docker_host,
+        docker_cli=docker_cli,
+        locking=lease_settings(lock, lock_timeout, lock_ttl),
+        approval=approval,
+        show=show,
+        verify=verify,
+        yes=yes,
+        stats=stats,
+    )
+
+
+def apply_loaded(
+    loaded: converge.Loaded,
+    settings: converge.Settings,
+    *,
+    docker_host: str | None,
+    docker_cli: str | None,
+    locking: LeaseSettings | None,
+    approval: converge.Approval,
+    show: converge.Show | None,
+    verify: converge.Approval | None = None,
+    yes: bool = True,
+    stats: bool = False,
+    purpose: str = "apply",
+) -> None:
+    """Connect, take a first look (changing nothing), then under the swarm's lease converge and report;
+    exit 3 when anything failed. Stacks to deploy need the docker CLI: found before connecting."""
+    cli = find_docker_cli(docker_cli) if loaded.stacks else None
     with Swarm.connect(docker_host) as swarm:
+        if cli is not None:
+            settings = replace(settings, deployer=DockerCli(cli, host=swarm.url))
         if locking is not None:
             # A first look that changes nothing, not even the swarm's lease: a refusal (a policy, the
             # revision guard, a saved plan that no longer applies) comes before it; an apply with
@@ -128,7 +168,7 @@ def apply(
         # The swarm's lease (engine/lease.py), held from before the plan that is shown and approved to
         # the end: what another applier changed while this one waited is in that plan.
         holding: AbstractContextManager[lease.Lease | None] = lease.hold(
-            swarm, locking, purpose="apply", revision=loaded.revision, on_wait=_tell_waiting
+            swarm, locking, purpose=purpose, revision=loaded.revision, on_wait=_tell_waiting
         )
         with holding as held:
             try:
@@ -162,8 +202,12 @@ def _tell_waiting(record: lease.Record) -> None:
     click.echo(f"waiting for the swarm's lease, held by {record.describe()}", err=True)
 
 
-def _show(prepared: converge.Prepared) -> None:
+def show_plan(prepared: converge.Prepared) -> None:
+    """Print the plan (the ``show`` of apply and stack deploy)."""
     click.echo(render.render_text(prepared.plan, color=sys.stdout.isatty()).rstrip("\n"))
+
+
+_show = show_plan
 
 
 def _read_saved(path: Path) -> SavedPlan:
@@ -213,6 +257,7 @@ def _result_text(result: ApplyResult, *, shown: tuple[str, ...] = ()) -> str:
     lines = []
     if result.created:
         lines.append("created: " + ", ".join(result.created))
+    lines.extend(f"deployed stack {name}" for name in result.deployed)
     for rollout in result.rollouts:
         lines.append(
             f"service {rollout.service}: {rollout.outcome.value.replace('_', ' ')} "

@@ -56,7 +56,7 @@ from reconciler.core.model import (
     ServiceGrant,
 )
 from reconciler.core.policy import Governance, Policy, Rule, glob_match, is_exact
-from reconciler.core.stacks import StackSpec
+from reconciler.core.stacks import STACK_ENV_DENIED, StackSpec
 from reconciler.errors import PolicyViolation, Problem
 
 ROLE_LABEL = LABEL_PREFIX + "role"
@@ -502,6 +502,16 @@ def check_stacks(stacks: Sequence[StackSpec], boundary: Boundary) -> list[Proble
                 )
             )
             continue
+        for variable in sorted(stack.environment):
+            denied = reserved_env(variable) or glob_match(variable, STACK_ENV_DENIED)
+            if denied is not None:
+                problems.append(
+                    _stack_problem(
+                        stack,
+                        f"spec.env.{variable}: {variable} ({denied}) configures the programs the reconciler "
+                        "runs (docker gets these variables), not a compose file: use another name",
+                    )
+                )
         if rule is not None and rule.files is not None and not glob_match(stack.location, rule.files):
             declared = stack.location or "a file outside the source root"
             problems.append(

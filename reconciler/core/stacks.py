@@ -61,6 +61,7 @@ __all__ = [
     "LABEL_STACK_CONTENT",
     "LABEL_STACK_REVISION",
     "LABEL_STACK_VERSIONS",
+    "STACK_ENV_DENIED",
     "STACK_NAMESPACE_LABEL",
     "Compose",
     "ComposeSecret",
@@ -76,7 +77,19 @@ __all__ = [
     "pins",
     "plan_deploys",
     "variable_name",
+    "wanted_names",
 ]
+
+STACK_ENV_DENIED: tuple[str, ...] = (
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "PWD", "OLDPWD", "TMPDIR", "TMP", "TEMP", "IFS", "ENV",
+    "BASH_ENV", "CDPATH", "PS4", "LANG", "LANGUAGE", "LC_*", "LOCPATH", "NLSPATH", "GCONV_PATH", "TZ",
+    "TZDIR", "ZONEINFO", "LD_*", "DYLD_*", "MALLOC_*", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN",
+    "RES_OPTIONS", "GO*", "CGO_*", "SSL_*", "OPENSSL_*", "CURL_*", "REQUESTS_*", "NO_PROXY", "no_proxy",
+    "XDG_*", "DBUS_*", "PYTHON*", "TERM", "TERMINFO*", "KRB5*",
+)  # fmt: skip
+"""Variables a Stack manifest's ``spec.env`` may not set (besides the reserved ones of
+``core/guard.py``): the docker CLI runs with them in its environment, and these change how a program
+runs (its loader, locale, proxies, certificates, Go runtime), not what a compose file says."""
 
 STACK_NAMESPACE_LABEL = "com.docker.stack.namespace"
 """What ``docker stack deploy`` labels its services and secrets with: the stack's name."""
@@ -213,9 +226,16 @@ class StackSpec:
     def swarm_services(self) -> tuple[str, ...]:
         return tuple(self.service(s) for s in self.compose.service_names)
 
-    @property
-    def hold_key(self) -> str:
-        return f"stack:{self.name}"
+    def digest(self, files: Sequence[tuple[str, bytes]]) -> str:
+        """:func:`content_digest` of ``files`` (as read) with this stack's variables and flags. For
+        ``stack deploy`` the variables are the caller's whole environment, which may hold values of
+        its own: they stay out (such a stack is deployed every time anyway)."""
+        return content_digest(
+            files,
+            {} if self.always else self.environment,
+            prune=self.prune,
+            resolve_image=self.resolve_image,
+        )
 
 
 def content_digest(
@@ -379,6 +399,19 @@ def pins(stack: StackSpec, names: Mapping[tuple[str, str], str]) -> dict[str, st
     return dict(sorted(found.items()))
 
 
+def wanted_names(
+    sets: Sequence[SecretSet], names: Mapping[tuple[str, str], str]
+) -> dict[tuple[str, str], str]:
+    """(service, path) -> version name of every grant, from (set, secret) -> the secret's version."""
+    return {
+        (grant.service, grant.path): names[(secret_set.name, spec.secret)]
+        for secret_set in sets
+        for spec in secret_set.secrets
+        for grant in spec.grants
+        if (secret_set.name, spec.secret) in names
+    }
+
+
 def _version_number(text: str | None) -> tuple[int, ...]:
     numbers = re.findall(r"\d+", text or "")
     return tuple(int(n) for n in numbers[:2]) if numbers else ()
@@ -477,7 +510,7 @@ def plan_deploys(
         if content and not missing:
             why.append("compose content changed")
         if moved:
-            why.append(f"new secret versions ({', '.join(moved)})")
+            why.append(f"pins {', '.join(moved)}")
         if not why:
             continue
         deploys.append(

@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from reconciler.core.model import Origin
@@ -49,12 +49,13 @@ from reconciler.core.stacks import (
     ComposeService,
     HostFile,
     SecretUse,
+    StackSpec,
 )
 from reconciler.display import display_path
-from reconciler.errors import Problem
+from reconciler.errors import ConfigError, ManifestError, Problem
 from reconciler.manifests.yamlload import Document, PathKey, YamlProblem, compose_documents, format_path
 
-__all__ = ["MAX_COMPOSE_BYTES", "interpolate", "read_compose"]
+__all__ = ["MAX_COMPOSE_BYTES", "interpolate", "read_compose", "stack_from_files"]
 
 MAX_COMPOSE_BYTES = 1024 * 1024
 """A compose file is a few KiB; more is the wrong file."""
@@ -482,3 +483,39 @@ def _build(merged: _Merged, shown: tuple[str, ...], workdir: str, problems: list
 
 def _abs(workdir: str, path: str) -> str:
     return path if os.path.isabs(path) else os.path.normpath(os.path.join(workdir, path))
+
+
+_STACK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,39}$")
+
+
+def stack_from_files(
+    name: str,
+    files: Sequence[Path],
+    environment: Mapping[str, str],
+    *,
+    docker_args: Sequence[str] = (),
+    always: bool = True,
+) -> StackSpec:
+    """The stack of ``stack deploy`` / ``stack override``: ``-c`` files named by the operator,
+    interpolated with ``environment``. :class:`ManifestError` with every problem of the files."""
+    if not _STACK_NAME.match(name):
+        raise ConfigError(
+            f"{name!r} is not a stack name: letters, digits, '_', '.', '-', at most 40 characters"
+        )
+    if not files:
+        raise ConfigError("give the stack's compose files with -c FILE (as for docker stack deploy)")
+    problems: list[Problem] = []
+    read = read_compose(files, environment, problems)
+    if read is None or problems:
+        raise ManifestError(problems)
+    compose, raws = read
+    stack = StackSpec(
+        name=name,
+        compose=compose,
+        files=tuple(Path(os.path.abspath(f)) for f in files),
+        content="",
+        environment=dict(environment),
+        docker_args=tuple(docker_args),
+        always=always,
+    )
+    return replace(stack, content=stack.digest(raws))

@@ -29,7 +29,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -44,7 +44,7 @@ from reconciler.core.model import (
     SopsSource,
     Source,
 )
-from reconciler.core.stacks import StackSpec, check_grants, content_digest
+from reconciler.core.stacks import StackSpec, check_grants
 from reconciler.display import count, display_path
 from reconciler.errors import ManifestError, PolicyViolation, Problem
 from reconciler.manifests.compose import read_compose
@@ -429,17 +429,18 @@ def _load_stack(
             )
     prune = bool(spec.get("prune", False))
     resolve = spec.get("resolveImage")
-    return StackSpec(
+    stack = StackSpec(
         name=name,
         compose=compose,
         files=tuple(files),
-        content=content_digest(raws, environment, prune=prune, resolve_image=resolve),
+        content="",
         environment=environment,
         prune=prune,
         resolve_image=resolve,
         origin=Origin(file=shown, line=doc.line_of(("metadata", "name")), path="metadata.name"),
         location=location(file, root),
     )
+    return replace(stack, content=stack.digest(raws))
 
 
 def _at(shown: str, doc: Document, path: PathKey, message: str) -> Problem:
