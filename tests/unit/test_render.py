@@ -204,7 +204,7 @@ def test_json_shape() -> None:
         "policy",
     ]
     assert data["format_version"] == FORMAT_VERSION == 1
-    assert data["summary"] == {"create": 1, "update": 1, "remove": 1, "blocked": 1, "kept": 4}
+    assert data["summary"] == {"create": 1, "update": 1, "remove": 1, "blocked": 1, "kept": 4, "deploy": 0}
     assert data["empty"] is False
     assert [a["kind"] for a in data["actions"]] == ["create_secret", "update_service", "remove_secret"]
     create, update, remove = data["actions"]
