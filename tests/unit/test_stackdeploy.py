@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.engine.stackdeploy import ComposeChanged, DockerCli, cli_environment, find_docker_cli
+from reconciler.engine.stackdeploy import (
+    ComposeChanged,
+    DeployReport,
+    DockerCli,
+    cli_environment,
+    find_docker_cli,
+)
 from reconciler.errors import ConfigError, SwarmSecretsError
 from reconciler.manifests.compose import stack_from_files
 
@@ -54,7 +60,7 @@ def docker(tmp_path: Path) -> Path:
     return script
 
 
-def deploy(tmp_path: Path, docker: Path, **env: str) -> tuple[dict[str, object], object]:
+def deploy(tmp_path: Path, docker: Path, **env: str) -> tuple[dict[str, object], DeployReport]:
     compose = tmp_path / "stack.yml"
     compose.write_text(COMPOSE)
     record = tmp_path / "record.json"
@@ -64,7 +70,8 @@ def deploy(tmp_path: Path, docker: Path, **env: str) -> tuple[dict[str, object],
     )
     cli = DockerCli(str(docker), host="unix:///tmp/engine.sock", environ=environ)
     report = cli.deploy(spec, {"secrets": {"db_password": {"external": True, "name": "db_password_v3"}}})
-    return json.loads(record.read_text()), report
+    recorded: dict[str, object] = json.loads(record.read_text())
+    return recorded, report
 
 
 def test_argv_environment_and_override(
