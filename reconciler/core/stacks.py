@@ -483,7 +483,7 @@ def plan_deploys(
         entries: list[StackService] = []
         why: list[str] = []
         missing: list[str] = []
-        content = False
+        content = unrecorded = False
         for name in stack.swarm_services:
             service = services.get(name)
             if service is None:
@@ -496,7 +496,10 @@ def plan_deploys(
                     service=name, service_id=service.id, observed_version=service.version, changes=own
                 )
             )
-            if service.labels.get(LABEL_STACK_CONTENT) != stack.content:
+            recorded = service.labels.get(LABEL_STACK_CONTENT)
+            if recorded is None:
+                unrecorded = True
+            elif recorded != stack.content:
                 content = True
             elif service.labels.get(LABEL_STACK_VERSIONS, "") != versions and not own:
                 why.append(f"{name} records other pinned versions")
@@ -509,6 +512,8 @@ def plan_deploys(
             why.insert(0, "first deploy" if first else f"{', '.join(missing)} not deployed yet")
         if content and not missing:
             why.append("compose content changed")
+        elif unrecorded and not missing:
+            why.append("its services record no swarm-secrets deploy of this content")
         if moved:
             why.append(f"pins {', '.join(moved)}")
         if not why:

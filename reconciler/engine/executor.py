@@ -450,9 +450,15 @@ class _Execution:
                 outcome, detail = self.watch(service_id, entry.service, written, baseline, started)
             except SwarmSecretsError as exc:
                 outcome, detail = Outcome.FAILED, str(exc)
+            causes = [cause for c in entry.changes if (cause := drift_cause(c)) is not None]
             results.append(
                 RolloutResult(
-                    service=entry.service, outcome=outcome, detail=detail, seconds=self.clock.now() - started
+                    service=entry.service,
+                    outcome=outcome,
+                    detail=detail,
+                    seconds=self.clock.now() - started,
+                    drift=bool(causes),
+                    drift_cause=causes[0] if causes else "",
                 )
             )
         return results
