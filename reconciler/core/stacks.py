@@ -84,8 +84,10 @@ STACK_ENV_DENIED: tuple[str, ...] = (
     "PATH", "HOME", "USER", "LOGNAME", "SHELL", "PWD", "OLDPWD", "TMPDIR", "TMP", "TEMP", "IFS", "ENV",
     "BASH_ENV", "CDPATH", "PS4", "LANG", "LANGUAGE", "LC_*", "LOCPATH", "NLSPATH", "GCONV_PATH", "TZ",
     "TZDIR", "ZONEINFO", "LD_*", "DYLD_*", "MALLOC_*", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN",
-    "RES_OPTIONS", "GO*", "CGO_*", "SSL_*", "OPENSSL_*", "CURL_*", "REQUESTS_*", "NO_PROXY", "no_proxy",
-    "XDG_*", "DBUS_*", "PYTHON*", "TERM", "TERMINFO*", "KRB5*",
+    "RES_OPTIONS", "GODEBUG", "GOGC", "GOMAXPROCS", "GOMEMLIMIT", "GOTRACEBACK", "GORACE", "GOCOVERDIR",
+    "GOFIPS*", "GOEXPERIMENT", "GOROOT", "GOPATH", "GOENV", "GOFLAGS", "GOTOOLCHAIN", "CGO_*", "SSL_*",
+    "OPENSSL_*", "CURL_*", "REQUESTS_*", "NO_PROXY", "no_proxy", "XDG_*", "DBUS_*", "PYTHON*", "TERM",
+    "TERMINFO*", "KRB5*",
 )  # fmt: skip
 """Variables a Stack manifest's ``spec.env`` may not set (besides the reserved ones of
 ``core/guard.py``): the docker CLI runs with them in its environment, and these change how a program

@@ -154,12 +154,24 @@ def test_the_story_stack_deploy_keeps_the_rotated_value_with_one_update_per_rele
     assert lab.read_in_task(db, "/run/secrets/db_password")[0] == b"rotated-1"
     assert tasks.new(db) == 1
 
+    # the override for a deploy run by hand pins the managed compose secret to the current version
+    override = tmp_path / "override.yml"
+    done = swarm_secrets(
+        lab, "stack", "override", "-c", str(work / "stack.yml"), "--manifests", str(lab.root), stack,
+        "-o", str(override), env={"TEST_PW": "rotated-1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    pinned = yaml.safe_load(override.read_text())["secrets"]
+    assert pinned == {"db_password": {"external": True, "name": f"{pw}_v1"}}
+
     def release(number: int, value: str) -> str:
         done = swarm_secrets(
             lab, "stack", "deploy", "-c", str(work / "stack.yml"), "--manifests", str(lab.root), stack,
             "--docker-cli", cli, "--timeout", "60", env={"TEST_PW": value, "RELEASE": str(number)},
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
+        assert value not in done.stdout + done.stderr  # never a value, in any output
+        assert not any(value in v for v in api.inspect_service(db)["Spec"]["Labels"].values())
         wait_converged(lab, db)
         return done.stdout
 

@@ -524,3 +524,29 @@ def test_variable_names() -> None:
     }
     with pytest.raises(ConfigError, match="a/db-pw and a/db_pw both become DB_PW"):
         variables({("a", "db_pw"): "db_pw_v1", ("a", "db-pw"): "db-pw_v1"}, "")
+
+
+# --- the plan's renderings and the saved plan carry the deploy -----------------------------------------
+
+
+def test_a_deploy_renders_and_round_trips_through_a_saved_plan(tmp_path: Path) -> None:
+    from reconciler.core.saved import dumps, loads
+    from reconciler.render.plan import render_json, render_markdown, render_text
+
+    fake = FakeSwarm()
+    spec = stack(tmp_path)
+    assert converge_once(
+        fake, FakeStackDeployer(fake), run(spec, {"db_password": b"1", "api_token": b"t"})
+    ).ok
+    prepared = converge.prepare(
+        run(spec, {"db_password": b"2", "api_token": b"t"}), fake, converge.Settings(read_only=True)
+    )
+    text = render_text(prepared.plan)
+    assert "~ deploy stack shop: pins db_password_v2" in text and "~ shop_db: updated once, with:" in text
+    assert "Plan: 1 to create, 1 stack to deploy, 0 services to update" in text
+    assert '"kind": "deploy_stack"' in render_json(prepared.plan)
+    assert "#### Deploy stacks (1)" in render_markdown(prepared.plan)
+    saved = converge.save_plan(prepared, converge.Settings(), manifests_digest="sha256:x")
+    again = loads(dumps(saved))
+    assert again.plan == prepared.plan
+    assert {name for name, _ in again.basis.services.values()} == {"shop_db", "shop_web"}
