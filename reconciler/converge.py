@@ -77,7 +77,6 @@ from reconciler.manifests.revision import RevisionGuard, detect_revision
 
 __all__ = [
     "Approval",
-    "current_versions",
     "Check",
     "Guard",
     "Loaded",
@@ -89,6 +88,7 @@ __all__ = [
     "builtin_checks",
     "builtin_guards",
     "converge",
+    "current_versions",
     "execute",
     "load",
     "manifest_digest",
