@@ -22,7 +22,10 @@ again). The steps:
    reported per service and the others carry on.
 3. **Collect**: the approved removals, after the rollouts, each only if a fresh observation still
    finds nothing that may need it (``core/collect.protections``: Spec, PreviousSpec, running tasks).
-   Anything still protected (a rollout rolled back, a task still runs) is kept and reported.
+   A version that only old tasks told to stop still use (the plan's "once the old tasks still using
+   it have stopped") is waited for, up to :data:`STOPPING_WAIT` seconds, so that apply removes what
+   it showed. Anything still protected (a rollout rolled back, a task still runs) is kept and
+   reported.
 
 A crash between any two steps leaves a swarm the next run converges from: a created but unused
 version is either reused (same fingerprint) or collected; a half-rolled service is finished or
@@ -72,6 +75,9 @@ MAX_REPLANS = 3
 MAX_UPDATE_ATTEMPTS = 5
 """Inspect/write rounds per service before reporting it kept changing."""
 STALE = "the swarm changed since the plan; plan again"
+STOPPING_WAIT = 30.0
+"""Seconds collection waits for old tasks that were told to stop (their stop grace period, 10 s by
+default) when only they still use a version the plan removes."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -599,6 +605,16 @@ class _Execution:
 
     # --- 3. removals -----------------------------------------------------------------------------
 
+    def _settled(self, secret_ids: Sequence[str]) -> LiveState:
+        """A fresh observation, taken once the old tasks that alone still use one of ``secret_ids``
+        have stopped (or :data:`STOPPING_WAIT` passed)."""
+        live = self.swarm.observe()
+        deadline = self.clock.now() + min(STOPPING_WAIT, self.options.timeout)
+        while any(_only_stopping(live, i) for i in secret_ids) and self.clock.now() < deadline:
+            self.clock.sleep(self.options.poll_interval)
+            live = self.swarm.observe()
+        return live
+
     def collect(self) -> tuple[list[str], list[str], list[str]]:
         """(removed, kept back, warnings) for the approved removals, each checked against a fresh look."""
         removed: list[str] = []
@@ -608,7 +624,7 @@ class _Execution:
         if not removals:
             return removed, kept_back, warnings
         try:
-            live = self.swarm.observe()
+            live = self._settled([r.secret_id for r in removals])
         except SwarmError as exc:
             warnings.append(f"could not observe the swarm for garbage collection, nothing removed: {exc}")
             return removed, kept_back, warnings
@@ -637,6 +653,15 @@ class _Execution:
                 reason=removal.reason,
             )
         return removed, kept_back, warnings
+
+
+def _only_stopping(live: LiveState, secret_id: str) -> bool:
+    """Only tasks told to stop use ``secret_id``: no Spec, no PreviousSpec, no task meant to run."""
+    if secret_id not in live.stopping_task_secret_ids:
+        return False
+    return not any(
+        r.secret_id == secret_id for service in live.services for r in (*service.refs, *service.previous_refs)
+    )
 
 
 def execute(

@@ -550,3 +550,39 @@ def test_a_deploy_renders_and_round_trips_through_a_saved_plan(tmp_path: Path) -
     again = loads(dumps(saved))
     assert again.plan == prepared.plan
     assert {name for name, _ in again.basis.services.values()} == {"shop_db", "shop_web"}
+
+
+class _SlowToStop(FakeSwarm):
+    """Old tasks that were told to stop keep ``slow`` for the next ``looks`` observations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow = ""
+        self.looks = 0
+
+    def observe(self) -> Any:
+        from dataclasses import replace
+
+        live = super().observe()
+        secret_id = next((i for i, s in self.secrets.items() if s["Spec"]["Name"] == self.slow), None)
+        if secret_id is None or self.looks <= 0:
+            return live
+        self.looks -= 1
+        return replace(
+            live,
+            task_secret_ids=live.task_secret_ids | {secret_id},
+            stopping_task_secret_ids=live.stopping_task_secret_ids | {secret_id},
+        )
+
+
+def test_collection_waits_for_old_tasks_told_to_stop(tmp_path: Path) -> None:
+    fake = _SlowToStop()
+    deployer = FakeStackDeployer(fake)
+    for release, value in enumerate((b"one", b"two"), start=1):
+        spec = stack(tmp_path, STACK.replace("${RELEASE:-1}", str(release)), always=True)
+        assert converge_once(fake, deployer, run(spec, {"db_password": value, "api_token": b"t"})).ok
+    fake.slow, fake.looks = "db_password_v1", 3  # its old tasks are still stopping when the release ends
+    spec = stack(tmp_path, STACK.replace("${RELEASE:-1}", "3"), always=True)
+    outcome = converge_once(fake, deployer, run(spec, {"db_password": b"two", "api_token": b"t"}))
+    assert outcome.result is not None and outcome.result.removed == ("db_password_v1",)
+    assert outcome.result.kept_back == () and fake.looks == 0
