@@ -34,6 +34,11 @@ when given: ``apply --plan`` plans as of the saved plan), and the forced rotatio
 ``Settings.rotate`` as the version numbers they replace, so planning again (the replanner uses the
 same desired state) never plans a second rotation.
 
+**Stacks** (``core/stacks.py``): ``kind: Stack`` manifests, and the stack of ``swarm-secrets stack
+deploy`` (``load(..., stacks=...)``), travel in :attr:`Loaded.stacks` and the desired state. The
+planner gives their services a :class:`~reconciler.core.plan.DeployStack` instead of updates of their
+own, and the executor runs it with :attr:`Settings.deployer` (the docker CLI).
+
 The trust boundary (``core/guard.py``, the operator's ``Boundary``) is held in two places, both
 before anything is read or changed: :func:`load` (via the loader: policy, source roots, reserved
 variables, targets) before any source is read, and :func:`prepare` (``guard.enforce_live``: missing
@@ -55,15 +60,32 @@ from pathlib import Path
 
 from reconciler import sources
 from reconciler.core import guard, planner
+from reconciler.core.collect import current_version
 from reconciler.core.desired import Values, build_desired
-from reconciler.core.model import DesiredState, GenerateSource, LiveState, SecretSet, SecretValue
+from reconciler.core.model import (
+    DesiredState,
+    GenerateSource,
+    LiveSecret,
+    LiveState,
+    SecretSet,
+    SecretValue,
+)
 from reconciler.core.plan import CreateSecret, Plan
 from reconciler.core.saved import SavedPlan, basis_of, moved
+from reconciler.core.stacks import StackSpec
 from reconciler.engine import executor
-from reconciler.engine.executor import SYSTEM_CLOCK, ApplyOptions, ApplyResult, Clock, ProgressFn, Replan
+from reconciler.engine.executor import (
+    SYSTEM_CLOCK,
+    ApplyOptions,
+    ApplyResult,
+    Clock,
+    ProgressFn,
+    Replan,
+    StackDeployer,
+)
 from reconciler.engine.keysource import find_key, load_key
 from reconciler.engine.protocol import Swarm
-from reconciler.errors import CheckFailed, ConfigError, PlanOutdated, Problem, RevisionError
+from reconciler.errors import CheckFailed, ConfigError, ManifestError, PlanOutdated, Problem, RevisionError
 from reconciler.manifests import loader as manifest
 from reconciler.manifests import revision as revisions
 from reconciler.manifests.digest import manifest_digest
@@ -83,6 +105,7 @@ __all__ = [
     "builtin_checks",
     "builtin_guards",
     "converge",
+    "current_versions",
     "execute",
     "generator",
     "load",
@@ -105,6 +128,8 @@ class Loaded:
     """What the operator allows the manifests (policy, self service, ...): held again in prepare()."""
     complete: bool = False
     """Every manifest was read (a skipped folder would have failed the load): --prune-orphans needs it."""
+    stacks: tuple[StackSpec, ...] = ()
+    """Stacks this run deploys: the Stack manifests, and the stack of ``stack deploy``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,6 +169,9 @@ class Settings:
     --plan`` passes the saved plan's, so rotations are judged as they were when it was made."""
     rotate: frozenset[tuple[str, str]] = frozenset()
     """(set, secret) of generated secrets to give a new version now (``swarm-secrets rotate``)."""
+    deployer: StackDeployer | None = None
+    """Runs ``docker stack deploy`` for a plan's stack deploys; None: a plan with one is refused
+    before anything changes (``plan`` needs none)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,23 +200,48 @@ def load(
     environ: Mapping[str, str] | None = None,
     boundary: guard.Boundary | None = None,
     complete: bool = False,
+    stacks: Sequence[StackSpec] = (),
 ) -> Loaded:
     """Load, validate and resolve: everything that can fail before the swarm is touched.
 
     ``complete``: every manifest must be read (``--prune-orphans``; see ``manifests.load``).
+    ``stacks``: stacks to deploy besides the Stack manifests (``stack deploy``), held to the same
+    grant checks.
     """
     boundary = boundary or guard.Boundary()
     # The trust boundary's offline checks run inside the loader, before any source is read.
-    sets = manifest.load(paths, boundary, complete=complete)
-    values = sources.resolve(sets, environ, sops_env=boundary.sops_passthrough)
+    found = manifest.load_manifests(paths, boundary, complete=complete)
+    if stacks:
+        problems = manifest.stack_problems((*found.stacks, *stacks), found.sets)
+        if problems:
+            raise ManifestError(problems)
+    values = sources.resolve(found.sets, environ, sops_env=boundary.sops_passthrough)
     revision = revision or detect_revision(paths, environ)
-    return Loaded(sets=sets, values=values, revision=revision, boundary=boundary, complete=complete)
+    return Loaded(
+        sets=found.sets,
+        values=values,
+        revision=revision,
+        boundary=boundary,
+        complete=complete,
+        stacks=(*found.stacks, *stacks),
+    )
 
 
 def builtin_checks(settings: Settings) -> tuple[Check, ...]:
     """Checks every run makes, whatever the options, beyond the trust boundary and the revision guard
-    that :func:`prepare` runs first (none yet)."""
-    return ()
+    that :func:`prepare` runs first: a plan that deploys a stack needs a way to run docker."""
+    if settings.read_only or settings.deployer is not None:
+        return ()
+
+    def deployer(prepared: Prepared) -> Sequence[Problem]:
+        return [
+            Problem(
+                "", None, "", f"stack {d.stack} is to be deployed, but this run cannot run the docker CLI"
+            )
+            for d in prepared.plan.deploys
+        ]
+
+    return (deployer,)
 
 
 def builtin_guards(settings: Settings) -> tuple[Guard, ...]:
@@ -209,13 +262,19 @@ def prepare(loaded: Loaded, swarm: Swarm, settings: Settings | None = None) -> P
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe") as pool:
         observing = pool.submit(swarm.observe, lean=True)
         key = find_key(swarm, settings.key_file)
-        desired = build_desired(loaded.sets, loaded.values, key, revision=loaded.revision) if key else None
+        desired = (
+            build_desired(loaded.sets, loaded.values, key, revision=loaded.revision, stacks=loaded.stacks)
+            if key
+            else None
+        )
         live = observing.result()
-    guard.enforce_live(loaded.sets, live, loaded.boundary)
+    guard.enforce_live(loaded.sets, live, loaded.boundary, loaded.stacks)
     guard_revision(loaded, live, settings.revision_guard)
     if desired is None:  # a fresh swarm: the key config is created only now, after the checks passed
         key = load_key(swarm, settings.key_file, create=not settings.read_only)
-        desired = build_desired(loaded.sets, loaded.values, key, revision=loaded.revision)
+        desired = build_desired(
+            loaded.sets, loaded.values, key, revision=loaded.revision, stacks=loaded.stacks
+        )
     desired = at_time(desired, live, settings)
     plan = planner.plan(desired, live, prune_orphans=settings.apply.prune_orphans)
     plan = replace(plan, governance=guard.governance(loaded.sets, loaded.boundary.policy))
@@ -269,6 +328,46 @@ def generator(loaded: Loaded) -> Callable[[CreateSecret], SecretValue]:
         return sources.generate(source)
 
     return generate
+
+
+def current_versions(
+    loaded: Loaded, swarm: Swarm, settings: Settings | None = None
+) -> dict[tuple[str, str], str]:
+    """(set, secret) -> the name of the version that holds the manifests' value now (``env``, ``stack
+    override``). Read only: no key config is created, no service needs to exist yet. When a value has
+    no version yet (changed since the last apply, or never applied), a :class:`ConfigError` says to
+    apply first: a version name that does not hold the value must never be handed out."""
+    settings = settings or Settings()
+    key = find_key(swarm, settings.key_file)
+    live = swarm.observe()
+    missing: list[str] = []
+    names: dict[tuple[str, str], str] = {}
+    if key is None:
+        missing = [f"{s.name}/{x.secret}" for s in loaded.sets for x in s.secrets]
+    else:
+        desired = build_desired(loaded.sets, loaded.values, key, revision=loaded.revision)
+        versions: dict[tuple[str, str], list[LiveSecret]] = {}
+        for secret in live.secrets:
+            if secret.managed and secret.set_name and secret.secret:
+                versions.setdefault((secret.set_name, secret.secret), []).append(secret)
+        for dset in desired.sets:
+            for declared in dset.secrets:
+                found = current_version(
+                    versions.get((dset.name, declared.secret), ()),
+                    declared.fingerprint,
+                    generator=declared.generator,
+                )
+                if found is None:
+                    missing.append(f"{dset.name}/{declared.secret}")
+                else:
+                    names[(dset.name, declared.secret)] = found.name
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ConfigError(
+            f"no version holds the current value of {shown} yet (changed since the last apply, or never "
+            "applied): run `swarm-secrets apply` first"
+        )
+    return names
 
 
 def guard_revision(loaded: Loaded, live: LiveState, revision_guard: RevisionGuard | None) -> None:
@@ -397,4 +496,6 @@ def execute(
             clock=clock,
             revision=prepared.desired.revision,
             generate=generator(prepared.loaded),
+            stacks=prepared.desired.stacks,
+            deployer=settings.deployer,
         )

@@ -17,13 +17,13 @@ import os
 import pytest
 
 from reconciler.cli import main
-from reconciler.cli.app import settable, variable_for
+from reconciler.cli.app import settable, variable_for, walk_commands
 
 NO_ENGINE = "unix:///nonexistent/tests-must-name-their-engine.sock"
 
 
 def option_variables() -> set[str]:
-    commands = [main, *main.commands.values()]
+    commands = [main, *(command for _, command in walk_commands(main))]
     return {variable_for(p) for command in commands for p in settable(command)}
 
 

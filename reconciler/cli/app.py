@@ -74,6 +74,15 @@ def settable(command: click.Command) -> Iterator[click.Parameter]:
     return (p for p in command.params if p.expose_value)
 
 
+def walk_commands(group: click.Group, prefix: str = "") -> Iterator[tuple[str, click.Command]]:
+    """(``stack deploy``, command) for every command under ``group``, groups of commands included."""
+    for name, command in sorted(group.commands.items()):
+        path = f"{prefix} {name}".strip()
+        yield path, command
+        if isinstance(command, click.Group):
+            yield from walk_commands(command, path)
+
+
 def _name_variables(command: click.Command) -> None:
     """Give each settable parameter of ``command`` its variable (first; variables it declared itself,
     such as DOCKER_HOST, stay as fallbacks) and show it in ``--help``."""
@@ -98,7 +107,8 @@ class Argument(click.Argument):
         extra = []
         if self.envvar:
             names = [self.envvar] if isinstance(self.envvar, str) else list(self.envvar)
-            splitter = "; several separated by ':'" if self.nargs != 1 else ""
+            sep = "':'" if isinstance(self.type, click.Path) else "spaces"
+            splitter = f"; several separated by {sep}" if self.nargs != 1 else ""
             extra.append(f"env var: {', '.join(names)}{splitter}")
         if self.default_text:
             extra.append(f"default: {self.default_text}")
@@ -156,8 +166,8 @@ def misnamed_variables(group: click.Group, environ: Mapping[str, str]) -> list[t
     """(set, meant) for variables named ``SWARM_SECRETS_<COMMAND>_<OPTION>`` where ``meant``, the
     rule's name, is an option of that command: the old documented form, which is not read."""
     found = []
-    for name, command in group.commands.items():
-        prefix = f"{ENV_PREFIX}{name.upper()}_"
+    for name, command in walk_commands(group):
+        prefix = f"{ENV_PREFIX}{name.upper().replace(' ', '_')}_"
         options = {variable_for(p) for p in settable(command)}
         for variable in sorted(v for v in environ if v.startswith(prefix)):
             meant = ENV_PREFIX + variable.removeprefix(prefix)
@@ -503,6 +513,15 @@ def lock_options(fn: Callable[P, R]) -> Callable[P, R]:
     ):
         fn = option(fn)
     return fn
+
+
+docker_cli_option = click.option(
+    "--docker-cli",
+    default=None,
+    metavar="PATH",
+    help="The docker CLI that deploys stacks (`docker stack deploy`; for kind: Stack manifests and "
+    "`stack deploy`). Default: docker on PATH.",
+)
 
 
 def lease_settings(lock: bool, lock_timeout: float, lock_ttl: float) -> LeaseSettings | None:

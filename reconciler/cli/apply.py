@@ -1,4 +1,7 @@
-"""``swarm-secrets apply``: show the plan, ask, carry it out, report."""
+"""``swarm-secrets apply``: show the plan, ask, carry it out, report.
+
+:func:`run_apply` is the part after loading (connect, first look, the swarm's lease, converge,
+report, exit code), shared with ``rotate`` and ``stack deploy``."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import click
 from reconciler import converge
 from reconciler.cli.app import (
     TrustOptions,
+    docker_cli_option,
     engine_options,
     handle_errors,
     key_options,
@@ -28,6 +32,8 @@ from reconciler.core.saved import SavedPlan, loads
 from reconciler.display import count, display_path
 from reconciler.engine import lease
 from reconciler.engine.executor import ApplyOptions, ApplyResult
+from reconciler.engine.lease import LeaseSettings
+from reconciler.engine.stackdeploy import DockerCli, find_docker_cli
 from reconciler.engine.swarm import Swarm
 from reconciler.errors import ConfigError, ExitCode
 from reconciler.manifests.revision import RevisionCheckMode, RevisionGuard
@@ -55,6 +61,7 @@ from reconciler.render.progress import Progress
 @revision_check_options
 @lock_options
 @click.option("--stats", is_flag=True, help="Print how many Engine API requests the run made.")
+@docker_cli_option
 @trust_options
 @handle_errors
 def apply(
@@ -74,6 +81,7 @@ def apply(
     lock_timeout: float,
     lock_ttl: float,
     stats: bool,
+    docker_cli: str | None,
 ) -> None:
     """Show the plan, then create versions, roll services, wait for them and collect old versions.
 
@@ -117,6 +125,7 @@ def apply(
         loaded,
         settings,
         docker_host=docker_host,
+        docker_cli=docker_cli,
         locking=lease_settings(lock, lock_timeout, lock_ttl),
         approval=approval,
         show=show,
@@ -131,7 +140,8 @@ def run_apply(
     settings: converge.Settings,
     *,
     docker_host: str | None,
-    locking: lease.LeaseSettings | None,
+    docker_cli: str | None = None,
+    locking: LeaseSettings | None,
     approval: converge.Approval,
     show: converge.Show | None = None,
     verify: converge.Approval | None = None,
@@ -139,12 +149,17 @@ def run_apply(
     stats: bool = False,
     purpose: str = "apply",
 ) -> None:
-    """Plan, approve and apply ``loaded`` under the swarm's lease, print what was done, and exit 3 when
-    it was not all done (``apply``, and ``rotate`` with its forced rotations in ``settings``).
+    """Connect, take a first look (changing nothing), then under the swarm's lease plan, approve and
+    apply ``loaded``, print what was done, and exit 3 when it was not all done (``apply``; ``rotate``
+    with its forced rotations in ``settings``; ``stack deploy``).
 
     ``verify`` approves a saved plan (nothing is shown then); ``ask``: the approval will prompt, so
-    without a terminal it is refused before waiting for the lease."""
+    without a terminal it is refused before waiting for the lease. Stacks to deploy need the docker
+    CLI: found before connecting."""
+    cli = find_docker_cli(docker_cli) if loaded.stacks else None
     with Swarm.connect(docker_host) as swarm:
+        if cli is not None:
+            settings = replace(settings, deployer=DockerCli(cli, host=swarm.url))
         if locking is not None:
             # A first look that changes nothing, not even the swarm's lease: a refusal (a policy, the
             # revision guard, a saved plan that no longer applies) comes before it; an apply with
@@ -194,8 +209,12 @@ def _tell_waiting(record: lease.Record) -> None:
     click.echo(f"waiting for the swarm's lease, held by {record.describe()}", err=True)
 
 
-def _show(prepared: converge.Prepared) -> None:
+def show_plan(prepared: converge.Prepared) -> None:
+    """Print the plan (the ``show`` of apply and stack deploy)."""
     click.echo(render.render_text(prepared.plan, color=sys.stdout.isatty()).rstrip("\n"))
+
+
+_show = show_plan
 
 
 def _read_saved(path: Path) -> SavedPlan:
@@ -245,6 +264,7 @@ def _result_text(result: ApplyResult, *, shown: tuple[str, ...] = ()) -> str:
     lines = []
     if result.created:
         lines.append("created: " + ", ".join(result.created))
+    lines.extend(f"deployed stack {name}" for name in result.deployed)
     for rollout in result.rollouts:
         lines.append(
             f"service {rollout.service}: {rollout.outcome.value.replace('_', ' ')} "

@@ -18,6 +18,7 @@ import click
 from reconciler import converge
 from reconciler.cli.app import (
     TrustOptions,
+    docker_cli_option,
     engine_options,
     handle_errors,
     key_options,
@@ -54,6 +55,7 @@ from reconciler.manifests.revision import RevisionCheckMode, RevisionGuard
 @rollout_options
 @revision_check_options
 @lock_options
+@docker_cli_option
 @trust_options
 @handle_errors
 def rotate(
@@ -72,6 +74,7 @@ def rotate(
     lock: bool,
     lock_timeout: float,
     lock_ttl: float,
+    docker_cli: str | None,
 ) -> None:
     """Give each --secret (a generated secret) a new version now and roll its services, like apply.
 
@@ -96,6 +99,7 @@ def rotate(
         loaded,
         settings,
         docker_host=docker_host,
+        docker_cli=docker_cli,
         locking=lease_settings(lock, lock_timeout, lock_ttl),
         approval=converge.auto_approve if yes else _prompt,
         show=_show,

@@ -12,6 +12,7 @@ import click
 from reconciler import manifests
 from reconciler.cli.app import (
     TrustOptions,
+    docker_cli_option,
     engine_options,
     fingerprint_key_option,
     handle_errors,
@@ -130,6 +131,7 @@ def _secret_file(flag: str, what: str) -> Callable[[F], F]:
 @revision_check_options
 @trust_options
 @lock_options
+@docker_cli_option
 @handle_errors
 def run(
     path: Path | None,
@@ -163,6 +165,7 @@ def run(
     lock: bool,
     lock_timeout: float,
     lock_ttl: float,
+    docker_cli: str | None,
 ) -> None:
     """Reconcile continuously: on start, every --interval, on webhooks, on git changes and on swarm
     events. SIGTERM finishes the step in hand and exits 0."""
@@ -203,6 +206,7 @@ def run(
             boundary=boundary,
             lease=lease_settings(lock, lock_timeout, lock_ttl),
             stop=stop,
+            docker_cli=docker_cli,
         )
     )
     if git_url is not None:

@@ -35,14 +35,20 @@ def validate(paths: tuple[Path, ...], offline: bool, trust: TrustOptions) -> Non
     Values are read and discarded; nothing is printed but a summary, or one line per problem.
     """
     boundary = trust.boundary(paths)
-    sets = manifests.load(paths, boundary)
+    found = manifests.load_manifests(paths, boundary)
+    sets = found.sets
     if not offline:
         from reconciler.sources import resolve
 
         # values are dropped at once: validate only proves they can be produced
         resolve(sets, sops_env=boundary.sops_passthrough)
     suffix = " (offline: sources not checked)" if offline else ""
-    click.echo(f"ok: {summary(sets)}{suffix}")
+    stacks = (
+        f"; {count(len(found.stacks), 'stack')} ({', '.join(s.name for s in found.stacks)})"
+        if found.stacks
+        else ""
+    )
+    click.echo(f"ok: {summary(sets)}{stacks}{suffix}")
 
 
 def summary(sets: Sequence[SecretSet]) -> str:

@@ -20,13 +20,19 @@ from reconciler.core.model import (
     SecretSpec,
     SecretValue,
 )
+from reconciler.core.stacks import StackSpec
 
 Values = Mapping[tuple[str, str], SecretValue]
 """Resolved values keyed by (set name, logical secret name)."""
 
 
 def build_desired(
-    sets: Sequence[SecretSet], values: Values, key: bytes, *, revision: str | None = None
+    sets: Sequence[SecretSet],
+    values: Values,
+    key: bytes,
+    *,
+    revision: str | None = None,
+    stacks: Sequence[StackSpec] = (),
 ) -> DesiredState:
     kid = key_id(key)
     return DesiredState(
@@ -42,6 +48,7 @@ def build_desired(
         ),
         revision=revision,
         fingerprint_key_id=kid,
+        stacks=tuple(stacks),
     )
 
 

@@ -16,7 +16,13 @@ checks hold manifests to it and to rules that apply whatever the policy says:
   service exactly allows it (:func:`engine_access`);
 * no target in the system paths where programs, libraries and kernel interfaces live
   (:func:`system_target`), and no mode with execute bits: a secret is data, never a program;
-* a grant to a service that does not exist is an error unless the grant says ``optional: true``.
+* a grant to a service that does not exist is an error unless the grant says ``optional: true``,
+  or a stack this run deploys creates it.
+
+**Stacks** (``kind: Stack`` manifests, :func:`check_stacks`): deploying one runs any image with any
+mount it names, so with a policy only a rule's ``deploy`` allows it, and in ``run`` a policy is
+needed at all; a stack with a service that can reach the engine needs a rule naming it exactly; no
+stack may deploy the reconciler's own service.
 
 **With a policy**, every set needs a rule (deny by default) and stays inside it: services, stacks,
 targets, variables, adopting secrets it does not own, manifest files (see ``policy.py``).
@@ -49,7 +55,8 @@ from reconciler.core.model import (
     SecretSpec,
     ServiceGrant,
 )
-from reconciler.core.policy import Governance, Policy, Rule, glob_match
+from reconciler.core.policy import Governance, Policy, Rule, glob_match, is_exact
+from reconciler.core.stacks import STACK_ENV_DENIED, StackSpec
 from reconciler.errors import PolicyViolation, Problem
 
 ROLE_LABEL = LABEL_PREFIX + "role"
@@ -147,7 +154,12 @@ def engine_access(service: LiveService) -> str | None:
     client certificates, or of a folder above one of them (``/var/run``, ``/``); a named pipe of the
     engine; or a ``DOCKER_HOST`` variable (an engine over TCP or ssh).
     """
-    for source in service.binds:
+    return engine_reach(service.binds, service.env_names)
+
+
+def engine_reach(binds: Iterable[str], env_names: Iterable[str]) -> str | None:
+    """:func:`engine_access` for host paths and variable names (a live service's, or a compose one's)."""
+    for source in binds:
         path = posixpath.normpath(source) if source.startswith("/") else source
         name = path.replace("\\", "/").rsplit("/", 1)[-1]
         if name in SOCKET_NAMES or "docker_engine" in name:
@@ -157,7 +169,7 @@ def engine_access(service: LiveService) -> str | None:
                 return f"mounts {source}"
             if sensitive.startswith(path.rstrip("/") + "/"):
                 return f"mounts {source}, which holds {sensitive}"
-    if "DOCKER_HOST" in service.env_names:
+    if "DOCKER_HOST" in env_names:
         return "has DOCKER_HOST set, so it talks to an engine"
     return None
 
@@ -310,10 +322,15 @@ def _check_grant(
 # --- live: against the observed swarm ----------------------------------------------------------------
 
 
-def check_live(sets: Sequence[SecretSet], live: LiveState, boundary: Boundary) -> list[Problem]:
-    """Every problem that needs the swarm: missing services, the reconciler's own and engine-holding
-    services, stack membership, and replacing secrets a set does not own (``adopt``)."""
+def check_live(
+    sets: Sequence[SecretSet], live: LiveState, boundary: Boundary, stacks: Sequence[StackSpec] = ()
+) -> list[Problem]:
+    """Every problem that needs the swarm: missing services (a service a stack of this run deploys is
+    not missing: the deploy creates it), the reconciler's own and engine-holding services, stack
+    membership, replacing secrets a set does not own (``adopt``), and stacks that would redeploy the
+    reconciler."""
     services = {s.name: s for s in live.services}
+    deployed = frozenset(name for stack in stacks for name in stack.swarm_services)
     owners = {s.id: (s.set_name, s.secret) if s.managed else None for s in live.secrets}
     names = {s.id: s.name for s in live.secrets}
     problems: list[Problem] = []
@@ -326,18 +343,30 @@ def check_live(sets: Sequence[SecretSet], live: LiveState, boundary: Boundary) -
                 origin = grant.origin or _field(spec, f"services[{index}]")
                 service = services.get(grant.service)
                 if service is None:
-                    if not grant.optional:
+                    if not grant.optional and grant.service not in deployed:
                         problems.append(_missing(origin, grant, services))
                     continue
                 problems += _check_service(spec, grant, service, origin, rule, boundary)
                 if rule is not None and not rule.adopt:
                     problems += _check_adopt(spec, grant, service, origin, rule, owners, names)
+    for stack in stacks:
+        for service in live.services:
+            if service.stack == stack.name and is_reconciler(service, boundary):
+                problems.append(
+                    _stack_problem(
+                        stack,
+                        f"stack '{stack.name}' holds the reconciler's own "
+                        f"service '{service.name}': a Stack manifest may never redeploy the reconciler",
+                    )
+                )
     return problems
 
 
-def enforce_live(sets: Sequence[SecretSet], live: LiveState, boundary: Boundary) -> None:
+def enforce_live(
+    sets: Sequence[SecretSet], live: LiveState, boundary: Boundary, stacks: Sequence[StackSpec] = ()
+) -> None:
     """:func:`check_live`, raised as one :class:`PolicyViolation` when anything is found."""
-    problems = check_live(sets, live, boundary)
+    problems = check_live(sets, live, boundary, stacks)
     if problems:
         raise PolicyViolation(problems)
 
@@ -434,6 +463,100 @@ def _check_adopt(
         return
 
 
+# --- stacks: what a Stack manifest may deploy ----------------------------------------------------------
+
+
+def check_stacks(stacks: Sequence[StackSpec], boundary: Boundary) -> list[Problem]:
+    """Every problem the Stack manifests show against the boundary, without the swarm.
+
+    Deploying a stack runs any image with any mount and capability its compose files name, so: with a
+    policy, only a rule whose ``deploy`` matches the stack allows it (and that rule's ``files``
+    apply); in ``run`` without a policy nothing allows it (the loop holds the swarm's keys); a
+    service that can reach the engine needs a rule naming the stack exactly; no service of the stack
+    may be the reconciler's own. Stacks of ``stack deploy`` (the operator's command) are not held to
+    this.
+    """
+    problems: list[Problem] = []
+    policy = boundary.policy
+    for stack in stacks:
+        if stack.origin is None:
+            continue  # `swarm-secrets stack deploy`: the operator names the files
+        rule = policy.rule_for_stack(stack.name) if policy is not None else None
+        if policy is not None and rule is None:
+            problems.append(
+                _stack_problem(
+                    stack,
+                    f"stack '{stack.name}' may not be deployed by a manifest: no rule of the policy "
+                    f"{policy.file} allows it in `deploy` (rules allow {policy.deploy_text()}); deploying "
+                    "a stack runs any image with any mount it names: ask the operator for a rule",
+                )
+            )
+            continue
+        if policy is None and boundary.daemon:
+            problems.append(
+                _stack_problem(
+                    stack,
+                    f"Stack manifests are refused in `run` without a policy: deploying stack '{stack.name}' "
+                    "would run any image with any mount its compose files name; have the operator allow "
+                    f"it in a policy rule's `deploy` (`deploy: [{stack.name}]`)",
+                )
+            )
+            continue
+        for variable in sorted(stack.environment):
+            denied = reserved_env(variable) or glob_match(variable, STACK_ENV_DENIED)
+            if denied is not None:
+                problems.append(
+                    _stack_problem(
+                        stack,
+                        f"spec.env.{variable}: {variable} ({denied}) configures the programs the reconciler "
+                        "runs (docker gets these variables), not a compose file: use another name",
+                    )
+                )
+        if rule is not None and rule.files is not None and not glob_match(stack.location, rule.files):
+            declared = stack.location or "a file outside the source root"
+            problems.append(
+                _stack_problem(
+                    stack,
+                    f"stack '{stack.name}' is declared in {declared}, but {rule.where} allows it only in "
+                    f"{', '.join(rule.files)}: move the manifest there",
+                )
+            )
+        for service in stack.compose.services:
+            name = stack.service(service.name)
+            if name == boundary.self_service:
+                problems.append(
+                    _problem(
+                        service.origin,
+                        f"service '{name}' is the reconciler itself (--self-service): a Stack manifest may "
+                        "never deploy it",
+                    )
+                )
+                continue
+            reach = engine_reach(service.binds, service.env_names)
+            exact = rule is not None and any(is_exact(g) and g == stack.name for g in rule.deploy)
+            if reach is not None and not exact:
+                named = (
+                    f"{rule.where} does not name stack '{stack.name}' exactly in `deploy`"
+                    if rule is not None
+                    else "without a policy rule that names the stack exactly in `deploy`"
+                )
+                problems.append(
+                    _problem(
+                        service.origin,
+                        f"service '{name}' {reach}, which is root on its node; a Stack manifest may not "
+                        f"deploy it ({named}): remove it from the compose files or ask the operator",
+                    )
+                )
+    return problems
+
+
+def _stack_problem(stack: StackSpec, message: str) -> Problem:
+    origin = stack.origin
+    if origin is None:
+        return Problem("", None, "", message)
+    return _problem(origin, message)
+
+
 # --- helpers -------------------------------------------------------------------------------------------
 
 
@@ -459,7 +582,9 @@ __all__ = [
     "Governance",
     "check_live",
     "check_sets",
+    "check_stacks",
     "engine_access",
+    "engine_reach",
     "enforce_live",
     "enforce_sets",
     "governance",

@@ -29,6 +29,10 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # stacks.py builds on this module; the type is only needed for annotations
+    from reconciler.core.stacks import StackSpec
 
 # --- labels -----------------------------------------------------------------------------------------
 
@@ -298,6 +302,9 @@ class DesiredState:
     """Rotations asked for now (``swarm-secrets rotate``): (set, secret) → the version number current
     when asked; a generated secret whose current version is at most that number gets a new one. A
     number, not a flag, so that planning again after the new version exists plans nothing more."""
+    stacks: tuple[StackSpec, ...] = ()
+    """Stacks this run deploys (``core/stacks.py``): their services get their versions through the
+    deploy, never through a service update of their own."""
 
 
 # --- live state (built from Engine JSON by swarm.py) ------------------------------------------------

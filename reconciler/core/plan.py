@@ -5,7 +5,8 @@ or Markdown; ``engine/executor.py`` carries it out. A plan never holds a secret 
 versions, targets, keyed fingerprints and reasons), so every rendering of it is safe to post publicly.
 
 Order of execution is fixed by kind, not by position: every :class:`CreateSecret` first, then every
-:class:`UpdateService` (concurrently), then every :class:`RemoveSecret` (re-checked after rollouts).
+:class:`DeployStack` and :class:`UpdateService` (concurrently), then every :class:`RemoveSecret`
+(re-checked after rollouts).
 
 **Exactness.** The executor never performs an action the approved plan does not contain. When the
 swarm moved between planning and execution it may plan again, but may only go on with the fresh plan
@@ -115,7 +116,54 @@ class RemoveSecret:
     look then still finds nothing that may need it."""
 
 
-Action = CreateSecret | UpdateService | RemoveSecret
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StackService:
+    """One service a :class:`DeployStack` writes, and what the deploy changes in its managed references."""
+
+    service: str
+    service_id: str | None = None
+    """None when the deploy creates the service."""
+    observed_version: int = 0
+    changes: tuple[RefChange, ...] = ()
+    """The reference changes an update of its own would have made; the deploy makes them (pinned
+    versions replace what the service references at those paths)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeployStack:
+    """Run ``docker stack deploy`` for one stack with an override that pins its managed compose
+    secrets: every service of the stack is updated once, carrying its new versions and the new
+    compose content together (``core/stacks.py``)."""
+
+    kind: ClassVar[str] = "deploy_stack"
+    stack: str
+    content: str
+    """Digest of the compose files and variables deployed (recorded on the services)."""
+    pins: tuple[tuple[str, str], ...] = ()
+    """(compose secret key, version name), sorted."""
+    services: tuple[StackService, ...] = ()
+    """Every service the compose files define, in their order."""
+    reason: str
+
+    @property
+    def pinned(self) -> frozenset[str]:
+        return frozenset(name for _, name in self.pins)
+
+
+Action = CreateSecret | DeployStack | UpdateService | RemoveSecret
+
+DRIFT = "drift"
+"""How the reason of a change that corrects drift starts (someone moved the service off the wanted
+version); :func:`drift_cause` tells the causes apart."""
+STACK_DRIFT = "drift: a `docker stack deploy`"
+"""How the reason starts when a stack deploy (most likely) put back what its compose file says."""
+
+
+def drift_cause(change: RefChange) -> str | None:
+    """``stack_deploy`` or ``manual`` when ``change`` corrects drift, else None (metrics count by it)."""
+    if change.reason.startswith(STACK_DRIFT):
+        return "stack_deploy"
+    return "manual" if change.reason.startswith(DRIFT) else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,6 +212,10 @@ class Plan:
         return tuple(a for a in self.actions if isinstance(a, UpdateService))
 
     @property
+    def deploys(self) -> tuple[DeployStack, ...]:
+        return tuple(a for a in self.actions if isinstance(a, DeployStack))
+
+    @property
     def removals(self) -> tuple[RemoveSecret, ...]:
         return tuple(a for a in self.actions if isinstance(a, RemoveSecret))
 
@@ -200,6 +252,23 @@ def action_fields(
             "reason": action.reason,
             "changes": [change(c) for c in action.changes],
         }
+    if isinstance(action, DeployStack):
+        return {
+            "kind": action.kind,
+            "stack": action.stack,
+            "content": action.content,
+            "pins": dict(action.pins),
+            "reason": action.reason,
+            "services": [
+                {
+                    "service": s.service,
+                    "service_id": s.service_id,
+                    "observed_version": s.observed_version,
+                    "changes": [change(c) for c in s.changes],
+                }
+                for s in action.services
+            ],
+        }
     return {
         "kind": action.kind,
         "secret_id": action.secret_id,
@@ -232,6 +301,8 @@ def action_within(action: Action, approved: Plan) -> bool:
     * an update is within when the approved plan updates the same service (by id) and each of its
       reference changes is within one approved change of that service (same path, same ``new`` with
       the same target, uid, gid and mode, ``old`` a subset of the approved ``old``);
+    * a stack deploy is within when the approved plan deploys the same stack with the same content and
+      the same pinned versions;
     * a removal is within when the approved plan removes the same secret (by id and name).
 
     Reasons are not compared: they are for people and may word the same change differently.
@@ -249,6 +320,11 @@ def action_within(action: Action, approved: Plan) -> bool:
             )
             for c in approved.creates
         )
+    if isinstance(action, DeployStack):
+        return any(
+            (d.stack, d.content, d.pins) == (action.stack, action.content, action.pins)
+            for d in approved.deploys
+        )
     if isinstance(action, UpdateService):
         same = [u for u in approved.updates if u.service_id == action.service_id]
         return bool(same) and all(
@@ -258,13 +334,14 @@ def action_within(action: Action, approved: Plan) -> bool:
 
 
 def outside(fresh: Plan, approved: Plan) -> tuple[Action, ...]:
-    """The creates and updates of ``fresh`` that ``approved`` does not allow (:func:`action_within`).
+    """The creates, deploys and updates of ``fresh`` that ``approved`` does not allow
+    (:func:`action_within`).
 
     Removals of a fresh plan are not looked at: the executor never takes a removal from a fresh plan
     (it re-checks the approved ones against a fresh observation instead), and versions that became
     free by themselves (old tasks gone) are no reason to stop; the next plan collects them.
     """
-    candidates: tuple[Action, ...] = (*fresh.creates, *fresh.updates)
+    candidates: tuple[Action, ...] = (*fresh.creates, *fresh.deploys, *fresh.updates)
     return tuple(a for a in candidates if not action_within(a, approved))
 
 

@@ -24,6 +24,11 @@ What it decides, in this order:
 Orphaned sets (managed objects whose set no manifest declares) are reported and left alone unless
 ``prune_orphans``: then they are revoked and collected like a deleted secret.
 
+**Stacks this run deploys** (``desired.stacks``: a ``kind: Stack`` manifest, or ``stack deploy``) get
+no :class:`UpdateService`: the reference changes of their services go into one :class:`DeployStack`
+per stack (``core/stacks.py`` decides whether it is needed), whose override pins the versions, so a
+release that also rotates a value updates each service once.
+
 How a :class:`RefChange` applies to a service is defined once, in ``core/refs.py``. The planner uses
 that rule to predict the services after its own updates, so that collection is exact: a version that
 only the PreviousSpec of a service this plan updates references stops being a rollback target once
@@ -62,8 +67,18 @@ from reconciler.core.model import (
     ServiceGrant,
     version_name,
 )
-from reconciler.core.plan import Action, Blocked, CreateSecret, Plan, RefChange, UpdateService
+from reconciler.core.plan import (
+    STACK_DRIFT,
+    Action,
+    Blocked,
+    CreateSecret,
+    DeployStack,
+    Plan,
+    RefChange,
+    UpdateService,
+)
 from reconciler.core.refs import apply_ref_changes
+from reconciler.core.stacks import STACK_NAMESPACE_LABEL, covered_services, plan_deploys
 
 __all__ = ["fingerprint_key_id", "forced_versions", "plan", "predict"]
 
@@ -161,15 +176,19 @@ def plan(desired: DesiredState, live: LiveState, *, prune_orphans: bool = False)
     currents, creates, blocked, due = _resolve_versions(desired, index)
     warnings += due
     blocked_keys = frozenset((b.set_name, b.secret) for b in blocked)
-    updates, service_warnings = _plan_services(desired, live, index, currents, loaded, pruned, blocked_keys)
-    after = predict(live, updates, creates)
+    covered = frozenset(covered_services(desired.stacks))
+    updates, service_warnings, stack_changes, names = _plan_services(
+        desired, live, index, currents, loaded, pruned, blocked_keys, covered
+    )
+    deploys, stack_warnings = plan_deploys(desired.stacks, live, stack_changes, names)
+    after = predict(live, updates, creates, deploys)
     removals, kept = collect(_scopes(desired, index, currents, blocked_keys, pruned), live, after=after)
-    actions: tuple[Action, ...] = (*creates, *updates, *removals)
+    actions: tuple[Action, ...] = (*creates, *deploys, *updates, *removals)
     return Plan(
         actions=actions,
         kept=kept,
         blocked=tuple(blocked),
-        warnings=tuple(warnings + service_warnings),
+        warnings=tuple(warnings + service_warnings + list(stack_warnings)),
         orphaned_sets=orphans,
     )
 
@@ -357,10 +376,19 @@ def _plan_services(
     loaded: frozenset[str],
     pruned: frozenset[str],
     blocked: frozenset[tuple[str, str]],
-) -> tuple[list[UpdateService], list[str]]:
+    covered: frozenset[str] = frozenset(),
+) -> tuple[list[UpdateService], list[str], dict[str, tuple[RefChange, ...]], dict[tuple[str, str], str]]:
+    """(updates, warnings, reference changes of the services a stack deploy writes, the version wanted
+    at each granted (service, path))."""
     wanted_by_service, warnings = _wanted(desired, currents)
+    names = {
+        (service, path): want.current.name
+        for service, paths in wanted_by_service.items()
+        for path, want in paths.items()
+        if want.current is not None
+    }
     services = {s.name: s for s in live.services}
-    for name in sorted(set(wanted_by_service) - set(services)):
+    for name in sorted(set(wanted_by_service) - set(services) - covered):
         granted = sorted({w.secret for w in wanted_by_service[name].values()})
         warnings.append(f"service '{name}' not found; skipped (granted {', '.join(granted)})")
     # A paused rollout matches the manifest on paper but runs nothing new: say so even when the plan
@@ -374,9 +402,13 @@ def _plan_services(
             )
 
     updates: list[UpdateService] = []
+    stack_changes: dict[str, tuple[RefChange, ...]] = {}
     for service in sorted(live.services, key=lambda s: (s.name, s.id)):
         wanted = wanted_by_service.get(service.name, {})
         changes = _service_changes(service, wanted, index, loaded, pruned, blocked)
+        if service.name in covered:
+            stack_changes[service.name] = changes  # the stack's deploy makes them (core/stacks.py)
+            continue
         if not changes:
             continue
         updates.append(
@@ -392,7 +424,8 @@ def _plan_services(
         if service.stack:
             news = sorted({c.new for c in changes if c.new})
             fix = (
-                f"point the stack's external secrets at {', '.join(news)}"
+                f"deploy it with `swarm-secrets stack deploy` (or a `kind: Stack` manifest), or point the "
+                f"stack's external secrets at {', '.join(news)}"
                 if news
                 else "drop the revoked secrets from its compose file"
             )
@@ -405,7 +438,7 @@ def _plan_services(
                 f"service '{service.name}' has a rollout in progress (state '{service.update_state}'); "
                 "this update starts a new one"
             )
-    return updates, warnings
+    return updates, warnings, stack_changes, names
 
 
 def _wanted(
@@ -555,6 +588,13 @@ def _replace_reason(
     if live is None:
         return f"replace '{ref.secret_name}', which no longer exists, with {current.name}"
     if not live.managed or not live.secret or not live.set_name:
+        stack_secret = service.stack and live.labels.get(STACK_NAMESPACE_LABEL) == service.stack
+        if stack_secret and _was_wanted(service, want, current.name):
+            return (
+                f"{STACK_DRIFT} of stack '{service.stack}' put its own secret '{live.name}' back; "
+                f"manifest wants {current.name} (deploy the stack with `swarm-secrets stack deploy` "
+                "to keep it)"
+            )
         return f"migrate from unmanaged secret '{live.name}' to {current.name}"
     if (live.set_name, live.secret) != (want.set_name, want.secret):
         return (
@@ -594,10 +634,22 @@ def _return_reason(on: int, wanted: int, want: _Wanted, index: _Index, service: 
         return f"the swarm rolled the update to v{wanted} back ({state}); trying v{wanted} again"
     if wanted > on and not wanted_before:
         return f"roll out v{wanted} (created earlier, never rolled out to this service)"
-    reason = f"drift: service points at v{on}, manifest wants v{wanted}"
+    if wanted_before and service.stack:
+        reason = (
+            f"{STACK_DRIFT} of stack '{service.stack}' moved it to v{on} (what its compose file names); "
+            f"manifest wants v{wanted}"
+        )
+    else:
+        reason = f"drift: service points at v{on}, manifest wants v{wanted}"
     if on > wanted:
         reason += f" (the manifest's content matches v{wanted} again)"
     return reason
+
+
+def _was_wanted(service: LiveService, want: _Wanted, name: str) -> bool:
+    """The service's PreviousSpec referenced version ``name`` at the wanted path: its last update moved
+    it off the version the manifest wants."""
+    return any(r.secret_name == name and r.path == want.grant.path for r in service.previous_refs)
 
 
 def _owner_change(ref: SecretRef, grant: ServiceGrant) -> str:
@@ -661,25 +713,30 @@ def _scopes(
 
 
 def predict(
-    live: LiveState, updates: Sequence[UpdateService], creates: Sequence[CreateSecret] = ()
+    live: LiveState,
+    updates: Sequence[UpdateService],
+    creates: Sequence[CreateSecret] = (),
+    deploys: Sequence[DeployStack] = (),
 ) -> LiveState:
-    """``live`` as it will be once ``updates`` are made: each updated service's Spec holds the
-    rewritten references (``core/refs.py``) and its PreviousSpec the references it has now, and the
+    """``live`` as it will be once ``updates`` and ``deploys`` are made: each updated service's Spec
+    holds the rewritten references (``core/refs.py``) and its PreviousSpec the references it has now
+    (a deploy writes every service of its stack, whether its references change or not), and the
     tasks already told to stop (the old tasks of a rollout that just ended) have stopped: the
     executor's rollouts take longer than that. Secrets and the other tasks are left as observed. The
     executor re-checks every such removal against a fresh look before it removes anything."""
-    if not updates:
+    if not updates and not deploys:
         return live
     ids = {s.name: s.id for s in live.secrets}
     ids.update({c.name: f"planned:{c.name}" for c in creates})
-    by_id = {u.service_id: u for u in updates}
+    by_id = {u.service_id: u.changes for u in updates}
+    by_id.update({s.service_id: s.changes for d in deploys for s in d.services if s.service_id})
     services = []
     for service in live.services:
-        update = by_id.get(service.id)
-        if update is None:
+        changes = by_id.get(service.id)
+        if changes is None:
             services.append(service)
             continue
-        refs = apply_ref_changes(service.refs, update.changes, ids)
+        refs = apply_ref_changes(service.refs, changes, ids)
         services.append(replace(service, refs=refs, previous_refs=service.refs))
     stopped = live.stopping_task_secret_ids
     return replace(

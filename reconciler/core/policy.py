@@ -9,6 +9,8 @@ a set no rule matches may do nothing (deny by default). A rule says what its set
 * ``targets``: in-container paths (globs, matched after normalising; default ``/run/secrets/*``);
 * ``env``: variables an ``env:`` source may read (globs);
 * ``adopt``: whether a grant may replace a secret the set does not own at its target (migration);
+* ``deploy``: stacks (name globs) that ``kind: Stack`` manifests may deploy; the first rule whose
+  ``deploy`` matches a stack's name governs its Stack manifest (its ``files`` apply to it too);
 * ``files``: optionally, manifest files (globs relative to the source root) the sets must live in,
   so that a set name cannot be claimed from a folder its team does not own.
 
@@ -68,6 +70,8 @@ class Rule:
     adopt: bool = False
     files: tuple[str, ...] | None = None
     """None: any manifest file."""
+    deploy: tuple[str, ...] = ()
+    """Stack-name globs ``kind: Stack`` manifests may deploy."""
 
     @property
     def where(self) -> str:
@@ -113,6 +117,15 @@ class Policy:
     def rule_for(self, set_name: str) -> Rule | None:
         """The rule governing ``set_name``: the first whose ``sets`` globs match it."""
         return next((r for r in self.rules if glob_match(set_name, r.sets)), None)
+
+    def rule_for_stack(self, stack: str) -> Rule | None:
+        """The rule governing a Stack manifest of ``stack``: the first whose ``deploy`` globs match it."""
+        return next((r for r in self.rules if glob_match(stack, r.deploy)), None)
+
+    def deploy_text(self) -> str:
+        """Every ``deploy`` glob of every rule, for "no rule allows" messages."""
+        globs = [g for r in self.rules for g in r.deploy]
+        return ", ".join(dict.fromkeys(globs)) or "none"
 
     def sets_text(self) -> str:
         """Every set glob of every rule, for "no rule matches" messages."""

@@ -32,10 +32,12 @@ from reconciler.core.plan import (
     Action,
     Blocked,
     CreateSecret,
+    DeployStack,
     Kept,
     Plan,
     RefChange,
     RemoveSecret,
+    StackService,
     UpdateService,
     action_fields,
 )
@@ -79,6 +81,7 @@ def basis_of(
     by_name = {s.name: s for s in live.secrets}
     touched = {r.secret_id for r in plan.removals}
     touched |= {by_name[c.new].id for u in plan.updates for c in u.changes if c.new in by_name}
+    touched |= {by_name[name].id for d in plan.deploys for name in d.pinned if name in by_name}
     return Basis(
         revision=desired.revision,
         manifests_digest=manifests_digest,
@@ -90,7 +93,15 @@ def basis_of(
         },
         prune_orphans=prune_orphans,
         now=desired.now,
-        services={u.service_id: (u.service, u.observed_version) for u in plan.updates},
+        services={
+            **{u.service_id: (u.service, u.observed_version) for u in plan.updates},
+            **{
+                s.service_id: (s.service, s.observed_version)
+                for d in plan.deploys
+                for s in d.services
+                if s.service_id
+            },
+        },
         secrets={i: (secrets[i].name, secrets[i].index) for i in sorted(touched) if i in secrets},
     )
 
@@ -252,6 +263,21 @@ def _types(kind: type | tuple[type, ...]) -> Sequence[type]:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
+def _read_change(c: _Reader) -> RefChange:
+    return RefChange(
+        path=c.text("path"),
+        set_name=c.maybe_text("set"),
+        secret=c.maybe_text("secret"),
+        old=c.texts("old"),
+        new=c.maybe_text("new"),
+        target=c.text("target"),
+        uid=c.text("uid"),
+        gid=c.text("gid"),
+        mode=c.number("mode"),
+        reason=c.text("reason"),
+    )
+
+
 def _read_action(item: _Reader) -> Action:
     kind = item.text("kind")
     if kind == CreateSecret.kind:
@@ -270,21 +296,23 @@ def _read_action(item: _Reader) -> Action:
             observed_version=item.number("observed_version"),
             stack=item.maybe_text("stack"),
             reason=item.text("reason"),
-            changes=tuple(
-                RefChange(
-                    path=c.text("path"),
-                    set_name=c.maybe_text("set"),
-                    secret=c.maybe_text("secret"),
-                    old=c.texts("old"),
-                    new=c.maybe_text("new"),
-                    target=c.text("target"),
-                    uid=c.text("uid"),
-                    gid=c.text("gid"),
-                    mode=c.number("mode"),
-                    reason=c.text("reason"),
+            changes=tuple(_read_change(c) for c in item.items("changes")),
+        )
+    if kind == DeployStack.kind:
+        return DeployStack(
+            stack=item.text("stack"),
+            content=item.text("content"),
+            pins=tuple(item.mapping("pins").items()),
+            services=tuple(
+                StackService(
+                    service=s.text("service"),
+                    service_id=s.maybe_text("service_id"),
+                    observed_version=s.number("observed_version"),
+                    changes=tuple(_read_change(c) for c in s.items("changes")),
                 )
-                for c in item.items("changes")
+                for s in item.items("services")
             ),
+            reason=item.text("reason"),
         )
     if kind == RemoveSecret.kind:
         return RemoveSecret(

@@ -15,7 +15,11 @@ and ``GET /metrics`` shows exactly these series. Every name starts with ``swarm_
 ``versions_created_total``                     secret versions created
 ``versions_removed_total``                     secret versions removed by garbage collection
 ``rollouts_total{result}``                     service rollouts by outcome (converged, rolled_back, …)
-``drift_corrections_total``                    service updates made because someone changed a service
+``drift_corrections_total{cause}``             service updates made because someone changed a service:
+                                               ``manual``, or ``stack_deploy`` (a ``docker stack
+                                               deploy`` put its compose file's secrets back)
+``stack_deploys_total``                        ``docker stack deploy`` runs for ``kind: Stack``
+                                               manifests
 ``git_revision_info{revision}``                1, labelled with the revision applied last
 ``webhook_requests_total{provider,result}``    webhook deliveries by forge and outcome
 ``secret_age_seconds{set,secret}``             age of each managed secret's current version
@@ -57,6 +61,8 @@ if TYPE_CHECKING:  # loop.py imports this module; the type is only needed for an
 PREFIX: Final = "swarm_secrets_"
 
 ROLLOUT_RESULTS: Final = tuple(o.value for o in Outcome if o not in (Outcome.UNCHANGED, Outcome.HELD))
+DRIFT_CAUSES: Final = ("manual", "stack_deploy")
+"""Causes of drift corrections (``core/plan.drift_cause``), exported from the start as 0."""
 """Rollout outcomes exported from the start (as 0), so rate() works before the first rollout: every
 :class:`~reconciler.core.rollout.Outcome` of an update that was made."""
 
@@ -172,8 +178,13 @@ class Metrics:
         self.rollouts = Counter(PREFIX + "rollouts", "Service rollouts by outcome.", ["result"], registry=reg)
         self.drift_corrections = Counter(
             PREFIX + "drift_corrections",
-            "Service updates made because a service's secret references drifted.",
+            "Service updates made because a service's secret references drifted, by cause (manual, or "
+            "stack_deploy: a docker stack deploy put its compose file's secrets back).",
+            ["cause"],
             registry=reg,
+        )
+        self.stack_deploys = Counter(
+            PREFIX + "stack_deploys", "docker stack deploy runs for kind: Stack manifests.", registry=reg
         )
         self.git_revision = Gauge(
             PREFIX + "git_revision_info",
@@ -194,6 +205,8 @@ class Metrics:
             self.ticks.labels(result=result)
         for result in ROLLOUT_RESULTS:
             self.rollouts.labels(result=result)
+        for cause in DRIFT_CAUSES:
+            self.drift_corrections.labels(cause=cause)
 
     def observe(self, result: TickResult, duration: float) -> None:
         """Account for one finished tick that took ``duration`` seconds.
@@ -213,8 +226,14 @@ class Metrics:
         for outcome, count in result.rollouts.items():
             if count > 0:
                 self.rollouts.labels(result=outcome).inc(count)
-        if result.drift_corrected > 0:
-            self.drift_corrections.inc(result.drift_corrected)
+        for cause, count in result.drift_causes.items():
+            if count > 0:
+                self.drift_corrections.labels(cause=cause).inc(count)
+        unattributed = result.drift_corrected - sum(result.drift_causes.values())
+        if unattributed > 0:
+            self.drift_corrections.labels(cause="manual").inc(unattributed)
+        if result.stacks_deployed > 0:
+            self.stack_deploys.inc(result.stacks_deployed)
         if result.ok:
             self.last_success.set(self._clock())
             self.managed_secrets.set(result.managed_secrets)

@@ -32,6 +32,7 @@ from reconciler.display import count
 from reconciler.engine import lease
 from reconciler.engine.executor import ApplyOptions
 from reconciler.engine.lease import LeaseSettings
+from reconciler.engine.stackdeploy import DockerCli, find_docker_cli
 from reconciler.engine.swarm import Swarm
 from reconciler.errors import SwarmSecretsError
 from reconciler.manifests.revision import RevisionCheckMode, RevisionGuard
@@ -60,6 +61,8 @@ class TickSettings:
     """The swarm's lease, taken before a tick changes anything; None (``--no-lock``) takes none."""
     stop: threading.Event | None = None
     """Set when the service stops: a tick waiting for the lease gives up at once."""
+    docker_cli: str | None = None
+    """The docker CLI that deploys ``kind: Stack`` manifests (``--docker-cli``); None: docker on PATH."""
 
 
 def clears_held(reasons: Sequence[Reason], revision: str | None, last_revision: str | None) -> bool:
@@ -109,7 +112,12 @@ def make_tick(settings: TickSettings) -> Tick:
                 log.warning("%s", warning)
 
         lost = False
+        # Stacks are deployed by the docker CLI (found before anything changes: a missing one waits for
+        # a change like any wrong setting), against the engine this tick talks to.
+        cli = find_docker_cli(settings.docker_cli) if loaded.stacks else None
         with Swarm.connect(settings.docker_host) as swarm:
+            if cli is not None:
+                run_settings = replace(run_settings, deployer=DockerCli(cli, host=swarm.url))
             first = converge.prepare(loaded, swarm, run_settings)
             if first.plan.empty:
                 show(first)
@@ -157,6 +165,10 @@ def make_tick(settings: TickSettings) -> Tick:
             removed=len(result.removed),
             rollouts=dict(collections.Counter(r.outcome for r in result.rollouts)),
             drift_corrected=sum(1 for r in result.rollouts if r.drift and r.ok),
+            drift_causes=dict(
+                collections.Counter(r.drift_cause for r in result.rollouts if r.drift and r.ok)
+            ),
+            stacks_deployed=len(result.deployed),
             managed_secrets=managed + len(result.created) - len(result.removed),
             error="; ".join(problems)[:500] or None,
             error_class=None if result.ok and not lost else "rollout" if not result.ok else "engine",

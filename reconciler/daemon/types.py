@@ -169,6 +169,11 @@ class TickResult:
     paused, superseded, timed_out, failed, unchanged, held)."""
     drift_corrected: int = 0
     """Service updates whose reason was drift."""
+    drift_causes: Mapping[str, int] = field(default_factory=dict)
+    """``drift_corrected`` by cause: ``manual`` (someone or something moved a service), ``stack_deploy``
+    (a ``docker stack deploy`` put back what its compose file says; ``core/plan.drift_cause``)."""
+    stacks_deployed: int = 0
+    """Stacks ``docker stack deploy`` was run for (``kind: Stack`` manifests)."""
     managed_secrets: int = 0
     """Secret objects owned by the tool after the tick."""
     error: str | None = None

@@ -12,16 +12,21 @@ again). The steps:
    same name with the same fingerprint exists now) lets the remaining creates go on. The value of a
    generated version (``CreateSecret.generator``) is made by the ``generate`` callback right before
    its create, sent to the swarm and dropped: it exists nowhere else.
-2. **Update** services concurrently (``concurrency`` workers). Each update is a raw spec round-trip
-   that replaces only the secret references, by the one rule of ``core/refs.py``. When the service's
-   version moved since the plan, a reference the plan did not expect sits at a path it writes, or the
-   write is out of sequence, the service is planned again: its fresh update is made only when it is
-   within the approved one. Every rollout is watched (``core/rollout.py`` judges each look) until it
-   converges, rolls back, pauses, is superseded by a foreign write or times out; a failure is
-   reported per service and the others carry on.
+2. **Deploy** stacks and **update** services, concurrently (``concurrency`` workers). A stack deploy
+   runs ``docker stack deploy`` with the override that pins the approved versions
+   (``engine/stackdeploy.py``), then watches every service of the stack like an update of its own.
+   An **update** is a raw spec round-trip that replaces only the secret references, by the one rule
+   of ``core/refs.py``. When the service's version moved since the plan, a reference the plan did not
+   expect sits at a path it writes, or the write is out of sequence, the service is planned again: its
+   fresh update is made only when it is within the approved one. Every rollout is watched
+   (``core/rollout.py`` judges each look) until it converges, rolls back, pauses, is superseded by a
+   foreign write or times out; a failure is reported per service and the others carry on.
 3. **Collect**: the approved removals, after the rollouts, each only if a fresh observation still
    finds nothing that may need it (``core/collect.protections``: Spec, PreviousSpec, running tasks).
-   Anything still protected (a rollout rolled back, a task still runs) is kept and reported.
+   A version that only old tasks told to stop still use (the plan's "once the old tasks still using
+   it have stopped") is waited for, up to :data:`STOPPING_WAIT` seconds, so that apply removes what
+   it showed. Anything still protected (a rollout rolled back, a task still runs) is kept and
+   reported.
 
 A crash between any two steps leaves a swarm the next run converges from: a created but unused
 version is either reused (same fingerprint) or collected; a half-rolled service is finished or
@@ -45,11 +50,22 @@ from typing import Any, Protocol
 from reconciler.core.collect import protections
 from reconciler.core.desired import Values
 from reconciler.core.model import LiveState, SecretValue
-from reconciler.core.plan import Action, CreateSecret, Plan, RemoveSecret, UpdateService, outside
+from reconciler.core.plan import (
+    Action,
+    CreateSecret,
+    DeployStack,
+    Plan,
+    RemoveSecret,
+    UpdateService,
+    drift_cause,
+    outside,
+)
 from reconciler.core.refs import rewrite_refs
 from reconciler.core.rollout import Outcome, Rollout, judge
+from reconciler.core.stacks import StackSpec, deploy_labels, override_document
 from reconciler.display import count
 from reconciler.engine.protocol import RawService, Swarm
+from reconciler.engine.stackdeploy import ComposeChanged, DeployReport
 from reconciler.errors import SwarmConflict, SwarmError, SwarmNoLeader, SwarmSecretsError
 from reconciler.logs import audit
 
@@ -60,6 +76,9 @@ MAX_REPLANS = 3
 MAX_UPDATE_ATTEMPTS = 5
 """Inspect/write rounds per service before reporting it kept changing."""
 STALE = "the swarm changed since the plan; plan again"
+STOPPING_WAIT = 30.0
+"""Seconds collection waits for old tasks that were told to stop (their stop grace period, 10 s by
+default) when only they still use a version the plan removes."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,6 +129,8 @@ class RolloutResult:
     seconds: float = 0.0
     drift: bool = False
     """The update corrected drift (the manifest had not changed)."""
+    drift_cause: str = ""
+    """``manual`` or ``stack_deploy`` (``core/plan.drift_cause``) when ``drift``."""
     key: tuple[str, frozenset[str]] | None = None
     """:func:`hold_key` of the update, so a caller can hold it after a failure."""
 
@@ -137,6 +158,8 @@ class ApplyResult:
     warnings: tuple[str, ...] = ()
     stale: str = ""
     """Set when execution stopped because the swarm changed since the plan: what moved."""
+    deployed: tuple[str, ...] = ()
+    """Stacks ``docker stack deploy`` was run for (successfully)."""
 
     @property
     def ok(self) -> bool:
@@ -145,7 +168,10 @@ class ApplyResult:
     @property
     def changed(self) -> bool:
         return bool(
-            self.created or self.removed or any(r.outcome is not Outcome.UNCHANGED for r in self.rollouts)
+            self.created
+            or self.removed
+            or self.deployed
+            or any(r.outcome is not Outcome.UNCHANGED for r in self.rollouts)
         )
 
 
@@ -159,8 +185,19 @@ Generate = Callable[[CreateSecret], SecretValue]
 """A fresh value for a generated version about to be created (supplied by ``converge``)."""
 
 
-def hold_key(update: UpdateService) -> tuple[str, frozenset[str]]:
-    """What identifies an update for :attr:`ApplyOptions.held`: the service and the versions it gets."""
+class StackDeployer(Protocol):
+    """Runs ``docker stack deploy`` (``engine/stackdeploy.DockerCli``; an in-memory one in tests)."""
+
+    def deploy(
+        self, stack: StackSpec, override: Mapping[str, Any], *, timeout: float = ...
+    ) -> DeployReport: ...
+
+
+def hold_key(update: UpdateService | DeployStack) -> tuple[str, frozenset[str]]:
+    """What identifies an update for :attr:`ApplyOptions.held`: the service and the versions it gets;
+    for a stack deploy, the stack, its content and the versions it pins."""
+    if isinstance(update, DeployStack):
+        return f"stack:{update.stack}", frozenset({update.content, *update.pinned})
     return update.service_id, frozenset(c.new for c in update.changes if c.new)
 
 
@@ -170,6 +207,8 @@ def describe(actions: Sequence[Action]) -> str:
     for action in actions[:3]:
         if isinstance(action, CreateSecret):
             parts.append(f"create {action.name}")
+        elif isinstance(action, DeployStack):
+            parts.append(f"deploy stack {action.stack} ({action.reason})")
         elif isinstance(action, UpdateService):
             paths = ", ".join(f"{c.path} {', '.join(c.old) or '-'} → {c.new or '-'}" for c in action.changes)
             parts.append(f"update {action.service} ({paths})")
@@ -206,8 +245,13 @@ class _Execution:
         clock: Clock,
         revision: str | None,
         generate: Generate | None,
+        stacks: Mapping[str, StackSpec],
+        deployer: StackDeployer | None,
     ) -> None:
         self.approved = plan
+        self.stacks = stacks
+        self.deployer = deployer
+        self.deployed: list[str] = []
         self.values = values
         self.generate = generate
         self.swarm = swarm
@@ -308,7 +352,21 @@ class _Execution:
 
     def update_all(self) -> list[RolloutResult]:
         results: list[RolloutResult] = []
-        todo: list[UpdateService] = []
+        todo: list[UpdateService | DeployStack] = []
+        for deploy in self.approved.deploys:
+            key = hold_key(deploy)
+            if key in self.options.held:
+                results.append(
+                    RolloutResult(
+                        service=f"stack {deploy.stack}",
+                        outcome=Outcome.HELD,
+                        detail="not retried: its rollouts failed with these versions and this content "
+                        "before; a new commit or a manual reconcile tries again",
+                        key=key,
+                    )
+                )
+            else:
+                todo.append(deploy)
         for update in self.approved.updates:
             key = hold_key(update)
             if key in self.options.held:
@@ -327,22 +385,118 @@ class _Execution:
             return results
         workers = max(1, self.options.concurrency)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rollout") as pool:
-            futures = [pool.submit(self.update, action) for action in todo]
+            futures = [
+                pool.submit(self.deploy, action)
+                if isinstance(action, DeployStack)
+                else pool.submit(self.update, action)
+                for action in todo
+            ]
             for future, action in zip(futures, todo, strict=True):
-                result = future.result()
-                if result is not None:
-                    results.append(replace(result, key=hold_key(action)))
+                outcome = future.result()
+                for result in outcome if isinstance(outcome, list) else [outcome]:
+                    if result is not None:
+                        results.append(replace(result, key=hold_key(action)))
+        return results
+
+    # --- 2a. stack deploys -----------------------------------------------------------------------
+
+    def deploy(self, action: DeployStack) -> list[RolloutResult]:
+        """Run the approved stack deploy and watch every service of the stack."""
+        started = self.clock.now()
+        stack = self.stacks.get(action.stack)
+
+        def failed(detail: str) -> list[RolloutResult]:
+            self.progress(f"stack {action.stack}", Outcome.FAILED.value, detail)
+            seconds = self.clock.now() - started
+            return [
+                RolloutResult(
+                    service=f"stack {action.stack}", outcome=Outcome.FAILED, detail=detail, seconds=seconds
+                )
+            ]
+
+        if stack is None or self.deployer is None:  # converge hands both over with every DeployStack
+            return failed("no stack definition or docker CLI was given for this deploy (a bug)")
+        if self.stale:
+            return []
+        pinned = dict(action.pins)
+        override = override_document(stack, pinned, labels=deploy_labels(stack, pinned, self.revision))
+        try:
+            before = self.swarm.stack_services(action.stack)
+            report = self.deployer.deploy(stack, override, timeout=max(60.0, self.options.timeout))
+        except ComposeChanged as exc:
+            with self.lock:
+                self.stale = self.stale or f"{STALE} ({exc})"
+            return failed(str(exc))
+        except SwarmSecretsError as exc:
+            return failed(str(exc))
+        with self.lock:
+            self.deployed.append(action.stack)
+        audit(
+            "stack_deployed",
+            stack=action.stack,
+            versions=sorted(set(pinned.values())),
+            content=action.content,
+            revision=self.revision or "",
+            output=list(report.shown),
+        )
+        try:
+            after = self.swarm.stack_services(action.stack)
+        except SwarmSecretsError as exc:
+            return failed(f"deployed, but the stack's services could not be listed: {exc}")
+        results: list[RolloutResult] = []
+        for entry in action.services:
+            short = entry.service.removeprefix(f"{action.stack}_")
+            found = after.get(entry.service)
+            seconds = self.clock.now() - started
+            if found is None:
+                results.append(
+                    RolloutResult(
+                        service=entry.service,
+                        outcome=Outcome.FAILED,
+                        detail="the deploy did not create it",
+                        seconds=seconds,
+                    )
+                )
+                continue
+            service_id, _ = found
+            with self.lock:
+                ids = dict(self.ids)
+            names = {pinned[u.key] for u in stack.compose.uses if u.service == short and u.key in pinned}
+            written = frozenset(ids[n] for n in names if n in ids)
+            baseline = before.get(entry.service, ("", None))[1]
+            self.progress(entry.service, "updating", f"deployed with stack {action.stack}")
+            try:
+                outcome, detail = self.watch(service_id, entry.service, written, baseline, started)
+            except SwarmSecretsError as exc:
+                outcome, detail = Outcome.FAILED, str(exc)
+            causes = [cause for c in entry.changes if (cause := drift_cause(c)) is not None]
+            results.append(
+                RolloutResult(
+                    service=entry.service,
+                    outcome=outcome,
+                    detail=detail,
+                    seconds=self.clock.now() - started,
+                    drift=bool(causes),
+                    drift_cause=causes[0] if causes else "",
+                )
+            )
         return results
 
     def update(self, action: UpdateService) -> RolloutResult | None:
         """Make one approved update and watch its rollout; None when stopped before writing."""
         started = self.clock.now()
-        drift = any(c.reason.startswith("drift") for c in action.changes)
+        causes = [cause for c in action.changes if (cause := drift_cause(c)) is not None]
+        drift = bool(causes)
         name = action.service
 
         def result(outcome: Outcome, detail: str) -> RolloutResult:
             return RolloutResult(
-                service=name, outcome=outcome, detail=detail, seconds=self.clock.now() - started, drift=drift
+                service=name,
+                outcome=outcome,
+                detail=detail,
+                seconds=self.clock.now() - started,
+                drift=drift,
+                drift_cause=causes[0] if causes else "",
             )
 
         # After a write the engine did not confirm (the leader was lost), the next inspect tells whether
@@ -361,7 +515,7 @@ class _Execution:
                         log.info("the update of %s had landed; watching its rollout", name)
                         self._audit_update(action, confirmed=False)
                         self.progress(name, "updating", f"{count(len(action.changes), 'reference')} changed")
-                        outcome, detail = self.watch(action, written, baseline, started)
+                        outcome, detail = self.watch(action.service_id, name, written, baseline, started)
                         return result(outcome, detail)
                 new = self._rewrite(raw, current, action)
                 if new is None:
@@ -391,7 +545,7 @@ class _Execution:
                     continue
                 self._audit_update(action)
                 self.progress(name, "updating", f"{count(len(action.changes), 'reference')} changed")
-                outcome, detail = self.watch(action, written, baseline, started)
+                outcome, detail = self.watch(action.service_id, name, written, baseline, started)
                 return result(outcome, detail)
             return result(
                 Outcome.FAILED,
@@ -429,9 +583,9 @@ class _Execution:
             return None
 
     def watch(
-        self, action: UpdateService, written: frozenset[str], baseline: str | None, started: float
+        self, service_id: str, service: str, written: frozenset[str], baseline: str | None, started: float
     ) -> tuple[Outcome, str]:
-        """Look at the rollout until the judge gives an outcome."""
+        """Look at the rollout of ``service`` until the judge gives an outcome."""
         rollout = Rollout(
             written=written,
             baseline_started_at=baseline,
@@ -441,28 +595,38 @@ class _Execution:
         shown: tuple[str, str] | None = None
         while True:
             try:
-                probe = self.swarm.rollout_probe(action.service_id)
+                probe = self.swarm.rollout_probe(service_id)
             except SwarmNoLeader as exc:
                 # An election outlasted the read's own patience: the rollout goes on in the swarm
                 # meanwhile; look again until this rollout's deadline.
                 if self.clock.now() >= rollout.deadline:
                     detail = f"timed out after {self.options.timeout:.0f} s: the swarm had no leader ({exc})"
-                    self.progress(action.service, Outcome.TIMED_OUT.value, detail)
+                    self.progress(service, Outcome.TIMED_OUT.value, detail)
                     return Outcome.TIMED_OUT, detail
-                log.warning("watching %s: %s; looking again", action.service, exc)
+                log.warning("watching %s: %s; looking again", service, exc)
                 self.clock.sleep(self.options.poll_interval)
                 continue
             verdict = judge(rollout, probe, self.clock.now())
             rollout = verdict.rollout
             if verdict.outcome is not None:
-                self.progress(action.service, verdict.outcome.value, verdict.detail)
+                self.progress(service, verdict.outcome.value, verdict.detail)
                 return verdict.outcome, verdict.detail
             if (verdict.state, verdict.progress) != shown:
                 shown = (verdict.state, verdict.progress)
-                self.progress(action.service, verdict.state, verdict.progress)
+                self.progress(service, verdict.state, verdict.progress)
             self.clock.sleep(self.options.poll_interval)
 
     # --- 3. removals -----------------------------------------------------------------------------
+
+    def _settled(self, secret_ids: Sequence[str]) -> LiveState:
+        """A fresh observation, taken once the old tasks that alone still use one of ``secret_ids``
+        have stopped (or :data:`STOPPING_WAIT` passed)."""
+        live = self.swarm.observe()
+        deadline = self.clock.now() + min(STOPPING_WAIT, self.options.timeout)
+        while any(_only_stopping(live, i) for i in secret_ids) and self.clock.now() < deadline:
+            self.clock.sleep(self.options.poll_interval)
+            live = self.swarm.observe()
+        return live
 
     def collect(self) -> tuple[list[str], list[str], list[str]]:
         """(removed, kept back, warnings) for the approved removals, each checked against a fresh look."""
@@ -473,7 +637,7 @@ class _Execution:
         if not removals:
             return removed, kept_back, warnings
         try:
-            live = self.swarm.observe()
+            live = self._settled([r.secret_id for r in removals])
         except SwarmError as exc:
             warnings.append(f"could not observe the swarm for garbage collection, nothing removed: {exc}")
             return removed, kept_back, warnings
@@ -504,6 +668,15 @@ class _Execution:
         return removed, kept_back, warnings
 
 
+def _only_stopping(live: LiveState, secret_id: str) -> bool:
+    """Only tasks told to stop use ``secret_id``: no Spec, no PreviousSpec, no task meant to run."""
+    if secret_id not in live.stopping_task_secret_ids:
+        return False
+    return not any(
+        r.secret_id == secret_id for service in live.services for r in (*service.refs, *service.previous_refs)
+    )
+
+
 def execute(
     plan: Plan,
     values: Values,
@@ -516,15 +689,29 @@ def execute(
     clock: Clock = SYSTEM_CLOCK,
     revision: str | None = None,
     generate: Generate | None = None,
+    stacks: Sequence[StackSpec] = (),
+    deployer: StackDeployer | None = None,
 ) -> ApplyResult:
     """Carry out the approved ``plan`` exactly (see the module docstring for the steps).
 
     ``live`` is the observation the plan was approved against (it gives the ids of the versions the
     plan references); ``replan`` observes and plans again when the swarm moved; ``revision`` goes
-    into the audit events; ``generate`` makes the values of generated versions as they are created.
+    into the audit events and the deployed stacks' labels; ``generate`` makes the values of generated
+    versions as they are created; ``stacks`` and ``deployer`` carry out the plan's stack deploys.
     """
     run = _Execution(
-        plan, values, swarm, live, replan, options, progress or _log_progress, clock, revision, generate
+        plan,
+        values,
+        swarm,
+        live,
+        replan,
+        options,
+        progress or _log_progress,
+        clock,
+        revision,
+        generate,
+        {s.name: s for s in stacks},
+        deployer,
     )
     blocked = tuple(f"{b.set_name}/{b.secret}: {b.reason}" for b in plan.blocked)
     warnings = list(plan.warnings)
@@ -553,4 +740,5 @@ def execute(
         errors=tuple(run.errors),
         warnings=tuple(dict.fromkeys(warnings)),
         stale=run.stale,
+        deployed=tuple(run.deployed),
     )

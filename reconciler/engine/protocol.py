@@ -68,6 +68,12 @@ class Swarm(Protocol):
         """(id, data) of the config named exactly ``name``, or None."""
         ...
 
+    def stack_services(self, stack: str) -> dict[str, tuple[str, str | None]]:
+        """name -> (id, ``UpdateStatus.StartedAt`` or None) of the services labelled as stack
+        ``stack``'s (``com.docker.stack.namespace``): what a stack deploy wrote, and the start of the
+        rollout each had before it."""
+        ...
+
     def create_config(self, name: str, data: bytes, labels: Mapping[str, str]) -> str:
         """Create a config; a name taken raises :class:`~reconciler.errors.SwarmConflict`."""
         ...

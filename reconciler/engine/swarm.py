@@ -333,6 +333,9 @@ class Swarm:
         self._api = api
         self._host = host
         """The engine's address as messages show it (password masked), when known."""
+        self.url: str | None = None
+        """The engine's address as connected (DOCKER_HOST form), for the docker CLI a stack deploy runs;
+        never shown (it may hold a password)."""
         self._requests = 0
         self._requests_lock = threading.Lock()
         self._clock: tuple[float, float] | None = None
@@ -383,6 +386,7 @@ class Swarm:
             _collect_leaked_socket()
             raise error
         swarm = cls(client.api, host=shown_host(host))
+        swarm.url = host
         swarm.check_manager()
         return swarm
 
@@ -560,6 +564,21 @@ class Swarm:
                 data = base64.b64decode((config.get("Spec") or {}).get("Data", ""))
                 return config["ID"], data
         return None
+
+    @_retry_reads
+    def stack_services(self, stack: str) -> dict[str, tuple[str, str | None]]:
+        listed = self._call(
+            f"listing the services of stack {stack}",
+            lambda: self._api.services(filters={"label": f"{STACK_LABEL}={stack}"}),
+        )
+        return {
+            str((s.get("Spec") or {}).get("Name", s["ID"])): (
+                str(s["ID"]),
+                (s.get("UpdateStatus") or {}).get("StartedAt"),
+            )
+            for s in listed
+            if ((s.get("Spec") or {}).get("Labels") or {}).get(STACK_LABEL) == stack
+        }
 
     # --- mutations (never retried blindly: see the module docstring) -------------------------------
 

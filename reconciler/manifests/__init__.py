@@ -3,6 +3,6 @@ rules, keep sources inside their source root (``roots.py``), hold the sets to th
 (``core/guard.py``), build frozen :class:`~reconciler.core.model.SecretSet` values; and read the
 operator's policy file (``policy.py``). Never reads a secret value."""
 
-from reconciler.manifests.loader import DEFAULT_PATH, load
+from reconciler.manifests.loader import DEFAULT_PATH, Manifests, load, load_manifests, stack_problems
 
-__all__ = ["DEFAULT_PATH", "load"]
+__all__ = ["DEFAULT_PATH", "Manifests", "load", "load_manifests", "stack_problems"]

@@ -1,11 +1,15 @@
 """Load SecretSet manifests: find the files, read them with line numbers, validate, build model values.
 
-``load(paths, boundary)`` is the only entry point. It reads every ``*.yaml``/``*.yml`` under the given
-folders (and any file given by name), keeps the documents that are ours, checks them against
-``schemas/manifest.v1.json`` (see ``schema.py``) and the cross-file rules (see ``crosscheck.py``),
-holds them to the operator's boundary (``core/guard.py``: policy, reserved variables, targets), and
-returns frozen :class:`~reconciler.core.model.SecretSet` values. Every problem in every file is
-collected and raised together (:class:`~reconciler.errors.ManifestError`, or
+``load_manifests(paths, boundary)`` is the entry point (``load`` returns only its sets). It reads every
+``*.yaml``/``*.yml`` under the given folders (and any file given by name), keeps the documents that are
+ours, checks them against ``schemas/manifest.v1.json`` or, for ``kind: Stack``,
+``schemas/stack.v1.json`` (see ``schema.py``) and the cross-file rules (see ``crosscheck.py``; a Stack's
+compose files against the sets' grants: ``core/stacks.check_grants``), holds them to the operator's
+boundary (``core/guard.py``: policy, reserved variables, targets, which stacks may be deployed), and
+returns frozen :class:`~reconciler.core.model.SecretSet` and :class:`~reconciler.core.stacks.StackSpec`
+values. A Stack's compose files are read here (``compose.py``), interpolated with its ``spec.env``
+only; they, and every file docker would read for them, must lie inside the source root. Every problem
+in every file is collected and raised together (:class:`~reconciler.errors.ManifestError`, or
 :class:`~reconciler.errors.PolicyViolation` when only the boundary is crossed), each located as
 ``file:line: path``.
 
@@ -25,6 +29,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -41,11 +46,13 @@ from reconciler.core.model import (
     SopsSource,
     Source,
 )
+from reconciler.core.stacks import StackSpec, check_grants
 from reconciler.display import count, display_path
 from reconciler.errors import ManifestError, PolicyViolation, Problem
+from reconciler.manifests.compose import read_compose
 from reconciler.manifests.crosscheck import LoadedSet, cross_problems
-from reconciler.manifests.roots import location, resolve_inside, source_root
-from reconciler.manifests.schema import schema_problems
+from reconciler.manifests.roots import inside, location, resolve_inside, source_root
+from reconciler.manifests.schema import STACK_SCHEMA_FILE, schema_problems
 from reconciler.manifests.yamlload import (
     ComposedDocument,
     Document,
@@ -61,7 +68,8 @@ API_GROUP = "swarm-secrets/"
 API_VERSION = "swarm-secrets/v1"
 KIND = "SecretSet"
 POLICY_KIND = "Policy"
-_OUR_KINDS = frozenset({KIND.lower(), POLICY_KIND.lower()})
+STACK_KIND = "Stack"
+_OUR_KINDS = frozenset({KIND.lower(), POLICY_KIND.lower(), STACK_KIND.lower()})
 _OCTAL_TOKEN = re.compile(r"0[0-7]*|[0-7]")
 """How a mode may be written as a YAML integer: octal (``0440``), or one digit (the same in both bases)."""
 DEFAULT_PATH = Path("manifests")
@@ -72,6 +80,14 @@ MAX_FILE_BYTES = 1024 * 1024
 read to find out whether it is one, so this also bounds what a stray or hostile file can cost."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Manifests:
+    """What the manifest paths hold."""
+
+    sets: tuple[SecretSet, ...] = ()
+    stacks: tuple[StackSpec, ...] = ()
+
+
 def load(
     paths: Sequence[Path],
     boundary: guard.Boundary | None = None,
@@ -79,7 +95,18 @@ def load(
     enforce: bool = True,
     complete: bool = False,
 ) -> tuple[SecretSet, ...]:
-    """Every SecretSet under ``paths`` (files or folders), in file order.
+    """The SecretSets of :func:`load_manifests` (Stack manifests are read and checked too)."""
+    return load_manifests(paths, boundary, enforce=enforce, complete=complete).sets
+
+
+def load_manifests(
+    paths: Sequence[Path],
+    boundary: guard.Boundary | None = None,
+    *,
+    enforce: bool = True,
+    complete: bool = False,
+) -> Manifests:
+    """Every SecretSet and Stack under ``paths`` (files or folders), in file order.
 
     ``boundary``: the operator's settings (policy, source root, ...); default: no policy, the rules
     that always apply. ``enforce=False`` skips the boundary checks (``status`` only reads).
@@ -87,16 +114,21 @@ def load(
     too (``--prune-orphans``, which would otherwise take a skipped set for deleted).
 
     Raises ``ManifestError`` with every problem found (boundary problems included), or
-    ``PolicyViolation`` when the manifests are sound but cross the boundary. Finding no SecretSet at
-    all is a problem too (most likely a wrong path).
+    ``PolicyViolation`` when the manifests are sound but cross the boundary. Finding no SecretSet
+    (nor Stack) at all is a problem too (most likely a wrong path).
     """
     boundary = boundary or guard.Boundary()
     problems: list[Problem] = []
     files = find_files(paths, problems, boundary.source_root, complete=complete)
     loaded: list[LoadedSet] = []
+    stacks: list[StackSpec] = []
     for file, root in files:
-        loaded += _load_file(file, root, problems)
-    if not loaded and not problems:
+        for entry in _load_file(file, root, problems):
+            if isinstance(entry, StackSpec):
+                stacks.append(entry)
+            else:
+                loaded.append(entry)
+    if not loaded and not stacks and not problems:
         where = ", ".join(display_path(p) for p in paths) or "(no path)"
         problems.append(
             Problem(
@@ -111,13 +143,38 @@ def load(
         )
     problems += cross_problems(loaded)
     sets = tuple(entry.secret_set for entry in loaded)
-    violations = guard.check_sets(sets, boundary) if enforce else []
+    problems += stack_problems(stacks, sets)
+    violations = (guard.check_sets(sets, boundary) + guard.check_stacks(stacks, boundary)) if enforce else []
     if problems:
         raise ManifestError(_in_file_order(problems + violations, loaded))
     if violations:
         raise PolicyViolation(violations)
     log.debug("loaded %s from %s", count(len(loaded), "set"), count(len(files), "file"))
-    return sets
+    return Manifests(sets=sets, stacks=tuple(stacks))
+
+
+def stack_problems(stacks: Sequence[StackSpec], sets: Sequence[SecretSet]) -> list[Problem]:
+    """Stacks declared twice, and every conflict of a stack's compose files with the sets' grants."""
+    problems: list[Problem] = []
+    first: dict[str, StackSpec] = {}
+    for stack in stacks:
+        other = first.setdefault(stack.name, stack)
+        if other is not stack:
+            where = other.origin or stack.origin
+            declared = f"{where.file}:{where.line}" if where is not None else "the command line"
+            origin = stack.origin or other.origin
+            assert origin is not None
+            problems.append(
+                Problem(
+                    origin.file,
+                    origin.line,
+                    origin.path,
+                    f"stack '{stack.name}' is also declared by {declared}; a stack has one set of compose "
+                    "files: deploy it from one place",
+                )
+            )
+        problems += check_grants(stack, sets)
+    return problems
 
 
 def _in_file_order(problems: list[Problem], loaded: Sequence[LoadedSet]) -> list[Problem]:
@@ -196,7 +253,7 @@ def _walk_yaml(root: Path, skipped: list[Path]) -> Iterator[Path]:
                 yield Path(folder) / name
 
 
-def _load_file(file: Path, root: Path, problems: list[Problem]) -> list[LoadedSet]:
+def _load_file(file: Path, root: Path, problems: list[Problem]) -> list[LoadedSet | StackSpec]:
     shown = display_path(file)
     try:
         with file.open("rb") as stream:
@@ -227,7 +284,7 @@ def _load_file(file: Path, root: Path, problems: list[Problem]) -> list[LoadedSe
             )
         )
         return []
-    loaded: list[LoadedSet] = []
+    loaded: list[LoadedSet | StackSpec] = []
     try:
         for index, composed in enumerate(compose_documents(text)):
             entry = _load_document(file, root, shown, index, composed, problems)
@@ -240,7 +297,7 @@ def _load_file(file: Path, root: Path, problems: list[Problem]) -> list[LoadedSe
 
 def _load_document(
     file: Path, root: Path, shown: str, index: int, composed: ComposedDocument, problems: list[Problem]
-) -> LoadedSet | None:
+) -> LoadedSet | StackSpec | None:
     api = composed.top_level_text("apiVersion")
     kind = composed.top_level_text("kind")
     if kind is not None and kind.lower() == POLICY_KIND.lower():
@@ -290,13 +347,18 @@ def _load_document(
         )
         return None
     kind = doc.data.get("kind", KIND)
+    if kind == STACK_KIND:
+        return _load_stack(file, root, shown, doc, problems)
     if kind != KIND:
         problems.append(
             _at(
                 shown,
                 doc,
                 ("kind",),
-                (f"kind {kind!r} is not supported by {API_VERSION}: use `kind: {KIND}`"),
+                (
+                    f"kind {kind!r} is not supported by {API_VERSION}: use `kind: {KIND}` or "
+                    f"`kind: {STACK_KIND}`"
+                ),
             )
         )
         return None
@@ -312,6 +374,75 @@ def _load_document(
     entry, source_problems = _build(file, root, shown, doc)
     problems += source_problems
     return entry
+
+
+def _load_stack(
+    file: Path, root: Path, shown: str, doc: Document, problems: list[Problem]
+) -> StackSpec | None:
+    """A ``kind: Stack`` document with its compose files read (interpolated with ``spec.env`` only)."""
+    found = schema_problems(doc.data, STACK_SCHEMA_FILE)
+    if found:
+        problems += sorted(
+            (_at(shown, doc, path, message) for path, message in found), key=lambda p: p.line or 0
+        )
+        return None
+    data = cast(Mapping[str, Any], doc.data)
+    name: str = data["metadata"]["name"]
+    spec: Mapping[str, Any] = data["spec"]
+    folder = os.path.dirname(os.path.abspath(file))
+    files: list[Path] = []
+    ok = True
+    for index, written in enumerate(spec["compose"]):
+        path = _under(folder, written)
+        if resolve_inside(path, root) is None:
+            ok = False
+            problems.append(
+                _at(
+                    shown,
+                    doc,
+                    ("spec", "compose", index),
+                    f"{written} is outside the source root {root}: a Stack deploys compose files of the "
+                    "repository that holds it; move the file there",
+                )
+            )
+        files.append(path)
+    if not ok:
+        return None
+    environment = {str(k): str(v) for k, v in (spec.get("env") or {}).items()}
+    line = doc.line_of(("spec", "compose"))
+    read = read_compose(
+        files, environment, problems, where=lambda m: f"{m} (compose file of stack '{name}', {shown}:{line})"
+    )
+    if read is None:
+        return None
+    compose, raws = read
+    real_root = os.path.realpath(root)
+    for host_file in compose.host_files:
+        if inside(os.path.realpath(host_file.path), real_root) is None:
+            origin = host_file.origin
+            problems.append(
+                Problem(
+                    origin.file,
+                    origin.line,
+                    origin.path,
+                    f"docker stack deploy would read {host_file.path} ({host_file.what}), outside the source "
+                    f"root {root}: stack '{name}' may only name files of its repository",
+                )
+            )
+    prune = bool(spec.get("prune", False))
+    resolve = spec.get("resolveImage")
+    stack = StackSpec(
+        name=name,
+        compose=compose,
+        files=tuple(files),
+        content="",
+        environment=environment,
+        prune=prune,
+        resolve_image=resolve,
+        origin=Origin(file=shown, line=doc.line_of(("metadata", "name")), path="metadata.name"),
+        location=location(file, root),
+    )
+    return replace(stack, content=stack.digest(raws))
 
 
 def _at(shown: str, doc: Document, path: PathKey, message: str) -> Problem:

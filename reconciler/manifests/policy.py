@@ -60,6 +60,7 @@ def load_policy(path: Path, *, source_roots: Sequence[Path] = ()) -> Policy:
             env=tuple(raw.get("env") or ()),
             adopt=bool(raw.get("adopt", False)),
             files=tuple(raw["files"]) if "files" in raw else None,
+            deploy=tuple(raw.get("deploy") or ()),
         )
         for index, raw in enumerate(spec["rules"])
     )

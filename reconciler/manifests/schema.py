@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 SCHEMA_FILE = "manifest.v1.json"
 POLICY_SCHEMA_FILE = "policy.v1.json"
+STACK_SCHEMA_FILE = "stack.v1.json"
 
 VERSION_ROOM = len("_v") + 4
 """Characters a logical name leaves for its version suffix: ``_v`` and up to 4 digits (``_v9999``)."""
@@ -59,6 +60,11 @@ def manifest_schema() -> dict[str, Any]:
 def policy_schema() -> dict[str, Any]:
     """The v1 policy JSON Schema."""
     return load_schema(POLICY_SCHEMA_FILE)
+
+
+def stack_schema() -> dict[str, Any]:
+    """The v1 ``kind: Stack`` JSON Schema."""
+    return load_schema(STACK_SCHEMA_FILE)
 
 
 @functools.cache
@@ -110,7 +116,7 @@ def schema_problems(data: object, file: str = SCHEMA_FILE) -> list[tuple[PathKey
     deduplicated."""
     found: dict[tuple[PathKey, str], None] = {}
     for error in _validator(file).iter_errors(data):
-        for problem in _translate(error, _POLICY_HINTS if file == POLICY_SCHEMA_FILE else _REQUIRED_HINTS):
+        for problem in _translate(error, _HINTS.get(file, _REQUIRED_HINTS)):
             found.setdefault(problem, None)
     return list(found)
 
@@ -186,6 +192,17 @@ _POLICY_HINTS = {
     "rules": ": the list of rules, in order (may be empty: then every set is denied)",
     "sets": ": the set-name globs this rule covers, e.g. [shop, shop-*]",
 }
+
+_STACK_HINTS = {
+    "apiVersion": ": add `apiVersion: swarm-secrets/v1`",
+    "kind": ": add `kind: Stack`",
+    "metadata": ": add `metadata: {name: <stack name>}`",
+    "spec": ": add `spec: {compose: [stack.yml]}`",
+    "name": ": the stack's name (its services are <name>_<service>)",
+    "compose": ": the compose files, relative to this manifest's folder, e.g. [stack.yml]",
+}
+
+_HINTS = {POLICY_SCHEMA_FILE: _POLICY_HINTS, STACK_SCHEMA_FILE: _STACK_HINTS}
 
 _YAML_TYPES: tuple[tuple[type, str], ...] = (
     (bool, "a boolean"),  # before int: bool is an int in Python
@@ -399,6 +416,22 @@ _FRIENDLY: dict[str, dict[str, Message]] = {
         "*": lambda v: f"{_show(v)} is not a service-name glob: use letters, digits, '_', '.', '-', '*', '?'"
     },
     "stack name": {"*": lambda v: f"{_show(v)} is not a stack name: letters, digits, '_', '.', '-'"},
+    # kind: Stack (schemas/stack.v1.json)
+    "compose files": {
+        "minItems": lambda v: "compose must list at least one compose file",
+        "type": lambda v: f"compose must be a list of compose files, got {_yaml_type(v)}",
+    },
+    "compose file": {"*": lambda v: "a compose file is a path relative to this manifest's folder, not empty"},
+    "variables": {"type": lambda v: f"env must map variable names to strings, got {_yaml_type(v)}"},
+    "variable value": {
+        "*": lambda v: f"variable values are strings; got {_yaml_type(v)} {_show(v)}: quote it"
+    },
+    "prune": {"*": lambda v: f"prune must be true or false, got {_show(v)}"},
+    "resolve image": {"*": lambda v: f"resolveImage must be always, changed or never, got {_show(v)}"},
+    "deploy globs": {"type": lambda v: f"deploy must be a list of stack-name globs, got {_yaml_type(v)}"},
+    "stack glob": {
+        "*": lambda v: f"{_show(v)} is not a stack-name glob: use letters, digits, '_', '.', '-', '*', '?'"
+    },
     "target glob": {
         "*": lambda v: f"{_show(v)} is not a target glob: targets are absolute paths, like '/run/secrets/*'"
     },

@@ -8,9 +8,9 @@ JSON shape (``format_version`` 1; fields are only ever added within a version)::
 
     {
       "format_version": 1,
-      "summary": {"create": 1, "update": 1, "remove": 1, "blocked": 0, "kept": 1},
+      "summary": {"create": 1, "update": 1, "remove": 1, "blocked": 0, "kept": 1, "deploy": 0},
       "empty": false,                      # no actions and nothing blocked
-      "actions": [                         # execution order: creates, updates, removals
+      "actions": [                         # execution order: creates, stack deploys, updates, removals
         {"kind": "create_secret", "set": "shop", "secret": "db_password", "version": 2,
          "name": "db_password_v2", "labels": {...},   # every label but the fingerprint
          "reason": "content changed (v1 has a different fingerprint)"},
@@ -25,6 +25,12 @@ JSON shape (``format_version`` 1; fields are only ever added within a version)::
             "new": "db_password_v2",       # null for remove
             "uid": "0", "gid": "0", "mode": "0440",   # mode as an octal string
             "reason": "rotate to v2 (content changed)"}]},
+        {"kind": "deploy_stack", "stack": "shop",   # docker stack deploy with the pinning override
+         "content": "sha256:…",            # digest of the compose files and variables
+         "pins": {"db_password": "db_password_v2"},   # compose secret -> version
+         "reason": "compose content changed; new secret versions (db_password_v2)",
+         "services": [{"service": "shop_db", "service_id": "…",   # null: the deploy creates it
+                       "changes": [...]}]},   # as an update's: what the deploy changes in its refs
         {"kind": "remove_secret", "secret_id": "…", "name": "db_password_v0", "set": "shop",
          "secret": "db_password", "version": 0, "reason": "superseded by v2 and no longer referenced",
          "after": []}                      # services whose rollout frees it first (it is only
@@ -53,6 +59,7 @@ from typing import Any
 from reconciler.core.model import LABEL_FINGERPRINT
 from reconciler.core.plan import (
     CreateSecret,
+    DeployStack,
     Kept,
     Plan,
     RefChange,
@@ -103,8 +110,9 @@ def summary_line(plan: Plan) -> str:
     """``Plan: 1 to create, 2 services to update, 1 to remove.`` or the no-changes sentence."""
     if plan.empty:
         return "No changes. The swarm matches the manifests."
+    deploys = f"{_plural(len(plan.deploys), 'stack', 'stacks')} to deploy, " if plan.deploys else ""
     line = (
-        f"Plan: {len(plan.creates)} to create, "
+        f"Plan: {len(plan.creates)} to create, {deploys}"
         f"{_plural(len(plan.updates), 'service', 'services')} to update, {len(plan.removals)} to remove"
     )
     if plan.blocked:
@@ -151,6 +159,9 @@ def render_text(plan: Plan, *, color: bool = False) -> str:
         if isinstance(action, CreateSecret):
             head = f"+ create {action.name} ({action.set_name}/{action.secret} v{action.version})"
             lines.append(paint(_GREEN, f"{head}: {action.reason}"))
+        elif isinstance(action, DeployStack):
+            lines.append(paint(_YELLOW, f"~ deploy stack {action.stack}: {action.reason}"))
+            lines += [paint(_DIM, f"    {line}") for line in _deploy_lines(action)]
         elif isinstance(action, UpdateService):
             stack = f" (stack {action.stack})" if action.stack else ""
             lines.append(paint(_YELLOW, f"~ update service {action.service}{stack}: {action.reason}"))
@@ -168,6 +179,22 @@ def render_text(plan: Plan, *, color: bool = False) -> str:
         lines.append("")
     lines.append(summary_line(plan))
     return "\n".join(lines)
+
+
+def _deploy_lines(action: DeployStack) -> list[str]:
+    """One line per service of a stack deploy (with its reference changes), then the pins."""
+    lines = []
+    for service in action.services:
+        if service.service_id is None:
+            lines.append(f"+ {service.service}: created by the deploy")
+        elif not service.changes:
+            lines.append(f"~ {service.service}: updated once, with no change to its managed secrets")
+        else:
+            lines.append(f"~ {service.service}: updated once, with:")
+            lines += [f"    {_change_text(c)}" for c in service.changes]
+    if action.pins:
+        lines.append("pins " + ", ".join(f"{key} → {name}" for key, name in action.pins))
+    return lines
 
 
 # --- JSON -------------------------------------------------------------------------------------------
@@ -199,6 +226,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             "remove": len(plan.removals),
             "blocked": len(plan.blocked),
             "kept": len(plan.kept),
+            "deploy": len(plan.deploys),
         },
         "empty": plan.empty,
         "actions": [action_fields(a, change=_change_dict, labels=_public_labels) for a in plan.actions],
@@ -288,6 +316,19 @@ def _sections(plan: Plan) -> list[_Section]:
     if plan.creates:
         head = f"#### Create ({len(plan.creates)})\n\n{_TABLE_HEAD}"
         sections.append(_Section(kind="action", head=head, items=_rows(plan.creates), tail="\n"))
+    if plan.deploys:
+        sections.append(
+            _Section(
+                kind="action",
+                head=f"#### Deploy stacks ({len(plan.deploys)})\n\n",
+                items=tuple(
+                    f"- **{md_escape(d.stack)}**: {md_escape(d.reason)}\n"
+                    + "".join(f"  - {md_escape(line)}\n" for line in _deploy_lines(d))
+                    for d in plan.deploys
+                ),
+                tail="\n",
+            )
+        )
     if plan.updates:
         sections.append(
             _Section(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,6 +50,7 @@ class World(Protocol):
         failure_action: str = "pause",
         require: tuple[str, bytes] | None = None,
         env: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
     ) -> str:
         """A running service mounting ``(secret name, target)``; its tasks exit at once unless the
         file ``require[0]`` holds ``require[1]``. Returns the service id."""
@@ -97,6 +98,7 @@ class FakeWorld:
         failure_action: str = "pause",
         require: tuple[str, bytes] | None = None,
         env: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
     ) -> str:
         return self.fake.add_service(
             self.name(suffix),
@@ -105,6 +107,7 @@ class FakeWorld:
             failure_action=failure_action,
             health=requires(*require) if require else None,
             env=env,
+            labels=labels,
         )
 
     def foreign_write(self, service_id: str, change: SpecChange) -> None:
@@ -147,6 +150,7 @@ class EngineWorld:
         failure_action: str = "pause",
         require: tuple[str, bytes] | None = None,
         env: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
     ) -> str:
         command = IDLE_COMMAND
         if require is not None:
@@ -160,6 +164,7 @@ class EngineWorld:
             failure_action=failure_action,
             command=command,
             env=env,
+            labels=labels,
         )
         return str(self.api.inspect_service(name)["ID"])
 

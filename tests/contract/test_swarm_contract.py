@@ -24,6 +24,7 @@ from reconciler.core.model import (
 from reconciler.core.refs import raw_ref
 from reconciler.core.rollout import Outcome, Rollout, Verdict, judge
 from reconciler.core.schedule import parse_time
+from reconciler.engine.swarm import STACK_LABEL
 from reconciler.errors import SwarmConflict, SwarmRefused
 
 from .conftest import World
@@ -291,3 +292,15 @@ def test_a_manual_rollback_is_a_rollback(world: World) -> None:
     raw = world.swarm.inspect_service(service)
     assert [r["SecretName"] for r in secrets_of(raw.get("Spec"))] == [old]
     assert [r["SecretName"] for r in secrets_of(raw.get("PreviousSpec"))] == [new]
+
+
+# --- stacks --------------------------------------------------------------------------------------------
+
+
+def test_stack_services_are_the_services_labelled_as_the_stack(world: World) -> None:
+    stack = world.name("stk")
+    mine = world.create_service("a", replicas=0, labels={STACK_LABEL: stack})
+    world.create_service("b", replicas=0, labels={STACK_LABEL: f"{stack}x"})  # a stack whose name extends it
+    world.create_service("c", replicas=0)
+    assert world.swarm.stack_services(stack) == {world.name("a"): (mine, None)}
+    assert world.swarm.stack_services(world.name("none")) == {}

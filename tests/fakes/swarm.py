@@ -225,6 +225,24 @@ class FakeSwarm:
             change(spec)
             self._write(service, spec)
 
+    def put_service(self, spec: Mapping[str, Any]) -> str:
+        """Create the service ``spec`` names, or replace its whole spec (as ``docker stack deploy``
+        does); its id. Counted as a mutation."""
+        with self._lock:
+            existing = next((s for s in self.services.values() if s.spec["Name"] == spec["Name"]), None)
+            if existing is None:
+                service = _Service(
+                    id=self._id("svc"), version=next(self._index), spec=copy.deepcopy(dict(spec))
+                )
+                self.services[service.id] = service
+                self._start_tasks(service, replace_old=True)
+            else:
+                service = existing
+                self._write(service, copy.deepcopy(dict(spec)))
+            self.written.append(str(spec["Name"]))
+            self._mutated()
+            return service.id
+
     def manual_rollback(self, name: str) -> None:
         """``docker service rollback NAME``: Spec and PreviousSpec swap; refused without a previous spec."""
         with self._lock:
@@ -288,6 +306,15 @@ class FakeSwarm:
                 desired=_replicas(service.spec),
                 failed_tasks=tuple(t.err for t in current if t.state == "failed")[:3],
             )
+
+    def stack_services(self, stack: str) -> dict[str, tuple[str, str | None]]:
+        with self._lock:
+            self._enter("stack_services")
+            return {
+                s.spec["Name"]: (s.id, (s.status or {}).get("StartedAt"))
+                for s in self.services.values()
+                if (s.spec.get("Labels") or {}).get(STACK_LABEL) == stack
+            }
 
     def find_config(self, name: str) -> tuple[str, bytes] | None:
         with self._lock:

@@ -75,7 +75,9 @@ def test_one_docker_context_per_manager(mlab: MultiLab, cluster: Cluster, tmp_pa
     for name, host in (("manager-1", "unix:///nonexistent/docker.sock"), ("manager-2", cluster.hosts[2])):
         subprocess.run(
             ["docker", "context", "create", name, "--docker", f"host={host}"],
-            env=cli_env, check=True, capture_output=True,
+            env=cli_env,
+            check=True,
+            capture_output=True,
         )
     subprocess.run(["docker", "context", "use", "manager-1"], env=cli_env, check=True, capture_output=True)
     pw = mlab.name("pw")

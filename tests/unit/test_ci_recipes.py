@@ -261,6 +261,13 @@ def parse_cli(argv: Sequence[str]) -> Parsed:
     name = argv[i]
     assert name in main.commands, f"swarm-secrets has no command {name!r} (has {sorted(main.commands)})"
     command = main.commands[name]
+    parents = [name]
+    while isinstance(command, click.Group):  # `stack deploy`: a command of a group
+        i += 1
+        assert i < len(argv) and argv[i] in command.commands, f"no command of {name} in {argv}"
+        parents.append(argv[i])
+        command = command.commands[argv[i]]
+        name = " ".join(parents)
     options = declared_options(command)
     for word in argv[i + 1 :]:
         if word == "--":
@@ -268,7 +275,7 @@ def parse_cli(argv: Sequence[str]) -> Parsed:
         if word.startswith("-") and word != "-":
             flag = word.split("=", 1)[0]
             assert flag in options, f"swarm-secrets {name} has no option {flag} (has {sorted(options)})"
-    with main.make_context("swarm-secrets", [*argv[:i], name]) as parent:
+    with main.make_context("swarm-secrets", [*argv[: i + 1 - len(parents)], parents[0]]) as parent:
         with command.make_context(name, list(argv[i + 1 :]), parent=parent) as ctx:
             return Parsed(name, dict(ctx.params))
 

@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from reconciler.cli import main
+from reconciler.cli.app import walk_commands
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("restore_logging")
@@ -39,7 +40,7 @@ def walk() -> Iterator[tuple[str, click.Command, click.Parameter]]:
     for param in main.params:
         if param.expose_value:
             yield "swarm-secrets", main, param
-    for name, command in sorted(main.commands.items()):
+    for name, command in walk_commands(main):
         for param in command.params:
             if param.expose_value:
                 yield f"swarm-secrets {name}", command, param
@@ -62,14 +63,14 @@ def sample(param: click.Parameter, default: Any) -> tuple[str, Any]:
         number += 1 if number == default else 0
         return str(number), number
     if isinstance(kind, click.Path):
-        if param.nargs == -1:
+        if param.nargs == -1 or (isinstance(param, click.Option) and param.multiple):
             return "one:two/three", (Path("one"), Path("two/three"))
         if kind.exists:  # the option checks that it is there: give it something that is
             here = Path(__file__).parent if kind.dir_okay else Path(__file__)
             return str(here), here
         return "some/file", Path("some/file")
     if kind is click.STRING:
-        if isinstance(param, click.Option) and param.multiple:  # space-separated in the variable
+        if (isinstance(param, click.Option) and param.multiple) or param.nargs == -1:  # space-separated
             return "SAMPLE_ONE SAMPLE_TWO", ("SAMPLE_ONE", "SAMPLE_TWO")
         return "sample-value", "sample-value"
     raise AssertionError(f"{param.name}: no sample for type {kind!r}; add one to sample()")
@@ -102,15 +103,15 @@ def test_the_documented_variable_sets_the_option(
     assert parsed(command)[param.name or ""] == expected, f"{where}: {variable}={raw}"
 
 
-@pytest.mark.parametrize(("name", "command"), [("", main), *sorted(main.commands.items())])
+@pytest.mark.parametrize(("name", "command"), [("", main), *walk_commands(main)])
 def test_help_names_every_variable(name: str, command: click.Command) -> None:
-    args = [name, "--help"] if name else ["--help"]
+    args = [*name.split(), "--help"] if name else ["--help"]
     result = CliRunner().invoke(main, args, terminal_width=200, max_content_width=200)
     assert result.exit_code == 0, result.output
     for param in command.params:
         if param.expose_value:
             assert documented_variable(param) in result.output, f"{param.name} in {args}"
-    if any(isinstance(p, click.Argument) for p in command.params):
+    if any(isinstance(p, click.Argument) and p.name in ("path", "paths") for p in command.params):
         assert "[PATH]" in result.output and "manifests/" in result.output, result.output
 
 

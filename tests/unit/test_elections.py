@@ -39,7 +39,6 @@ NO_LEADER = (
 DEADLINE = "rpc error: code = DeadlineExceeded desc = context deadline exceeded"
 
 
-
 ORIGIN = Origin(file="shop.yaml", line=1, path="metadata.name")
 SHOP = (
     SecretSet(
@@ -49,6 +48,7 @@ SHOP = (
     ),
 )
 """The manifests of the tests below: set shop, secret pw (no values: status needs none)."""
+
 
 def api_error(status: int, explanation: str) -> docker.errors.APIError:
     response = requests.Response()
@@ -62,11 +62,16 @@ def api_error(status: int, explanation: str) -> docker.errors.APIError:
         (500, NO_LEADER),  # measured: quorum lost (two of three managers stopped)
         (500, DEADLINE),  # measured: a request waited 20 s for a leader that did not come
         (500, "rpc error: code = Unknown desc = raft: no elected cluster leader"),
-        (500, "rpc error: code = Unknown desc = raft: failed to process the request: node lost leader "
-              "status"),
+        (
+            500,
+            "rpc error: code = Unknown desc = raft: failed to process the request: node lost leader status",
+        ),
         (500, "rpc error: code = Unavailable desc = transport is closing"),
-        (503, "This node is not a swarm manager. Manager is being prepared or has trouble connecting to the "
-              "cluster."),
+        (
+            503,
+            "This node is not a swarm manager. Manager is being prepared or has trouble connecting to the "
+            "cluster.",
+        ),
     ],
 )
 def test_election_answers_are_transient_no_leader_errors(status: int, explanation: str) -> None:
@@ -137,8 +142,16 @@ def _without_waiting(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def test_reads_wait_for_the_new_leader() -> None:
-    api = FakeApi(info=[api_error(500, DEADLINE), api_error(500, NO_LEADER), api_error(500, NO_LEADER),
-                        api_error(500, NO_LEADER), api_error(500, NO_LEADER), MANAGER_INFO])
+    api = FakeApi(
+        info=[
+            api_error(500, DEADLINE),
+            api_error(500, NO_LEADER),
+            api_error(500, NO_LEADER),
+            api_error(500, NO_LEADER),
+            api_error(500, NO_LEADER),
+            MANAGER_INFO,
+        ]
+    )
     swarm = Swarm(api)
     _without_waiting(Swarm.check_manager)(swarm)
     # six attempts: more than the four other transient errors get, because an election ends
@@ -254,13 +267,19 @@ def test_status_says_why_a_version_on_a_down_node_goes_or_stays() -> None:
         "Version": {"Index": 3},
         "Spec": {
             "Name": "shop_web",
-            "TaskTemplate": {"ContainerSpec": {"Secrets": [
-                {"SecretID": "s4", "SecretName": "pw_v4", "File": {"Name": "pw"}}]}},
+            "TaskTemplate": {
+                "ContainerSpec": {
+                    "Secrets": [{"SecretID": "s4", "SecretName": "pw_v4", "File": {"Name": "pw"}}]
+                }
+            },
         },
         "PreviousSpec": {
             "Name": "shop_web",
-            "TaskTemplate": {"ContainerSpec": {"Secrets": [
-                {"SecretID": "s3", "SecretName": "pw_v3", "File": {"Name": "pw"}}]}},
+            "TaskTemplate": {
+                "ContainerSpec": {
+                    "Secrets": [{"SecretID": "s3", "SecretName": "pw_v3", "File": {"Name": "pw"}}]
+                }
+            },
         },
     }
     tasks = [
@@ -278,8 +297,7 @@ def test_status_says_why_a_version_on_a_down_node_goes_or_stays() -> None:
     report = build_status(Swarm(api).observe(), SHOP)
     notes = {v.name: v.note for v in report.secrets[0].superseded}
     assert notes["pw_v1"] == (
-        "used only by tasks on down node n-down (vm): they cannot start again, so the next apply "
-        "collects it"
+        "used only by tasks on down node n-down (vm): they cannot start again, so the next apply collects it"
     )
     # a node not heard from since a leader change may be alive: its tasks keep the version
     assert notes["pw_v2"].startswith(
@@ -292,8 +310,12 @@ def test_status_says_why_a_version_on_a_down_node_goes_or_stays() -> None:
 
 
 def test_without_a_node_list_no_task_counts_as_stranded() -> None:
-    api = FakeApi(secrets=[[_secret("s1", 1), _secret("s2", 2)]], services=[[]],
-                  tasks=[[_task("t1", "n-down", "s1")]], nodes=[[]])
+    api = FakeApi(
+        secrets=[[_secret("s1", 1), _secret("s2", 2)]],
+        services=[[]],
+        tasks=[[_task("t1", "n-down", "s1")]],
+        nodes=[[]],
+    )
     report = build_status(Swarm(api).observe(), SHOP)
     notes = {v.name: v.note for v in report.secrets[0].superseded}
     assert notes == {"pw_v1": "used by tasks still running"}

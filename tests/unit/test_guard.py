@@ -416,6 +416,4 @@ def test_a_refused_run_creates_not_even_the_key_config() -> None:
     assert converge.prepare(fine, cast(Swarm, fresh)).plan.creates
     assert fresh.created == ["swarm-secrets-fingerprint-key"]
     with pytest.raises(ConfigError, match="--prune-orphans needs the manifests loaded with complete=True"):
-        converge.prepare(
-            fine, cast(Swarm, fresh), converge.Settings(apply=ApplyOptions(prune_orphans=True))
-        )
+        converge.prepare(fine, cast(Swarm, fresh), converge.Settings(apply=ApplyOptions(prune_orphans=True)))

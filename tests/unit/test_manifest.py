@@ -318,6 +318,8 @@ def test_a_yaml_file_over_the_cap_is_not_read(tmp_path: Path) -> None:
         load([tmp_path])
     (problem,) = info.value.problems
     assert problem.file.endswith("big.yaml") and "larger than 1024 KiB" in problem.message
+
+
 def test_schema_is_valid_and_inlines_to_the_same_rules() -> None:
     schema = manifest_schema()
     Draft202012Validator.check_schema(schema)  # checked here, not on every run

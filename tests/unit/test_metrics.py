@@ -44,7 +44,8 @@ def test_observe_success() -> None:
     assert value(m, "swarm_secrets_rollouts_total", result="converged") == 2
     assert value(m, "swarm_secrets_rollouts_total", result="rolled_back") == 1
     assert value(m, "swarm_secrets_rollouts_total", result="timed_out") == 0
-    assert value(m, "swarm_secrets_drift_corrections_total") == 1
+    assert value(m, "swarm_secrets_drift_corrections_total", cause="manual") == 1
+    assert value(m, "swarm_secrets_drift_corrections_total", cause="stack_deploy") == 0
     assert value(m, "swarm_secrets_managed_secrets") == 7
     assert value(m, "swarm_secrets_last_success_timestamp_seconds") == now[0]
     assert value(m, "swarm_secrets_git_revision_info", revision="aaa111") == 1

@@ -249,8 +249,10 @@ def compact(result: Plan) -> list[tuple[str, str]]:
         elif isinstance(action, UpdateService):
             lines.append((f"update {action.service}", action.reason))
             lines += [(_change_struct(action.service, c), c.reason) for c in action.changes]
-        else:
+        elif isinstance(action, RemoveSecret):
             lines.append((f"remove {action.set_name}/{action.name}", action.reason))
+        else:
+            lines.append((f"deploy {action.stack}", action.reason))
     lines += [(f"blocked {b.set_name}/{b.secret}", b.reason) for b in result.blocked]
     lines += [(f"kept {k.set_name}/{k.name}", k.reason) for k in result.kept]
     lines += [("warning", w) for w in result.warnings]

@@ -104,7 +104,7 @@ def test_every_problem_at_once_with_lines(tmp_path: Path, monkeypatch: pytest.Mo
     assert [str(p) for p in info.value.problems] == [
         "policy.yaml:5: spec.rules[0].sets: sets must name at least one set glob (`*` for all)",
         "policy.yaml:6: spec.rules[0].servces: unknown field 'servces'; did you mean 'services'? (allowed "
-        "here: adopt, description, env, files, services, sets, stacks, targets)",
+        "here: adopt, deploy, description, env, files, services, sets, stacks, targets)",
         "policy.yaml:7: spec.rules[1].sets[0]: 'Shop' is not a set-name glob: use lowercase letters, digits, "
         "'-', '*', '?'",
         "policy.yaml:8: spec.rules[1].targets[0]: 'run/secrets/*' is not a target glob: targets are absolute "

@@ -140,7 +140,8 @@ warning: set 'legacy' has 1 managed secret but no loaded manifest; left alone \
 (use --prune-orphans to revoke and collect)
 warning: service 'shop_worker' not found; skipped (granted db_password)
 warning: service 'shop_web' belongs to stack 'shop': a `docker stack deploy` of that stack would \
-revert this change; point the stack's external secrets at db_password_v4
+revert this change; deploy it with `swarm-secrets stack deploy` (or a `kind: Stack` manifest), or point \
+the stack's external secrets at db_password_v4
 
 Plan: 1 to create, 1 service to update, 1 to remove, 1 blocked."""
 
@@ -203,7 +204,7 @@ def test_json_shape() -> None:
         "policy",
     ]
     assert data["format_version"] == FORMAT_VERSION == 1
-    assert data["summary"] == {"create": 1, "update": 1, "remove": 1, "blocked": 1, "kept": 4}
+    assert data["summary"] == {"create": 1, "update": 1, "remove": 1, "blocked": 1, "kept": 4, "deploy": 0}
     assert data["empty"] is False
     assert [a["kind"] for a in data["actions"]] == ["create_secret", "update_service", "remove_secret"]
     create, update, remove = data["actions"]
