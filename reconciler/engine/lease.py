@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from reconciler.core.model import LABEL_MANAGED, LABEL_PREFIX
-from reconciler.engine.swarm import Swarm
+from reconciler.engine.protocol import Swarm
 from reconciler.errors import ConfigError, LeaseBusy, SwarmConflict, SwarmSecretsError
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,7 @@
 """The run tick (``daemon/tick.py``) through converge, on the in-memory swarm: results, held rollouts
-(Swarm's own rollback or pause) versus superseded ones, and a tick whose swarm changed under it."""
+(Swarm's own rollback or pause) versus superseded ones, a tick whose swarm changed under it, and the
+swarm's lease around every tick that changes something (the fake keeps configs as the engine does:
+``tests/contract/test_lease_contract.py``)."""
 
 from __future__ import annotations
 
@@ -14,8 +16,13 @@ from reconciler.core.model import SecretValue
 from reconciler.daemon import tick as tick_module
 from reconciler.daemon.tick import TickSettings, make_tick
 from reconciler.daemon.types import Reason, Tick, TickRequest, TickResult, Trigger
+from reconciler.engine import lease
 from reconciler.engine.executor import ApplyOptions
+from reconciler.engine.lease import Identity, Lease, LeaseSettings
+from reconciler.errors import LeaseBusy
 from tests.fakes.swarm import FakeSwarm, requires
+
+LEASE = LeaseSettings(ttl=30, wait=0)
 
 
 @pytest.fixture
@@ -52,9 +59,12 @@ def request(*triggers: Trigger, revision: str = "rev1") -> TickRequest:
 
 @pytest.fixture
 def tick(manifests: Path) -> Tick:
-    # No lease: the fake has no configs to keep one in (engine/lease.py is tested on the real engine).
-    settings = TickSettings(manifests=manifests, apply=ApplyOptions(poll_interval=0, timeout=5), lease=None)
+    settings = TickSettings(manifests=manifests, apply=ApplyOptions(poll_interval=0, timeout=5), lease=LEASE)
     return make_tick(settings)
+
+
+def lease_writes(fake: FakeSwarm) -> int:
+    return sum(1 for call in fake.calls if call in ("create_config", "update_config_labels"))
 
 
 def run(tick: Tick, monkeypatch: pytest.MonkeyPatch, value: str, *triggers: Trigger) -> TickResult:
@@ -69,8 +79,34 @@ def test_a_tick_converges_then_has_nothing_to_do(
     first = run(tick, monkeypatch, "one")
     assert first.ok and first.changed and first.created == 1
     assert dict(first.rollouts) == {"converged": 1} and first.managed_secrets == 1
+    record = lease.read(fake)
+    assert record is not None and record.free and record.get("purpose") == ""  # taken, then released
+    assert record.renewals >= 0 and int(record.get("transitions")) == 1
+    writes = lease_writes(fake)
     second = run(tick, monkeypatch, "one")
     assert second.ok and not second.changed
+    assert lease_writes(fake) == writes  # an empty plan takes no lease
+
+
+def test_a_tick_finding_the_lease_held_changes_nothing_and_fails_as_it_may_pass(
+    fake: FakeSwarm, tick: Tick, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.add_service("web")
+    other = Lease(fake, Identity(host="ci-7", pid=42, purpose="apply", revision="abc"), LEASE)
+    other.acquire()
+    monkeypatch.setenv("TICK_PW", "one")
+
+    def objects() -> dict[str, int]:  # secrets and services (the tick may create the key config)
+        return {i: v for i, v in fake.versions().items() if i not in fake.configs}
+
+    before = objects()
+    with pytest.raises(LeaseBusy, match="pid 42 on host ci-7") as busy:
+        tick(request())
+    assert busy.value.transient
+    assert objects() == before and fake.secret_names() == set()
+    other.release()
+    assert run(tick, monkeypatch, "one").ok
+    assert fake.service_secret_names("web") == {"pw": "pw_v1"}
 
 
 def test_swarms_rollback_is_held_until_asked_but_a_superseded_rollout_is_not(
