@@ -20,6 +20,12 @@ requests that came in during the tick are dropped and further ones are ignored f
 seconds; :meth:`Loop.suppress_events_until` extends that window from outside. A foreign change
 hidden by this window is still found by the next interval tick.
 
+**When the swarm moves under a tick** (another writer supersedes a rollout, or the swarm changed between
+the tick's plan and its execution), the tick says so (``TickResult.follow_up``) and the loop requests a
+``follow-up`` tick: after the debounce, not waiting for the interval or the backoff, and never dropped
+by the quiet window (it is not a Docker event). At most :data:`MAX_FOLLOW_UPS` in a row: a writer that
+keeps undoing our changes then meets the ordinary backoff rather than a tick every few seconds.
+
 Failures (``ok=False``, a :class:`SwarmSecretsError` raised by the tick, or any other exception,
 which is logged with its traceback as a bug) never end the loop. A failure that may pass (engine
 unreachable or answering 5xx, a network error, git timing out, a rollout that failed, the swarm's
@@ -83,6 +89,8 @@ log = logging.getLogger(__name__)
 _STOP_POLL = 0.1
 """Longest idle wait between stop-flag checks: an external ``stop_event.set()`` cannot wake the loop's
 condition variable, so the loop looks at the flag at least this often."""
+MAX_FOLLOW_UPS = 3
+"""Follow-up ticks in a row at most (see the module docstring); reset by a tick that needs none."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -277,6 +285,7 @@ class Loop:
         self._last_success_at: float | None = None
         self._stalled_revision: str | None = None
         self._stalled = False
+        self._follow_ups = 0  # follow-up ticks requested in a row
         self.http: http.HttpListener | None = None
 
     # --- requests, from any thread -------------------------------------------------------------
@@ -416,11 +425,12 @@ class Loop:
             self.metrics.observe(result, duration)
         except Exception:  # odd numbers in a result must not stop the service
             log.exception("could not record metrics for the tick")
-        delay = self._record(result)
-        self._report(request, result, duration, delay, bug)
+        delay, follow_up = self._record(result)
+        self._report(request, result, duration, delay, bug, follow_up)
 
-    def _record(self, result: TickResult) -> float | None:
-        """Update the schedule after a tick; return the retry delay when it failed."""
+    def _record(self, result: TickResult) -> tuple[float | None, bool]:
+        """Update the schedule after a tick; return the retry delay when it failed, and whether a
+        follow-up tick was requested."""
         with self._cv:
             now = self._clock()
             self._ticking = False
@@ -448,7 +458,19 @@ class Loop:
                     if reason.trigger.from_swarm and at >= self._tick_started:
                         del self._pending[reason]
                 self._suppress_until = max(self._suppress_until, now + self.settings.event_quiet)
-            return delay
+            # Requested after the events were dropped: a follow-up is no event, the quiet window
+            # cannot swallow it.
+            follow_up = result.follow_up and self._follow_ups < MAX_FOLLOW_UPS
+            self._follow_ups = self._follow_ups + 1 if follow_up else 0
+            if follow_up:
+                self._pending.setdefault(Reason(Trigger.FOLLOW_UP), now)
+            elif result.follow_up:
+                log.warning(
+                    "the swarm keeps moving under the ticks (%d follow-ups in a row): another writer may be "
+                    "undoing our changes; backing off",
+                    MAX_FOLLOW_UPS,
+                )
+            return delay, follow_up
 
     def _report(
         self,
@@ -457,6 +479,7 @@ class Loop:
         duration: float,
         delay: float | None,
         bug: Exception | None,
+        follow_up: bool = False,
     ) -> None:
         why, rev = ",".join(request.reasons), result.revision or "-"
         if result.skipped:
@@ -464,19 +487,24 @@ class Loop:
         elif not result.ok:
             # One line (plus a traceback for a bug); the loop keeps running either way.
             error = result.error or "no error given"
-            then = (
-                f"retrying in {delay or 0:.1f}s"
-                if result.transient
-                else "not retrying: waiting for a change (a new revision, a webhook or POST /reconcile)"
-            )
+            if follow_up:
+                then = f"following up in {self.settings.debounce:.1f}s from the swarm as it is now"
+            elif result.transient:
+                then = f"retrying in {delay or 0:.1f}s"
+            else:
+                then = "not retrying: waiting for a change (a new revision, a webhook or POST /reconcile)"
             msg = f"tick failed ({why}) after {duration:.1f}s at revision {rev}: {error}; {then}"
-            log.error("%s", msg, exc_info=(type(bug), bug, bug.__traceback__) if bug is not None else None)
+            # The swarm moving under a tick is the world being busy, not a fault: a warning.
+            level = logging.WARNING if follow_up else logging.ERROR
+            trace = (type(bug), bug, bug.__traceback__) if bug is not None else None
+            log.log(level, "%s", msg, exc_info=trace)
         elif result.changed:
             rollouts = ", ".join(f"{k}={v}" for k, v in result.rollouts.items() if v) or "none"
             log.info(
                 "tick done (%s) in %.1fs: revision %s, %d created, %d removed, rollouts: %s, "
-                "%d drift corrections",
+                "%d drift corrections%s",
                 *(why, duration, rev, result.created, result.removed, rollouts, result.drift_corrected),
+                "; following up: the swarm moved under it" if follow_up else "",
             )
         else:
             log.debug("tick done (%s) in %.1fs: nothing to do at revision %s", why, duration, rev)

@@ -3,9 +3,10 @@
 :func:`make_tick` returns the :data:`~reconciler.daemon.types.Tick` the loop calls: load and resolve the
 manifests (a bad commit fails here, before the swarm is touched), connect, and :func:`converge
 <reconciler.converge.converge>` with the loop's auto-approval, then summarise the outcome as a
-:class:`~reconciler.daemon.types.TickResult`. When the swarm changed between the tick's plan and its
-execution, the tick stops (not ok) and the loop simply ticks again. It connects anew
-on every tick, so an engine restart between ticks costs one failed tick at most.
+:class:`~reconciler.daemon.types.TickResult`. When the swarm moved under the tick (it changed between
+the tick's plan and its execution, or another writer superseded a rollout), the tick is not ok and asks
+for a follow-up (``TickResult.follow_up``): the loop ticks again at once, planning from the swarm as it
+is. It connects anew on every tick, so an engine restart between ticks costs one failed tick at most.
 
 :func:`docker_events` yields one item per secret or service event and reconnects (with a capped
 delay) whenever the stream breaks, e.g. while the engine restarts; after a reconnect it yields once
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from reconciler import converge
 from reconciler.core import guard
+from reconciler.core.rollout import Outcome
 from reconciler.daemon.types import Reason, Tick, TickRequest, TickResult
 from reconciler.display import count
 from reconciler.engine import lease
@@ -150,6 +152,7 @@ def make_tick(settings: TickSettings) -> Tick:
             managed_secrets=managed + len(result.created) - len(result.removed),
             error="; ".join(problems)[:500] or None,
             error_class=None if result.ok and not lost else "rollout" if not result.ok else "engine",
+            follow_up=bool(result.stale) or any(r.outcome is Outcome.SUPERSEDED for r in result.rollouts),
         )
 
     return tick

@@ -82,6 +82,9 @@ class Trigger(enum.StrEnum):
     """The swarm reported a secret or service change (maybe our own: see the loop's quiet window)."""
     GIT = "git"
     """A new revision of the manifests was fetched."""
+    FOLLOW_UP = "follow-up"
+    """The last tick found the swarm moved under it (a rollout superseded by another writer, or the
+    swarm changed since its plan): plan again from the swarm as it is now (``TickResult.follow_up``)."""
 
     @property
     def immediate(self) -> bool:
@@ -90,9 +93,10 @@ class Trigger(enum.StrEnum):
 
     @property
     def explicit(self) -> bool:
-        """Someone asked for it: runs after the debounce even while backing off after failures (a new
-        commit may be the fix); other requests wait for the retry time."""
-        return self in (Trigger.STARTUP, Trigger.WEBHOOK, Trigger.MANUAL)
+        """Someone asked for it, or the last tick did (a follow-up): runs after the debounce even while
+        backing off after failures (a new commit may be the fix); other requests wait for the retry
+        time."""
+        return self in (Trigger.STARTUP, Trigger.WEBHOOK, Trigger.MANUAL, Trigger.FOLLOW_UP)
 
     @property
     def asked(self) -> bool:
@@ -178,6 +182,11 @@ class TickResult:
     (``SwarmSecretsError.transient``): the loop then waits for a change instead."""
     skipped: bool = False
     """Nothing was tried: the revision that failed with a permanent error is still the newest."""
+    follow_up: bool = False
+    """The swarm moved under this tick: a rollout was superseded by another writer, or the swarm
+    changed between the plan and its execution. The loop ticks again after the debounce (a
+    ``follow-up``), without waiting for the interval or the backoff and without it being dropped as
+    one of our own Docker events, so the next plan corrects the drift from the swarm as it is."""
 
 
 Tick = Callable[[TickRequest], TickResult]

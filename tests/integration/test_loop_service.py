@@ -1,7 +1,7 @@
 """``swarm-secrets run`` as a real process against the throwaway swarm: first reconcile at start,
 drift corrected from Docker events, webhook-triggered rotation, bad signatures refused, metrics,
-SIGTERM, surviving an engine restart, ticks that wait for the swarm's lease, and a bad manifest that
-makes the loop wait for a change."""
+SIGTERM, surviving an engine restart, ticks that wait for the swarm's lease, a bad manifest that
+makes the loop wait for a change, and another writer superseding a rollout."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import pytest
 from reconciler.engine import lease
 from reconciler.engine.lease import Identity, Lease, LeaseSettings
 from reconciler.engine.swarm import Swarm
+from reconciler.errors import SwarmConflict
 
 from .conftest import Lab
 
@@ -312,4 +313,56 @@ def test_a_bad_manifest_makes_the_loop_wait_for_a_change(
         json.loads(line).get("message", "") for line in svc.log.read_text().splitlines() if line[:1] == "{"
     ]
     assert any("waiting for a change" in m and "servicez" in m for m in messages)
+    assert svc.stop() == 0
+
+
+def test_a_foreign_write_during_a_rollout_is_superseded_never_held_and_corrected_by_the_next_tick(
+    lab: Lab, api: docker.APIClient, swarm: Swarm, service_factory: Callable[..., Service]
+) -> None:
+    """Issue 10's race: the loop rolls app to v2; during that rollout someone points app back at v1. The
+    rollout ends `superseded` (not a rollback, nothing held) and the very next tick, a follow-up that
+    neither the interval (300 s), Docker events (off) nor the backoff brings, puts v2 back."""
+    pw = lab.name("pw")
+    app = lab.create_service("app", monitor_ns=5_000_000_000)  # a rollout that lasts a few seconds
+    value = lab.write("pw.txt", "one")
+    lab.manifest({pw: {"source": {"file": "pw.txt"}, "services": [app]}})
+    svc = service_factory("--no-events")
+    eventually(lambda: svc.metric('swarm_secrets_ticks_total{result="success"}') >= 1, 90, "the first tick")
+    assert lab.service_secret_names(app) == {pw: f"{pw}_v1"}
+    ticks = svc.metric("swarm_secrets_ticks_total")
+
+    value.write_text("two")
+    body = json.dumps({"ref": "refs/heads/main"}).encode()
+    signature = "sha256=" + hmac.new(WEBHOOK_SECRET, body, hashlib.sha256).hexdigest()
+    assert svc.github_hook(body, signature) == 202
+
+    def rolling_to_v2() -> bool:
+        raw = api.inspect_service(app)
+        names = {r["SecretName"] for r in raw["Spec"]["TaskTemplate"]["ContainerSpec"]["Secrets"]}
+        return names == {f"{pw}_v2"} and (raw.get("UpdateStatus") or {}).get("State") == "updating"
+
+    eventually(rolling_to_v2, 60, "the tick's rollout to v2")
+    v1 = api.inspect_secret(f"{pw}_v1")
+    for _ in range(5):  # another writer, at the service's current version
+        raw = swarm.inspect_service(app)
+        refs = raw["Spec"]["TaskTemplate"]["ContainerSpec"]["Secrets"]
+        refs[0]["SecretID"], refs[0]["SecretName"] = v1["ID"], f"{pw}_v1"
+        try:
+            swarm.write_service_secrets(raw, refs)
+            break
+        except SwarmConflict:
+            continue
+
+    eventually(lambda: svc.metric('swarm_secrets_rollouts_total{result="superseded"}') == 1, 90, "superseded")
+    eventually(lambda: svc.metric('swarm_secrets_ticks_total{result="success"}') >= 2, 90, "the next tick")
+    assert lab.service_secret_names(app) == {pw: f"{pw}_v2"}
+    assert svc.metric("swarm_secrets_ticks_total") == ticks + 2  # the drift corrected within two ticks
+    assert svc.metric('swarm_secrets_rollouts_total{result="held"}') == 0
+    assert svc.metric('swarm_secrets_rollouts_total{result="rolled_back"}') == 0
+    assert svc.metric("swarm_secrets_drift_corrections_total") == 1
+    messages = [
+        json.loads(line).get("message", "") for line in svc.log.read_text().splitlines() if line[:1] == "{"
+    ]
+    assert any(m.startswith("tick failed (webhook:github)") and "superseded" in m for m in messages)
+    assert any(m.startswith("tick done (follow-up)") for m in messages)
     assert svc.stop() == 0

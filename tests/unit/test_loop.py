@@ -21,7 +21,7 @@ import pytest
 from reconciler import logs
 from reconciler.core.model import SecretValue
 from reconciler.daemon.gitsync import Checkout
-from reconciler.daemon.loop import Backoff, Loop, LoopSettings, with_git
+from reconciler.daemon.loop import MAX_FOLLOW_UPS, Backoff, Loop, LoopSettings, with_git
 from reconciler.daemon.types import (
     FAILING,
     NOT_STARTED,
@@ -233,6 +233,36 @@ def test_own_changes_do_not_cause_a_tick_storm() -> None:
         rec.suppress_events_until(time.monotonic() + 60)
         assert rec.request(Trigger.EVENT) is False
         assert rec.request(Trigger.MANUAL) is True  # only events are suppressed
+
+
+def test_a_tick_the_swarm_moved_under_is_followed_up_at_once_despite_backoff_and_quiet_window() -> None:
+    # superseded by another writer: it changed things (the quiet window starts), failed (backoff), and
+    # its foreign write's Docker event came during the tick (dropped as our own): only the follow-up
+    # brings the next tick before the 30 s retry or the 60 s interval
+    superseded = TickResult(ok=False, changed=True, follow_up=True, rollouts={"superseded": 1})
+    gate = threading.Event()
+    tick = Recorder(superseded, gate=gate)
+    rec = Loop(settings(debounce=0.1, backoff_base=30, event_quiet=60), tick)
+    with running(rec):
+        assert tick.entered.wait(2)
+        rec.request(Trigger.EVENT)  # the foreign write, seen during the tick
+        gate.set()
+        wait_for(lambda: tick.count == 2)
+    assert tick.requests[1].reasons == ("follow-up",)
+    assert tick.times[1] - tick.times[0] >= 0.1  # debounced, not immediate
+
+
+def test_follow_ups_in_a_row_are_bounded_then_the_backoff_applies(caplog: pytest.LogCaptureFixture) -> None:
+    moved = TickResult(ok=False, changed=True, follow_up=True)
+    tick = Recorder(*[moved] * (MAX_FOLLOW_UPS + 2))
+    rec = Loop(settings(debounce=0.01, backoff_base=0.3, backoff_factor=1), tick)
+    with caplog.at_level(logging.WARNING, logger="reconciler.daemon.loop"), running(rec):
+        wait_for(lambda: tick.count == MAX_FOLLOW_UPS + 3)
+    reasons = [r.reason for r in tick.requests]
+    assert reasons == ["startup", *["follow-up"] * MAX_FOLLOW_UPS, "retry", "follow-up"]
+    gaps = [b - a for a, b in zip(tick.times, tick.times[1:], strict=False)]
+    assert all(gap < 0.3 for gap in gaps[:MAX_FOLLOW_UPS]) and gaps[MAX_FOLLOW_UPS] >= 0.27
+    assert any("another writer may be undoing our changes" in r.getMessage() for r in caplog.records)
 
 
 def test_stop_finishes_the_tick_in_hand_then_returns_zero() -> None:
@@ -511,6 +541,7 @@ def test_reasons_are_text_that_carries_its_trigger() -> None:
     reason = Reason(Trigger.WEBHOOK, "github")
     assert reason == "webhook:github" and reason.trigger is Trigger.WEBHOOK
     assert Reason(Trigger.EVENT) == "event" and json.dumps([reason]) == '["webhook:github"]'
-    assert {t for t in Trigger if t.explicit} == {Trigger.STARTUP, Trigger.WEBHOOK, Trigger.MANUAL}
+    explicit = {Trigger.STARTUP, Trigger.WEBHOOK, Trigger.MANUAL, Trigger.FOLLOW_UP}
+    assert {t for t in Trigger if t.explicit} == explicit
     assert {t for t in Trigger if t.asked} == {Trigger.MANUAL}  # a webhook can be replayed
     assert {t for t in Trigger if t.from_swarm} == {Trigger.EVENT}

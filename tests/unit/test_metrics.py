@@ -21,6 +21,11 @@ def test_fresh_metrics_export_zeroes() -> None:
     assert value(m, "swarm_secrets_ticks_total", result="failure") == 0
     assert value(m, "swarm_secrets_rollouts_total", result="rolled_back") == 0
     assert value(m, "swarm_secrets_last_success_timestamp_seconds") == 0
+    # a foreign write is not a rollback: its own label value, there from the first scrape
+    assert value(m, "swarm_secrets_rollouts_total", result="superseded") == 0
+    m.observe(TickResult(ok=False, changed=True, rollouts={"superseded": 1}, follow_up=True), 0.1)
+    assert value(m, "swarm_secrets_rollouts_total", result="superseded") == 1
+    assert value(m, "swarm_secrets_rollouts_total", result="rolled_back") == 0
 
 
 def test_observe_success() -> None:

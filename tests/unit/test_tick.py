@@ -131,8 +131,9 @@ def test_swarms_rollback_is_held_until_asked_but_a_superseded_rollout_is_not(
     )
     superseded = run(tick, monkeypatch, "fine")
     assert dict(superseded.rollouts) == {"superseded": 1} and not superseded.ok
-    again = run(tick, monkeypatch, "fine")
-    assert again.ok and dict(again.rollouts) == {"converged": 1}
+    assert superseded.follow_up and not failed.follow_up and not held.follow_up  # rollbacks need none
+    again = run(tick, monkeypatch, "fine", Trigger.FOLLOW_UP)  # not asked: nothing was held
+    assert again.ok and dict(again.rollouts) == {"converged": 1} and not again.follow_up
 
 
 def test_a_tick_whose_swarm_changed_since_its_plan_stops_and_the_next_one_converges(
@@ -151,6 +152,7 @@ def test_a_tick_whose_swarm_changed_since_its_plan_stops_and_the_next_one_conver
     stopped = run(tick, monkeypatch, "two")
     assert not stopped.ok and stopped.error is not None
     assert stopped.error.startswith("the swarm changed since the plan; plan again")
+    assert stopped.follow_up
     assert fake.service_secret_names("web") == {"pw": "pw_v1"}
-    after = run(tick, monkeypatch, "two")
+    after = run(tick, monkeypatch, "two", Trigger.FOLLOW_UP)
     assert after.ok and fake.service_secret_names("web") == {"pw": "pw_v3"}
