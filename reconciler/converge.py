@@ -33,6 +33,13 @@ services, the reconciler's own and engine-holding services, stacks, adopting) ri
 before planning. The revision guard (never the past over the present, ``manifests/revision.py``)
 runs at the same point. Neither creates anything: on a fresh swarm the fingerprint key config is
 created only once they passed.
+
+**Isolated sets** (``load(isolate=True)``, the long-running loop; ``apply`` stays all-or-nothing): a set
+whose manifests, sources or boundary checks fail is left out (:attr:`Loaded.failing`) and the others go
+on. A failing set is **held back**, not orphaned: :func:`held_back` names it to the planner, which then
+revokes, collects and prunes nothing of it. A problem that names no set (a file that cannot be read or
+parsed: the swarm does not record which file a set came from) holds back every set on the swarm that
+did not load, so nothing is pruned while any manifest cannot be read.
 """
 
 from __future__ import annotations
@@ -54,7 +61,16 @@ from reconciler.engine import executor
 from reconciler.engine.executor import SYSTEM_CLOCK, ApplyOptions, ApplyResult, Clock, ProgressFn, Replan
 from reconciler.engine.keysource import find_key, load_key
 from reconciler.engine.protocol import Swarm
-from reconciler.errors import CheckFailed, ConfigError, PlanOutdated, Problem, RevisionError
+from reconciler.errors import (
+    CheckFailed,
+    ConfigError,
+    ManifestError,
+    PlanOutdated,
+    PolicyViolation,
+    Problem,
+    ProblemsError,
+    RevisionError,
+)
 from reconciler.manifests import loader as manifest
 from reconciler.manifests import revision as revisions
 from reconciler.manifests.digest import manifest_digest
@@ -74,6 +90,7 @@ __all__ = [
     "builtin_guards",
     "converge",
     "execute",
+    "held_back",
     "load",
     "manifest_digest",
     "prepare",
@@ -94,14 +111,23 @@ class Loaded:
     """What the operator allows the manifests (policy, self service, ...): held again in prepare()."""
     complete: bool = False
     """Every manifest was read (a skipped folder would have failed the load): --prune-orphans needs it."""
+    isolated: bool = False
+    """Loaded with ``isolate=True``: the sets below failed, and only they are left out."""
+    failing: Mapping[str, ProblemsError] = field(default_factory=dict)
+    """Isolated only: set name → why it is held back (ManifestError, PolicyViolation, SourceError)."""
+    unattributed: ManifestError | None = None
+    """Isolated only: problems that name no set (see the module docstring)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Prepared:
     loaded: Loaded
+    """What was loaded; when isolated, without the sets the live checks held back (``failing``)."""
     desired: DesiredState
     live: LiveState
     plan: Plan
+    held_back: frozenset[str] = frozenset()
+    """Sets the plan leaves exactly as they are (:func:`held_back`)."""
 
 
 Check = Callable[[Prepared], Sequence[Problem]]
@@ -156,17 +182,63 @@ def load(
     environ: Mapping[str, str] | None = None,
     boundary: guard.Boundary | None = None,
     complete: bool = False,
+    isolate: bool = False,
 ) -> Loaded:
     """Load, validate and resolve: everything that can fail before the swarm is touched.
 
     ``complete``: every manifest must be read (``--prune-orphans``; see ``manifests.load``).
+    ``isolate``: a set that fails is left out and named in :attr:`Loaded.failing` instead of failing
+    the whole load (the long-running loop; see the module docstring).
     """
     boundary = boundary or guard.Boundary()
-    # The trust boundary's offline checks run inside the loader, before any source is read.
-    sets = manifest.load(paths, boundary, complete=complete)
-    values = sources.resolve(sets, environ, sops_env=boundary.sops_passthrough)
-    revision = revision or detect_revision(paths, environ)
-    return Loaded(sets=sets, values=values, revision=revision, boundary=boundary, complete=complete)
+    if not isolate:
+        # The trust boundary's offline checks run inside the loader, before any source is read.
+        sets = manifest.load(paths, boundary, complete=complete)
+        values = sources.resolve(sets, environ, sops_env=boundary.sops_passthrough)
+        revision = revision or detect_revision(paths, environ)
+        return Loaded(sets=sets, values=values, revision=revision, boundary=boundary, complete=complete)
+    found = manifest.load_isolated(paths, boundary, complete=complete)
+    values, unresolved = sources.resolve_isolated(found.sets, environ, sops_env=boundary.sops_passthrough)
+    failing: dict[str, ProblemsError] = {**found.failing, **unresolved}
+    return Loaded(
+        sets=tuple(s for s in found.sets if s.name not in failing),
+        values=values,
+        revision=revision or detect_revision(paths, environ),
+        boundary=boundary,
+        complete=complete and found.unattributed is None,
+        isolated=True,
+        failing=dict(sorted(failing.items())),
+        unattributed=found.unattributed,
+    )
+
+
+def held_back(loaded: Loaded, live: LiveState) -> frozenset[str]:
+    """The sets a plan must leave as they are: the failing ones, and while a problem names no set,
+    every set on the swarm that did not load (any of them may be declared in the unreadable file)."""
+    if not loaded.isolated:
+        return frozenset()
+    names = set(loaded.failing)
+    if loaded.unattributed is not None:
+        ok = {s.name for s in loaded.sets}
+        names.update(s.set_name for s in live.secrets if s.managed and s.set_name and s.set_name not in ok)
+    return frozenset(names)
+
+
+def _isolate_live(loaded: Loaded, live: LiveState) -> Loaded:
+    """``loaded`` without the sets the trust boundary's live checks refuse (added to ``failing``)."""
+    refused: dict[str, ProblemsError] = {}
+    for secret_set in loaded.sets:
+        problems = guard.check_live([secret_set], live, loaded.boundary)
+        if problems:
+            refused[secret_set.name] = PolicyViolation(problems)
+    if not refused:
+        return loaded
+    return replace(
+        loaded,
+        sets=tuple(s for s in loaded.sets if s.name not in refused),
+        values={k: v for k, v in loaded.values.items() if k[0] not in refused},
+        failing=dict(sorted({**loaded.failing, **refused}.items())),
+    )
 
 
 def builtin_checks(settings: Settings) -> tuple[Check, ...]:
@@ -186,8 +258,9 @@ def prepare(loaded: Loaded, swarm: Swarm, settings: Settings | None = None) -> P
     The trust boundary's live checks and the revision guard run right after observing; on a fresh
     swarm the key config is created only after they passed (``read_only``: never)."""
     settings = settings or Settings()
-    if settings.apply.prune_orphans and not loaded.complete:
-        # Pruning takes every set it did not load for deleted: it must know it loaded them all.
+    if settings.apply.prune_orphans and not loaded.complete and not loaded.isolated:
+        # Pruning takes every set it did not load for deleted: it must know it loaded them all. (An
+        # isolated load that missed a file holds back every set it did not load instead.)
         raise ConfigError("--prune-orphans needs the manifests loaded with complete=True (a bug)")
     # Observing is mostly waiting for the engine: fetch the key and fingerprint the values meanwhile.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe") as pool:
@@ -195,14 +268,20 @@ def prepare(loaded: Loaded, swarm: Swarm, settings: Settings | None = None) -> P
         key = find_key(swarm, settings.key_file)
         desired = build_desired(loaded.sets, loaded.values, key, revision=loaded.revision) if key else None
         live = observing.result()
-    guard.enforce_live(loaded.sets, live, loaded.boundary)
+    if loaded.isolated:
+        loaded = _isolate_live(loaded, live)
+        if desired is not None:
+            desired = replace(desired, sets=tuple(s for s in desired.sets if s.name not in loaded.failing))
+    else:
+        guard.enforce_live(loaded.sets, live, loaded.boundary)
     guard_revision(loaded, live, settings.revision_guard)
     if desired is None:  # a fresh swarm: the key config is created only now, after the checks passed
         key = load_key(swarm, settings.key_file, create=not settings.read_only)
         desired = build_desired(loaded.sets, loaded.values, key, revision=loaded.revision)
-    plan = planner.plan(desired, live, prune_orphans=settings.apply.prune_orphans)
+    held = held_back(loaded, live)
+    plan = planner.plan(desired, live, prune_orphans=settings.apply.prune_orphans, held_back=held)
     plan = replace(plan, governance=guard.governance(loaded.sets, loaded.boundary.policy))
-    prepared = Prepared(loaded=loaded, desired=desired, live=live, plan=plan)
+    prepared = Prepared(loaded=loaded, desired=desired, live=live, plan=plan, held_back=held)
     problems = [p for check in (*builtin_checks(settings), *settings.checks) for p in check(prepared)]
     if problems:
         raise CheckFailed(problems)
@@ -229,7 +308,10 @@ def replanner(prepared: Prepared, swarm: Swarm, settings: Settings) -> Replan:
 
     def replan() -> tuple[LiveState, Plan]:
         live = swarm.observe()
-        return live, planner.plan(prepared.desired, live, prune_orphans=settings.apply.prune_orphans)
+        held = held_back(prepared.loaded, live)
+        return live, planner.plan(
+            prepared.desired, live, prune_orphans=settings.apply.prune_orphans, held_back=held
+        )
 
     return replan
 

@@ -56,8 +56,8 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -71,6 +71,7 @@ from reconciler.daemon.types import (
     NOT_STARTED,
     READY,
     READY_RETRYING,
+    SETS_FAILING,
     STALLED,
     STARTING,
     Reason,
@@ -78,7 +79,9 @@ from reconciler.daemon.types import (
     TickRequest,
     TickResult,
     Trigger,
-    error_class,
+    failing_class,
+    failing_line,
+    failure,
     with_class,
 )
 from reconciler.daemon.webhooks import SecretFiles
@@ -188,23 +191,8 @@ class Status:
     pending: tuple[Reason, ...]
     stalled: bool = False
     """The last tick failed with an error retrying cannot fix: waiting for a change."""
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
-    return lines[0] if len(lines) == 1 else f"{lines[0]} (and {len(lines) - 1} more)"
-
-
-def failure(exc: SwarmSecretsError, revision: str | None = None) -> TickResult:
-    """The result of a tick that raised ``exc``: one line, its class, and whether retrying may heal it."""
-    return TickResult(
-        ok=False,
-        changed=False,
-        revision=revision,
-        error=_one_line(exc),
-        error_class=error_class(exc),
-        transient=exc.transient,
-    )
+    failing_sets: Mapping[str, str] = field(default_factory=dict)
+    """Sets held back as the last tick that loaded the manifests found them (set → failure class)."""
 
 
 def _asked(reasons: tuple[Reason, ...]) -> bool:
@@ -286,6 +274,7 @@ class Loop:
         self._stalled_revision: str | None = None
         self._stalled = False
         self._follow_ups = 0  # follow-up ticks requested in a row
+        self._failing: Mapping[str, str] = {}  # held-back sets, as the last tick that knew said
         self.http: http.HttpListener | None = None
 
     # --- requests, from any thread -------------------------------------------------------------
@@ -332,27 +321,35 @@ class Loop:
                 consecutive_failures=self.backoff.failures,
                 pending=tuple(sorted(self._pending, key=self._pending.__getitem__)),
                 stalled=self._stalled,
+                failing_sets=dict(self._failing),
             )
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, reason) for ``/readyz``. Ready when the last tick succeeded, or the last success is
-        at most ``stale_after`` old and the failure may pass, or nothing succeeded yet but the process
-        started less than ``readiness_grace`` ago. The reason is one of a fixed set
-        (``types.readiness_reasons``): a state and the class of the last failure, never its text (the
-        log has that)."""
+        """(ready, reason) for ``/readyz``. Ready when the last tick succeeded and no set is held back,
+        or the last success is at most ``stale_after`` old and the failure may pass, or nothing
+        succeeded yet but the process started less than ``readiness_grace`` ago. The reason is one of a
+        fixed set (``types.readiness_reasons``): a state and the class of the last failure, never its
+        text (the log has that); while sets are held back, a second line names them
+        (``types.failing_line``)."""
         with self._cv:
-            now, last, success = self._clock(), self._last_result, self._last_success_at
-            stale_after = self.settings.stale_after or 3 * self.settings.interval
-            if last is not None and last.ok:
-                return True, READY
-            failed = last.error_class if last is not None else None
-            if last is not None and not last.transient:
-                return False, with_class(STALLED, failed)  # retrying cannot heal it: no grace either
-            if success is not None and now - success <= stale_after:
-                return True, with_class(READY_RETRYING, failed)
-            if success is None and now - self._started_at <= self.settings.readiness_grace:
-                return True, STARTING
-            return (False, with_class(FAILING, failed)) if last is not None else (False, NOT_STARTED)
+            ready, reason = self._readiness()
+            return ready, reason + ("\n" + failing_line(self._failing) if self._failing else "")
+
+    def _readiness(self) -> tuple[bool, str]:
+        now, last, success = self._clock(), self._last_result, self._last_success_at
+        stale_after = self.settings.stale_after or 3 * self.settings.interval
+        if last is not None and last.ok:
+            if self._failing:  # the others were reconciled; these wait for a fix
+                return False, with_class(SETS_FAILING, failing_class(self._failing))
+            return True, READY
+        failed = last.error_class if last is not None else None
+        if last is not None and not last.transient:
+            return False, with_class(STALLED, failed)  # retrying cannot heal it: no grace either
+        if success is not None and now - success <= stale_after:
+            return True, with_class(READY_RETRYING, failed)
+        if success is None and now - self._started_at <= self.settings.readiness_grace:
+            return True, STARTING
+        return (False, with_class(FAILING, failed)) if last is not None else (False, NOT_STARTED)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -439,6 +436,8 @@ class Loop:
             delay = None
             self._stalled = not result.ok and not result.transient
             self._stalled_revision = result.revision if self._stalled else None
+            if result.failing_sets is not None:
+                self._failing = dict(result.failing_sets)
             if result.ok:
                 self.backoff.reset()
                 self._retry_at = None
@@ -482,6 +481,8 @@ class Loop:
         follow_up: bool = False,
     ) -> None:
         why, rev = ",".join(request.reasons), result.revision or "-"
+        failing = result.failing_sets or {}
+        held_back = f"; held back: {failing_line(failing).removeprefix('failing sets: ')}" if failing else ""
         if result.skipped:
             log.debug("tick (%s): revision %s is still the one that failed; waiting for a change", why, rev)
         elif not result.ok:
@@ -502,12 +503,15 @@ class Loop:
             rollouts = ", ".join(f"{k}={v}" for k, v in result.rollouts.items() if v) or "none"
             log.info(
                 "tick done (%s) in %.1fs: revision %s, %d created, %d removed, rollouts: %s, "
-                "%d drift corrections%s",
+                "%d drift corrections%s%s",
                 *(why, duration, rev, result.created, result.removed, rollouts, result.drift_corrected),
                 "; following up: the swarm moved under it" if follow_up else "",
+                held_back,
             )
         else:
-            log.debug("tick done (%s) in %.1fs: nothing to do at revision %s", why, duration, rev)
+            log.debug(
+                "tick done (%s) in %.1fs: nothing to do at revision %s%s", why, duration, rev, held_back
+            )
         if result.changed:
             logs.audit(
                 "reconcile", ok=result.ok, reasons=request.reasons, revision=result.revision,

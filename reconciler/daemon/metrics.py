@@ -5,12 +5,16 @@ one, so two instances (two tests, or a test and a running service) never see eac
 and ``GET /metrics`` shows exactly these series. Every name starts with ``swarm_secrets_``:
 
 =============================================  =====================================================
-``ticks_total{result}``                        ticks by ``success`` / ``failure`` (may pass: retried
+``ticks_total{result}``                        ticks by ``success`` / ``partial`` (the others done,
+                                               some sets held back) / ``failure`` (may pass: retried
                                                with backoff) / ``stalled`` (cannot heal by retrying)
+``failing_sets``                               sets held back: their manifests, sources or policy fail
+``set_failing{set,class}``                     1 per held-back set (at most 20, by name), its class:
+                                               manifest, policy or source
 ``waiting_for_change``                         1 while the loop waits for a change after a ``stalled``
                                                tick (bad manifest, source, policy, setting), else 0
 ``tick_duration_seconds``                      histogram of tick wall time (rollout waits included)
-``last_success_timestamp_seconds``             Unix time of the last successful tick
+``last_success_timestamp_seconds``             Unix time of the last tick that reconciled every set
 ``managed_secrets``                            secret objects owned by the tool, after the last success
 ``versions_created_total``                     secret versions created
 ``versions_removed_total``                     secret versions removed by garbage collection
@@ -34,8 +38,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.exposition import generate_latest
 
 from reconciler.core.rollout import Outcome
+from reconciler.daemon.types import named_sets
 
-if TYPE_CHECKING:  # loop.py imports this module; the type is only needed for annotations
+if TYPE_CHECKING:
     from reconciler.daemon.types import TickResult
 
 PREFIX: Final = "swarm_secrets_"
@@ -116,8 +121,21 @@ class Metrics:
             ["provider", "result"],
             registry=reg,
         )
+        self.failing_sets = Gauge(
+            PREFIX + "failing_sets",
+            "Sets held back because their manifests, sources or policy checks fail (the other sets are "
+            "reconciled); the log says why.",
+            registry=reg,
+        )
+        self.set_failing = Gauge(
+            PREFIX + "set_failing",
+            "1 for each set held back (at most 20, by name; failing_sets counts them all), labelled with "
+            "the class of its failure.",
+            ["set", "class"],
+            registry=reg,
+        )
         # Create the fixed label combinations now so every series exists (as 0) from the first scrape.
-        for result in ("success", "failure", "stalled"):
+        for result in ("success", "partial", "failure", "stalled"):
             self.ticks.labels(result=result)
         for result in ROLLOUT_RESULTS:
             self.rollouts.labels(result=result)
@@ -130,7 +148,9 @@ class Metrics:
         have counted anything.
         """
         stalled = not result.ok and not result.transient
-        self.ticks.labels(result="success" if result.ok else "stalled" if stalled else "failure").inc()
+        partial = result.ok and bool(result.failing_sets)
+        outcome = "partial" if partial else "success" if result.ok else "stalled" if stalled else "failure"
+        self.ticks.labels(result=outcome).inc()
         self.waiting.set(1 if stalled else 0)
         self.tick_duration.observe(max(0.0, duration))
         if result.created > 0:
@@ -143,8 +163,14 @@ class Metrics:
         if result.drift_corrected > 0:
             self.drift_corrections.inc(result.drift_corrected)
         if result.ok:
-            self.last_success.set(self._clock())
+            if not partial:
+                self.last_success.set(self._clock())
             self.managed_secrets.set(result.managed_secrets)
+        if result.failing_sets is not None:  # else the tick did not get as far as loading: keep the last
+            self.failing_sets.set(len(result.failing_sets))
+            self.set_failing.clear()
+            for name, cls in named_sets(result.failing_sets):
+                self.set_failing.labels(set=name, **{"class": cls}).set(1)
         if result.revision is not None:
             self.set_revision(result.revision)
 

@@ -7,6 +7,7 @@ without importing the loop (which imports them). Data only: no I/O.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,8 +48,47 @@ STALLED: Final = (
     "not ready: the manifests, a source, the policy or a setting is invalid; waiting for a change "
     "(a new revision, a webhook or POST /reconcile)"
 )
+SETS_FAILING: Final = (
+    "not ready: sets are held back: their manifests, a source or the policy fail; the other sets are "
+    "reconciled"
+)
 """The states ``/readyz`` reports; a failing state is followed by the class of the last failure
-(:func:`with_class`). Never the text of a failure: that is in the log."""
+(:func:`with_class`). Never the text of a failure: that is in the log. While sets are held back, a second
+line names them (:func:`failing_line`)."""
+
+MAX_NAMED_SETS: Final = 20
+"""Failing sets named by ``/readyz`` and labelled in ``/metrics`` at most (the rest are counted)."""
+_SET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+_NAMED = rf"{_SET_NAME.pattern} \((?:{'|'.join(ERROR_CLASSES)})\)"
+_FAILING_LINE = re.compile(rf"failing sets: {_NAMED}(?:, {_NAMED})*(?: and \d+ more)?")
+
+
+def named_sets(failing: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The failing sets to name, (set, class), by name, at most :data:`MAX_NAMED_SETS`: only names a
+    set may have (the loader attributes nothing else) and known classes, so neither ``/readyz`` nor
+    the metrics' label values can carry anything else."""
+    valid = sorted((name, cls) for name, cls in failing.items() if _SET_NAME.fullmatch(name))
+    return [(name, cls if cls in ERROR_CLASSES else "error") for name, cls in valid[:MAX_NAMED_SETS]]
+
+
+def failing_class(failing: Mapping[str, str]) -> str:
+    """The class ``/readyz`` gives for held-back sets: the first of :data:`ERROR_CLASSES` among theirs."""
+    found = [name for name in ERROR_CLASSES if name in failing.values()]
+    return found[0] if found else "error"
+
+
+def failing_line(failing: Mapping[str, str]) -> str:
+    """``failing sets: shop (manifest), web (policy) and 3 more`` for ``/readyz``."""
+    named = named_sets(failing)
+    text = "failing sets: " + ", ".join(f"{name} ({cls})" for name, cls in named)
+    return text + (f" and {len(failing) - len(named)} more" if len(failing) > len(named) else "")
+
+
+def readiness_text_ok(text: str) -> bool:
+    """``text`` is one of :func:`readiness_reasons`, optionally followed by a :func:`failing_line`:
+    the only texts ``/readyz`` may answer with."""
+    first, _, second = text.partition("\n")
+    return first in readiness_reasons() and (not second or _FAILING_LINE.fullmatch(second) is not None)
 
 
 def with_class(state: str, error_class: str | None) -> str:
@@ -61,7 +101,7 @@ def readiness_reasons() -> frozenset[str]:
     """Every text ``/readyz`` may answer with (see ``Loop.readiness``): a fixed set."""
     fixed = {READY, STARTING, NOT_STARTED}
     for name in ERROR_CLASSES:
-        fixed |= {with_class(state, name) for state in (READY_RETRYING, FAILING, STALLED)}
+        fixed |= {with_class(state, name) for state in (READY_RETRYING, FAILING, STALLED, SETS_FAILING)}
     return frozenset(fixed)
 
 
@@ -182,11 +222,41 @@ class TickResult:
     (``SwarmSecretsError.transient``): the loop then waits for a change instead."""
     skipped: bool = False
     """Nothing was tried: the revision that failed with a permanent error is still the newest."""
+    failing_sets: Mapping[str, str] | None = None
+    """Sets held back because their manifests, sources or policy checks fail, each with its failure
+    class (manifest, policy, source); the other sets were reconciled (``ok`` is about those). Empty when
+    every set loaded; None when the tick did not get as far as loading them (git, a bug): the last known
+    stands."""
     follow_up: bool = False
     """The swarm moved under this tick: a rollout was superseded by another writer, or the swarm
     changed between the plan and its execution. The loop ticks again after the debounce (a
     ``follow-up``), without waiting for the interval or the backoff and without it being dropped as
     one of our own Docker events, so the next plan corrects the drift from the swarm as it is."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error, and how many more it has."""
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+    return lines[0] if len(lines) == 1 else f"{lines[0]} (and {len(lines) - 1} more)"
+
+
+def failure(
+    exc: errors.SwarmSecretsError,
+    revision: str | None = None,
+    *,
+    failing_sets: Mapping[str, str] | None = None,
+) -> TickResult:
+    """The result of a tick that failed with ``exc``: one line, its class, and whether retrying may heal
+    it."""
+    return TickResult(
+        ok=False,
+        changed=False,
+        revision=revision,
+        error=one_line(exc),
+        error_class=error_class(exc),
+        transient=exc.transient,
+        failing_sets=failing_sets,
+    )
 
 
 Tick = Callable[[TickRequest], TickResult]

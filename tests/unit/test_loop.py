@@ -27,6 +27,7 @@ from reconciler.daemon.types import (
     NOT_STARTED,
     READY,
     READY_RETRYING,
+    SETS_FAILING,
     STALLED,
     STARTING,
     Reason,
@@ -34,6 +35,7 @@ from reconciler.daemon.types import (
     TickResult,
     Trigger,
     readiness_reasons,
+    readiness_text_ok,
     with_class,
 )
 from reconciler.errors import ConfigError, GitError, ManifestError, Problem, SwarmUnavailable
@@ -324,6 +326,33 @@ def test_readiness_rules() -> None:
     assert rec.readiness() == (False, with_class(FAILING, "engine"))
     assert {reason for _, reason in [rec.readiness()]} <= readiness_reasons()
     assert all("unreachable" not in reason for reason in readiness_reasons())
+
+
+def test_readiness_names_the_sets_held_back_by_a_fixed_reason_and_their_class() -> None:
+    partial = TickResult(ok=True, changed=True, failing_sets={"books": "manifest", "pay": "policy"})
+    down = TickResult(ok=False, changed=False, error="engine down", error_class="engine")  # no news of sets
+    fixed = TickResult(ok=True, changed=False, failing_sets={})
+    tick = Recorder(partial, down, fixed)
+    states: list[tuple[bool, str]] = []
+    holder: list[Loop] = []
+
+    def observing(request: TickRequest) -> TickResult:
+        states.append(holder[0].readiness())
+        return tick(request)
+
+    rec = Loop(settings(backoff_base=0.01), observing)
+    holder.append(rec)
+    with running(rec):
+        wait_for(lambda: tick.finished == 1 and not rec.status().ticking)
+        states.append(rec.readiness())
+        rec.request(Trigger.MANUAL)
+        wait_for(lambda: tick.finished == 3 and not rec.status().ticking)
+    names = "failing sets: books (manifest), pay (policy)"
+    assert states[1] == states[2] == (False, with_class(SETS_FAILING, "manifest") + "\n" + names)
+    assert states[3] == (True, with_class(READY_RETRYING, "engine") + "\n" + names)  # the last known stands
+    assert rec.readiness() == (True, READY) and rec.status().failing_sets == {}
+    assert all(readiness_text_ok(text) for _, text in states)
+    assert not readiness_text_ok(READY + "\nfailing sets: books (manifest): file.yaml:3: bad")
 
 
 def test_with_git_passes_the_checkout() -> None:

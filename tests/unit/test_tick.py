@@ -6,6 +6,7 @@ swarm's lease around every tick that changes something (the fake keeps configs a
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,3 +157,44 @@ def test_a_tick_whose_swarm_changed_since_its_plan_stops_and_the_next_one_conver
     assert fake.service_secret_names("web") == {"pw": "pw_v1"}
     after = run(tick, monkeypatch, "two", Trigger.FOLLOW_UP)
     assert after.ok and fake.service_secret_names("web") == {"pw": "pw_v3"}
+
+
+def test_a_set_that_fails_is_held_back_and_named_while_the_others_converge(
+    fake: FakeSwarm,
+    tick: Tick,
+    manifests: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake.add_service("web")
+    fake.add_service("api")
+    other = {
+        "apiVersion": "swarm-secrets/v1",
+        "kind": "SecretSet",
+        "metadata": {"name": "books"},
+        "spec": {"secrets": {"token": {"source": {"env": "TICK_TOKEN"}, "services": ["api"]}}},
+    }
+    (manifests / "books.yaml").write_text(yaml.safe_dump(other))
+    monkeypatch.setenv("TICK_TOKEN", "t1")
+    first = run(tick, monkeypatch, "one")
+    assert first.ok and first.failing_sets == {}
+    # a commit breaks books: shop's new value still converges, books is named with its class
+    (manifests / "books.yaml").write_text(yaml.safe_dump({**other, "spec": {"secretz": {}}}))
+    with caplog.at_level(logging.ERROR, logger="reconciler.daemon.tick"):
+        partial = run(tick, monkeypatch, "two")
+        assert partial.ok and partial.failing_sets == {"books": "manifest"}
+        assert fake.service_secret_names("web") == {"pw": "pw_v2"}
+        assert fake.service_secret_names("api") == {"token": "token_v1"}
+        again = run(tick, monkeypatch, "two")  # the same problem: not logged at every tick
+    assert again.ok and again.failing_sets == {"books": "manifest"}
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 2 and all(m.startswith("set 'books' is held back") for m in logged)  # once each
+    assert "books.yaml:6: spec.secretz: unknown field" in logged[1]
+    # everything broken: nothing to reconcile, a failure retrying cannot fix, the sets still named
+    (manifests / "set.yaml").write_text(
+        "kind: SecretSet\napiVersion: swarm-secrets/v1\nmetadata: {name: shop}\n"
+    )
+    stalled = run(tick, monkeypatch, "three")
+    assert not stalled.ok and not stalled.transient and stalled.error_class == "manifest"
+    assert stalled.failing_sets == {"books": "manifest", "shop": "manifest"}
+    assert fake.service_secret_names("web") == {"pw": "pw_v2"}
