@@ -38,6 +38,12 @@ an event, and with git an interval or event tick that finds the same revision ag
 after the fetch (:func:`with_git`). ``/readyz``, ``/metrics`` (``ticks_total{result="stalled"}``,
 ``waiting_for_change``) and the log line say which kind of failure it was.
 
+**Several replicas** (``daemon/leader.py``): only the replica that holds the lease of ``run`` ticks.
+A loop built with ``elected=False`` stands by until :meth:`Loop.set_leading` says it leads (then it ticks
+at once, ``elected``); while standing by it runs no tick at all, hands webhooks and ``POST /reconcile``
+to the leading replica (``forward``, through the swarm) and drops the rest (interval, events: the leader
+has its own). Requests handed over by a standby arrive through :meth:`Loop.handed`.
+
 SIGTERM/SIGINT set the stop flag: the tick in hand finishes (it is never interrupted), then
 :meth:`Loop.run` returns 0. A second signal raises SystemExit(130) at once.
 
@@ -73,6 +79,7 @@ from reconciler.daemon.types import (
     READY_RETRYING,
     SETS_FAILING,
     STALLED,
+    STANDBY,
     STARTING,
     Reason,
     Tick,
@@ -193,6 +200,8 @@ class Status:
     """The last tick failed with an error retrying cannot fix: waiting for a change."""
     failing_sets: Mapping[str, str] = field(default_factory=dict)
     """Sets held back as the last tick that loaded the manifests found them (set → failure class)."""
+    leading: bool = True
+    """This replica reconciles (it holds the lease of ``run``, or runs without one)."""
 
 
 def _asked(reasons: tuple[Reason, ...]) -> bool:
@@ -243,7 +252,11 @@ class Loop:
         stop_event: threading.Event | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        elected: bool = True,
+        forward: Callable[[Reason], None] | None = None,
     ) -> None:
+        """``elected=False``: stand by until :meth:`set_leading`; ``forward`` hands a webhook or
+        ``POST /reconcile`` that reaches a standby to the leading replica (see the module docstring)."""
         self.settings = settings
         self.metrics = metrics or Metrics()
         self._tick = tick
@@ -275,14 +288,29 @@ class Loop:
         self._stalled = False
         self._follow_ups = 0  # follow-up ticks requested in a row
         self._failing: Mapping[str, str] = {}  # held-back sets, as the last tick that knew said
+        self._leading = elected
+        self._standing_by = False  # told it stands by (until then, not leading means: not known yet)
+        self._standby_problem: str | None = None  # error class while a standby cannot follow the lease
+        self._forward = forward
+        self.metrics.set_leading(elected)
         self.http: http.HttpListener | None = None
 
     # --- requests, from any thread -------------------------------------------------------------
 
     def request(self, reason: Reason | Trigger) -> bool:
-        """Ask for a tick; False when the request was dropped as one of our own Docker events."""
+        """Ask for a tick; False when the request was dropped: one of our own Docker events, or
+        anything but a webhook or ``POST /reconcile`` (which are handed over) on a standby."""
         if not isinstance(reason, Reason):
             reason = Reason(reason)
+        forward = None
+        with self._cv:
+            if not self._leading:
+                if not reason.trigger.handed_over:
+                    return False
+                forward = self._forward  # without one, kept for the tick that follows an election
+        if forward is not None:
+            forward(reason)
+            return True
         with self._cv:
             now = self._clock()
             if reason.trigger.from_swarm and now < self._suppress_until:
@@ -291,6 +319,44 @@ class Loop:
             self._pending.setdefault(reason, now)
             self._cv.notify_all()
         return True
+
+    def handed(self, texts: tuple[str, ...]) -> None:
+        """Requests a standby replica handed over through the swarm (``webhook:github``, ``manual``):
+        each one it may hand over is requested here; anything else is ignored."""
+        for text in texts:
+            reason = Reason.parse(text)
+            if reason is None:
+                log.warning("ignoring a request handed over through the lease: %r", text[:64])
+                continue
+            log.info("%s handed over by a standby replica: tick requested", reason)
+            self.request(reason)
+
+    def set_leading(self, leading: bool, *, problem: str | None = None) -> None:
+        """This replica leads (reconciles) from now on, or stands by; ``problem``: the error class when a
+        standby cannot follow the lease (``/readyz`` then fails)."""
+        handed: list[Reason] = []
+        with self._cv:
+            self._standby_problem = None if leading else problem
+            self._standing_by = not leading
+            if leading == self._leading:
+                return
+            self._leading = leading
+            now = self._clock()
+            if leading:
+                log.info("leading: this replica holds the lease of `run` and reconciles")
+                self.backoff.reset()
+                self._retry_at = None
+                self._next_interval_at = now + self.settings.interval
+                self._pending[Reason(Trigger.ELECTED)] = now
+            else:
+                log.warning("standing by: this replica no longer holds the lease of `run`")
+                handed = [r for r in self._pending if r.trigger.handed_over]
+                self._pending.clear()
+                self._failing = {}  # the leading replica reports them
+            self.metrics.set_leading(leading)
+            self._cv.notify_all()
+        for reason in handed:
+            self.request(reason)  # to the leading replica
 
     def suppress_events_until(self, deadline: float) -> None:
         """Ignore ``event`` requests until ``deadline`` (on ``time.monotonic``'s clock)."""
@@ -322,6 +388,7 @@ class Loop:
                 pending=tuple(sorted(self._pending, key=self._pending.__getitem__)),
                 stalled=self._stalled,
                 failing_sets=dict(self._failing),
+                leading=self._leading,
             )
 
     def readiness(self) -> tuple[bool, str]:
@@ -333,9 +400,13 @@ class Loop:
         (``types.failing_line``)."""
         with self._cv:
             ready, reason = self._readiness()
-            return ready, reason + ("\n" + failing_line(self._failing) if self._failing else "")
+            named = self._failing if self._leading else {}  # a standby: the leading replica says
+            return ready, reason + ("\n" + failing_line(named) if named else "")
 
     def _readiness(self) -> tuple[bool, str]:
+        if self._standing_by:
+            problem = self._standby_problem
+            return (False, with_class(FAILING, problem)) if problem else (True, STANDBY)
         now, last, success = self._clock(), self._last_result, self._last_success_at
         stale_after = self.settings.stale_after or 3 * self.settings.interval
         if last is not None and last.ok:
@@ -355,6 +426,8 @@ class Loop:
 
     def _due(self, now: float) -> tuple[float, tuple[Reason, ...]]:
         """When the next tick is due and for which reasons (caller holds the lock)."""
+        if not self._leading:
+            return float("inf"), ()  # a standby never ticks
         failing = self._retry_at is not None
         due = self._retry_at if self._retry_at is not None else self._next_interval_at
         timer = Reason(Trigger.RETRY if failing else Trigger.INTERVAL)

@@ -21,6 +21,8 @@ and ``GET /metrics`` shows exactly these series. Every name starts with ``swarm_
 ``rollouts_total{result}``                     service rollouts by outcome (converged, rolled_back, …)
 ``drift_corrections_total``                    service updates made because someone changed a service
 ``git_revision_info{revision}``                1, labelled with the revision applied last
+``lease_held``                                 1 while this replica reconciles (it holds the lease of
+                                               ``run``, or runs with ``--no-lock``), 0 standing by
 ``webhook_requests_total{provider,result}``    webhook deliveries by forge and outcome
 =============================================  =====================================================
 
@@ -134,6 +136,12 @@ class Metrics:
             ["set", "class"],
             registry=reg,
         )
+        self.lease_held = Gauge(
+            PREFIX + "lease_held",
+            "1 while this replica holds the lease of `run` and reconciles (always 1 with --no-lock), 0 "
+            "while it stands by.",
+            registry=reg,
+        )
         # Create the fixed label combinations now so every series exists (as 0) from the first scrape.
         for result in ("success", "partial", "failure", "stalled"):
             self.ticks.labels(result=result)
@@ -173,6 +181,13 @@ class Metrics:
                 self.set_failing.labels(set=name, **{"class": cls}).set(1)
         if result.revision is not None:
             self.set_revision(result.revision)
+
+    def set_leading(self, leading: bool) -> None:
+        """This replica reconciles, or stands by (then the leading replica reports held-back sets)."""
+        self.lease_held.set(1 if leading else 0)
+        if not leading:
+            self.failing_sets.set(0)
+            self.set_failing.clear()
 
     def set_revision(self, revision: str) -> None:
         """Point ``git_revision_info`` at ``revision``, dropping the series of the previous one."""

@@ -48,6 +48,7 @@ STALLED: Final = (
     "not ready: the manifests, a source, the policy or a setting is invalid; waiting for a change "
     "(a new revision, a webhook or POST /reconcile)"
 )
+STANDBY: Final = "ready: standing by; another replica holds the lease of `run` and reconciles"
 SETS_FAILING: Final = (
     "not ready: sets are held back: their manifests, a source or the policy fail; the other sets are "
     "reconciled"
@@ -99,7 +100,7 @@ def with_class(state: str, error_class: str | None) -> str:
 
 def readiness_reasons() -> frozenset[str]:
     """Every text ``/readyz`` may answer with (see ``Loop.readiness``): a fixed set."""
-    fixed = {READY, STARTING, NOT_STARTED}
+    fixed = {READY, STARTING, NOT_STARTED, STANDBY}
     for name in ERROR_CLASSES:
         fixed |= {with_class(state, name) for state in (READY_RETRYING, FAILING, STALLED, SETS_FAILING)}
     return frozenset(fixed)
@@ -125,18 +126,20 @@ class Trigger(enum.StrEnum):
     FOLLOW_UP = "follow-up"
     """The last tick found the swarm moved under it (a rollout superseded by another writer, or the
     swarm changed since its plan): plan again from the swarm as it is now (``TickResult.follow_up``)."""
+    ELECTED = "elected"
+    """This replica took the lease of ``run`` (``daemon/leader.py``): from now on it reconciles."""
 
     @property
     def immediate(self) -> bool:
         """Runs at once, without the debounce."""
-        return self is Trigger.STARTUP
+        return self in (Trigger.STARTUP, Trigger.ELECTED)
 
     @property
     def explicit(self) -> bool:
         """Someone asked for it, or the last tick did (a follow-up): runs after the debounce even while
         backing off after failures (a new commit may be the fix); other requests wait for the retry
         time."""
-        return self in (Trigger.STARTUP, Trigger.WEBHOOK, Trigger.MANUAL, Trigger.FOLLOW_UP)
+        return self in (Trigger.STARTUP, Trigger.ELECTED, Trigger.WEBHOOK, Trigger.MANUAL, Trigger.FOLLOW_UP)
 
     @property
     def asked(self) -> bool:
@@ -144,6 +147,12 @@ class Trigger(enum.StrEnum):
         webhook does not count: a replayed or repeated delivery must not re-roll a service whose
         rollout Swarm just undid (a push that matters brings a new revision anyway)."""
         return self is Trigger.MANUAL
+
+    @property
+    def handed_over(self) -> bool:
+        """Requested from outside (a webhook, ``POST /reconcile``): a standby replica hands it to the
+        replica that reconciles, through the swarm (``daemon/leader.py``), instead of dropping it."""
+        return self in (Trigger.WEBHOOK, Trigger.MANUAL)
 
     @property
     def from_swarm(self) -> bool:
@@ -168,6 +177,24 @@ class Reason(str):
     def __reduce__(self) -> tuple[object, ...]:
         source = str(self).partition(":")[2]
         return Reason, (self.trigger, source)
+
+    @classmethod
+    def parse(cls, text: str) -> Reason | None:
+        """The :class:`Reason` a text such as ``webhook:github`` stands for, when it is one a standby
+        may hand over (:attr:`Trigger.handed_over`, a known forge); else None."""
+        name, _, source = text.partition(":")
+        try:
+            trigger = Trigger(name)
+        except ValueError:
+            return None
+        expected = _FORGES if trigger is Trigger.WEBHOOK else ("",)
+        if not trigger.handed_over or source not in expected:
+            return None
+        return cls(trigger, source)
+
+
+_FORGES: Final = ("github", "gitlab", "gitea")
+"""``webhooks.PROVIDERS`` (not imported: this module imports nothing of the daemon)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

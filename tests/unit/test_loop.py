@@ -29,6 +29,7 @@ from reconciler.daemon.types import (
     READY_RETRYING,
     SETS_FAILING,
     STALLED,
+    STANDBY,
     STARTING,
     Reason,
     TickRequest,
@@ -265,6 +266,35 @@ def test_follow_ups_in_a_row_are_bounded_then_the_backoff_applies(caplog: pytest
     gaps = [b - a for a, b in zip(tick.times, tick.times[1:], strict=False)]
     assert all(gap < 0.3 for gap in gaps[:MAX_FOLLOW_UPS]) and gaps[MAX_FOLLOW_UPS] >= 0.27
     assert any("another writer may be undoing our changes" in r.getMessage() for r in caplog.records)
+
+
+def test_a_standby_runs_no_tick_and_hands_webhooks_over_until_it_leads() -> None:
+    tick = Recorder()
+    handed: list[Reason] = []
+    rec = Loop(settings(interval=0.05), tick, elected=False, forward=handed.append)
+    held = "swarm_secrets_lease_held"
+    assert rec.readiness() == (False, NOT_STARTED)  # not yet known to stand by (the lease not read yet)
+    rec.set_leading(False)  # another replica holds the lease
+    with running(rec):
+        time.sleep(0.2)  # startup and several intervals: nothing runs on a standby
+        assert tick.count == 0 and rec.readiness() == (True, STANDBY)
+        assert rec.metrics.registry.get_sample_value(held) == 0
+        assert rec.request(Reason(Trigger.WEBHOOK, "github")) and rec.request(Trigger.MANUAL)
+        assert not rec.request(Trigger.EVENT)  # the leading replica watches the swarm itself
+        assert handed == ["webhook:github", "manual"] and tick.count == 0
+        rec.set_leading(False, problem="engine")  # cannot follow the lease: not ready
+        assert rec.readiness() == (False, with_class(FAILING, "engine"))
+        rec.set_leading(True)  # elected: ticks at once, without the debounce
+        wait_for(lambda: tick.count == 1)
+        assert tick.requests[0].reasons == ("elected",) and rec.status().leading
+        assert rec.metrics.registry.get_sample_value(held) == 1
+        rec.handed(("webhook:gitea", "manual; rm -rf /", "interval"))  # only what a standby may hand over
+        wait_for(lambda: tick.count >= 2)
+        assert "webhook:gitea" in tick.requests[1].reasons and "interval" not in tick.requests[1].reasons
+        rec.set_leading(False)
+        count = tick.count
+        time.sleep(0.2)
+        assert tick.count == count and rec.metrics.registry.get_sample_value(held) == 0
 
 
 def test_stop_finishes_the_tick_in_hand_then_returns_zero() -> None:
@@ -570,7 +600,12 @@ def test_reasons_are_text_that_carries_its_trigger() -> None:
     reason = Reason(Trigger.WEBHOOK, "github")
     assert reason == "webhook:github" and reason.trigger is Trigger.WEBHOOK
     assert Reason(Trigger.EVENT) == "event" and json.dumps([reason]) == '["webhook:github"]'
-    explicit = {Trigger.STARTUP, Trigger.WEBHOOK, Trigger.MANUAL, Trigger.FOLLOW_UP}
+    explicit = {Trigger.STARTUP, Trigger.ELECTED, Trigger.WEBHOOK, Trigger.MANUAL, Trigger.FOLLOW_UP}
     assert {t for t in Trigger if t.explicit} == explicit
+    assert {t for t in Trigger if t.immediate} == {Trigger.STARTUP, Trigger.ELECTED}
+    assert {t for t in Trigger if t.handed_over} == {Trigger.WEBHOOK, Trigger.MANUAL}
+    assert Reason.parse("webhook:gitea") == "webhook:gitea" and Reason.parse("manual") == "manual"
+    for text in ("webhook:evil", "webhook", "manual:x", "event", "interval", "oddreasonrm-rf"):
+        assert Reason.parse(text) is None
     assert {t for t in Trigger if t.asked} == {Trigger.MANUAL}  # a webhook can be replayed
     assert {t for t in Trigger if t.from_swarm} == {Trigger.EVENT}
