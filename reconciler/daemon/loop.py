@@ -343,13 +343,13 @@ class Loop:
             self._leading = leading
             now = self._clock()
             if leading:
-                log.info("leading: this replica holds the lease of `run` and reconciles")
+                log.info("leading: this replica holds the run lease and reconciles")
                 self.backoff.reset()
                 self._retry_at = None
                 self._next_interval_at = now + self.settings.interval
                 self._pending[Reason(Trigger.ELECTED)] = now
             else:
-                log.warning("standing by: this replica no longer holds the lease of `run`")
+                log.warning("standing by: this replica no longer holds the run lease")
                 handed = [r for r in self._pending if r.trigger.handed_over]
                 self._pending.clear()
                 self._failing = {}  # the leading replica reports them

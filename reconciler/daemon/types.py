@@ -48,7 +48,7 @@ STALLED: Final = (
     "not ready: the manifests, a source, the policy or a setting is invalid; waiting for a change "
     "(a new revision, a webhook or POST /reconcile)"
 )
-STANDBY: Final = "ready: standing by; another replica holds the lease of `run` and reconciles"
+STANDBY: Final = "ready: standing by; another replica holds the run lease and reconciles"
 SETS_FAILING: Final = (
     "not ready: sets are held back: their manifests, a source or the policy fail; the other sets are "
     "reconciled"
