@@ -259,10 +259,8 @@ def run(
         forward = leadership.forward
     reconciler = Loop(settings, tick, stop_event=stop, elected=leadership is None, forward=forward)
     feed = docker_events(docker_host, stop) if events else None
-    if leadership is not None:
-        leadership.start()
     try:
-        code = reconciler.run(events=feed)
+        code = reconciler.run(events=feed, on_start=leadership.start if leadership is not None else None)
     finally:
         if leadership is not None:
             leadership.close()  # after the tick in hand: a standby takes over within seconds

@@ -617,15 +617,20 @@ class Loop:
             log.info("listening on http://%s:%d", *self.http.address)
         return self.http.address if self.http is not None else None
 
-    def run(self, *, events: Iterable[object] | None = None) -> int:
+    def run(
+        self, *, events: Iterable[object] | None = None, on_start: Callable[[], None] | None = None
+    ) -> int:
         """Serve until stopped; returns the process exit code (0).
 
         Installs SIGTERM/SIGINT handlers when called from the main thread and restores the previous
         ones on return. ``events`` (e.g. the Docker events stream) is read in a daemon thread, each
-        item requesting an ``event`` tick.
+        item requesting an ``event`` tick. ``on_start`` runs once the signal handlers are in place
+        (``run`` starts the election there: whatever it logs, a SIGTERM from then on is handled).
         """
         previous = self._install_signals()
         try:
+            if on_start is not None:
+                on_start()
             self.start_http()
             if events is not None:
                 threading.Thread(
