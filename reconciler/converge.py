@@ -46,6 +46,13 @@ services, the reconciler's own and engine-holding services, stacks, adopting) ri
 before planning. The revision guard (never the past over the present, ``manifests/revision.py``)
 runs at the same point. Neither creates anything: on a fresh swarm the fingerprint key config is
 created only once they passed.
+
+**Isolated sets** (``load(isolate=True)``, the long-running loop; ``apply`` stays all-or-nothing): a set
+whose manifests, sources or boundary checks fail is left out (:attr:`Loaded.failing`) and the others go
+on. A failing set is **held back**, not orphaned: :func:`held_back` names it to the planner, which then
+revokes, collects and prunes nothing of it. A problem that names no set (a file that cannot be read or
+parsed: the swarm does not record which file a set came from) holds back every set on the swarm that
+did not load, so nothing is pruned while any manifest cannot be read.
 """
 
 from __future__ import annotations
@@ -85,7 +92,16 @@ from reconciler.engine.executor import (
 )
 from reconciler.engine.keysource import find_key, load_key
 from reconciler.engine.protocol import Swarm
-from reconciler.errors import CheckFailed, ConfigError, ManifestError, PlanOutdated, Problem, RevisionError
+from reconciler.errors import (
+    CheckFailed,
+    ConfigError,
+    ManifestError,
+    PlanOutdated,
+    PolicyViolation,
+    Problem,
+    ProblemsError,
+    RevisionError,
+)
 from reconciler.manifests import loader as manifest
 from reconciler.manifests import revision as revisions
 from reconciler.manifests.digest import manifest_digest
@@ -108,6 +124,7 @@ __all__ = [
     "current_versions",
     "execute",
     "generator",
+    "held_back",
     "load",
     "manifest_digest",
     "prepare",
@@ -130,14 +147,26 @@ class Loaded:
     """Every manifest was read (a skipped folder would have failed the load): --prune-orphans needs it."""
     stacks: tuple[StackSpec, ...] = ()
     """Stacks this run deploys: the Stack manifests, and the stack of ``stack deploy``."""
+    isolated: bool = False
+    """Loaded with ``isolate=True``: the sets below failed, and only they are left out."""
+    failing: Mapping[str, ProblemsError] = field(default_factory=dict)
+    """Isolated only: set name → why it is held back (ManifestError, PolicyViolation, SourceError)."""
+    unattributed: ManifestError | None = None
+    """Isolated only: problems that name no set (see the module docstring)."""
+    failing_stacks: Mapping[str, ProblemsError] = field(default_factory=dict)
+    """Isolated only: Stack manifest name → why it is not deployed (its manifest, its compose files,
+    its grants, the policy, or a set it needs is held back). The sets are reconciled without it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Prepared:
     loaded: Loaded
+    """What was loaded; when isolated, without the sets the live checks held back (``failing``)."""
     desired: DesiredState
     live: LiveState
     plan: Plan
+    held_back: frozenset[str] = frozenset()
+    """Sets the plan leaves exactly as they are (:func:`held_back`)."""
 
 
 Check = Callable[[Prepared], Sequence[Problem]]
@@ -201,29 +230,126 @@ def load(
     boundary: guard.Boundary | None = None,
     complete: bool = False,
     stacks: Sequence[StackSpec] = (),
+    isolate: bool = False,
 ) -> Loaded:
     """Load, validate and resolve: everything that can fail before the swarm is touched.
 
     ``complete``: every manifest must be read (``--prune-orphans``; see ``manifests.load``).
     ``stacks``: stacks to deploy besides the Stack manifests (``stack deploy``), held to the same
     grant checks.
+    ``isolate``: a set that fails is left out and named in :attr:`Loaded.failing` instead of failing
+    the whole load (the long-running loop; see the module docstring).
     """
     boundary = boundary or guard.Boundary()
-    # The trust boundary's offline checks run inside the loader, before any source is read.
-    found = manifest.load_manifests(paths, boundary, complete=complete)
-    if stacks:
-        problems = manifest.stack_problems((*found.stacks, *stacks), found.sets)
-        if problems:
-            raise ManifestError(problems)
-    values = sources.resolve(found.sets, environ, sops_env=boundary.sops_passthrough)
-    revision = revision or detect_revision(paths, environ)
+    if not isolate:
+        # The trust boundary's offline checks run inside the loader, before any source is read.
+        manifests = manifest.load_manifests(paths, boundary, complete=complete)
+        if stacks:
+            problems = manifest.stack_problems((*manifests.stacks, *stacks), manifests.sets)
+            if problems:
+                raise ManifestError(problems)
+        values = sources.resolve(manifests.sets, environ, sops_env=boundary.sops_passthrough)
+        return Loaded(
+            sets=manifests.sets,
+            values=values,
+            revision=revision or detect_revision(paths, environ),
+            boundary=boundary,
+            complete=complete,
+            stacks=(*manifests.stacks, *stacks),
+        )
+    found = manifest.load_isolated(paths, boundary, complete=complete)
+    values, unresolved = sources.resolve_isolated(found.sets, environ, sops_env=boundary.sops_passthrough)
+    failing: dict[str, ProblemsError] = {**found.failing, **unresolved}
     return Loaded(
-        sets=found.sets,
+        sets=tuple(s for s in found.sets if s.name not in failing),
         values=values,
-        revision=revision,
+        revision=revision or detect_revision(paths, environ),
         boundary=boundary,
-        complete=complete,
+        complete=complete and found.unattributed is None,
+        isolated=True,
+        failing=dict(sorted(failing.items())),
+        unattributed=found.unattributed,
         stacks=(*found.stacks, *stacks),
+        failing_stacks=found.failing_stacks,
+    )
+
+
+def held_back(loaded: Loaded, live: LiveState) -> frozenset[str]:
+    """The sets a plan must leave as they are: the failing ones, and while a problem names no set,
+    every set on the swarm that did not load (any of them may be declared in the unreadable file)."""
+    if not loaded.isolated:
+        return frozenset()
+    names = set(loaded.failing)
+    if loaded.unattributed is not None:
+        ok = {s.name for s in loaded.sets}
+        names.update(s.set_name for s in live.secrets if s.managed and s.set_name and s.set_name not in ok)
+    return frozenset(names)
+
+
+def _isolate_live(loaded: Loaded, live: LiveState) -> Loaded:
+    """``loaded`` without the stacks and sets the trust boundary's live checks refuse (added to
+    ``failing_stacks`` and ``failing``)."""
+    refused_stacks: dict[str, ProblemsError] = {}
+    for stack in loaded.stacks:
+        problems = guard.check_live([], live, loaded.boundary, [stack])
+        if problems:
+            refused_stacks[stack.name] = PolicyViolation(problems)
+    stacks = tuple(s for s in loaded.stacks if s.name not in refused_stacks)
+    refused: dict[str, ProblemsError] = {}
+    for secret_set in loaded.sets:
+        problems = guard.check_live([secret_set], live, loaded.boundary, stacks)
+        if problems:
+            refused[secret_set.name] = PolicyViolation(problems)
+    if not refused and not refused_stacks:
+        return loaded
+    return replace(
+        loaded,
+        sets=tuple(s for s in loaded.sets if s.name not in refused),
+        values={k: v for k, v in loaded.values.items() if k[0] not in refused},
+        failing=dict(sorted({**loaded.failing, **refused}.items())),
+        stacks=stacks,
+        failing_stacks=dict(sorted({**loaded.failing_stacks, **refused_stacks}.items())),
+    )
+
+
+def _spare_stacks(loaded: Loaded, live: LiveState, held: frozenset[str]) -> Loaded:
+    """``loaded`` without the stacks whose services use a version of a held-back set (added to
+    ``failing_stacks``): the deploy could not pin that set's compose secrets, so it would put the
+    compose file's own secret back where the held-back set's version is mounted."""
+    if not held or not loaded.stacks:
+        return loaded
+    owner = {s.id: s.set_name for s in live.secrets if s.managed and s.set_name}
+    spared: dict[str, ProblemsError] = {}
+    for stack in loaded.stacks:
+        members = frozenset(stack.swarm_services)
+        needs = sorted(
+            {
+                owner[ref.secret_id]
+                for service in live.services
+                if service.stack == stack.name or service.name in members
+                for ref in service.refs
+                if owner.get(ref.secret_id) in held
+            }
+        )
+        if needs:
+            origin = stack.origin
+            spared[stack.name] = ManifestError(
+                [
+                    Problem(
+                        origin.file if origin else stack.name,
+                        origin.line if origin else None,
+                        origin.path if origin else "",
+                        f"stack '{stack.name}' is not deployed while its services use versions of "
+                        f"held-back sets ({', '.join(needs)}): fix those sets first",
+                    )
+                ]
+            )
+    if not spared:
+        return loaded
+    return replace(
+        loaded,
+        stacks=tuple(s for s in loaded.stacks if s.name not in spared),
+        failing_stacks=dict(sorted({**loaded.failing_stacks, **spared}.items())),
     )
 
 
@@ -255,8 +381,9 @@ def prepare(loaded: Loaded, swarm: Swarm, settings: Settings | None = None) -> P
     The trust boundary's live checks and the revision guard run right after observing; on a fresh
     swarm the key config is created only after they passed (``read_only``: never)."""
     settings = settings or Settings()
-    if settings.apply.prune_orphans and not loaded.complete:
-        # Pruning takes every set it did not load for deleted: it must know it loaded them all.
+    if settings.apply.prune_orphans and not loaded.complete and not loaded.isolated:
+        # Pruning takes every set it did not load for deleted: it must know it loaded them all. (An
+        # isolated load that missed a file holds back every set it did not load instead.)
         raise ConfigError("--prune-orphans needs the manifests loaded with complete=True (a bug)")
     # Observing is mostly waiting for the engine: fetch the key and fingerprint the values meanwhile.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe") as pool:
@@ -268,7 +395,19 @@ def prepare(loaded: Loaded, swarm: Swarm, settings: Settings | None = None) -> P
             else None
         )
         live = observing.result()
-    guard.enforce_live(loaded.sets, live, loaded.boundary, loaded.stacks)
+    held: frozenset[str] = frozenset()
+    if loaded.isolated:
+        loaded = _isolate_live(loaded, live)
+        held = held_back(loaded, live)
+        loaded = _spare_stacks(loaded, live, held)
+        if desired is not None:
+            desired = replace(
+                desired,
+                sets=tuple(s for s in desired.sets if s.name not in loaded.failing),
+                stacks=loaded.stacks,
+            )
+    else:
+        guard.enforce_live(loaded.sets, live, loaded.boundary, loaded.stacks)
     guard_revision(loaded, live, settings.revision_guard)
     if desired is None:  # a fresh swarm: the key config is created only now, after the checks passed
         key = load_key(swarm, settings.key_file, create=not settings.read_only)
@@ -276,9 +415,9 @@ def prepare(loaded: Loaded, swarm: Swarm, settings: Settings | None = None) -> P
             loaded.sets, loaded.values, key, revision=loaded.revision, stacks=loaded.stacks
         )
     desired = at_time(desired, live, settings)
-    plan = planner.plan(desired, live, prune_orphans=settings.apply.prune_orphans)
+    plan = planner.plan(desired, live, prune_orphans=settings.apply.prune_orphans, held_back=held)
     plan = replace(plan, governance=guard.governance(loaded.sets, loaded.boundary.policy))
-    prepared = Prepared(loaded=loaded, desired=desired, live=live, plan=plan)
+    prepared = Prepared(loaded=loaded, desired=desired, live=live, plan=plan, held_back=held)
     problems = [p for check in (*builtin_checks(settings), *settings.checks) for p in check(prepared)]
     if problems:
         raise CheckFailed(problems)
@@ -390,7 +529,10 @@ def replanner(prepared: Prepared, swarm: Swarm, settings: Settings) -> Replan:
 
     def replan() -> tuple[LiveState, Plan]:
         live = swarm.observe(lean=True)
-        return live, planner.plan(prepared.desired, live, prune_orphans=settings.apply.prune_orphans)
+        held = held_back(prepared.loaded, live)
+        return live, planner.plan(
+            prepared.desired, live, prune_orphans=settings.apply.prune_orphans, held_back=held
+        )
 
     return replan
 

@@ -30,8 +30,6 @@ from reconciler.manifests.revision import RevisionCheckMode
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -170,11 +168,14 @@ def run(
     """Reconcile continuously: on start, every --interval, on webhooks, on git changes and on swarm
     events. SIGTERM finishes the step in hand and exits 0."""
     import threading
+    from dataclasses import replace
 
     from reconciler.daemon.gitsync import GitSettings, GitSync, default_state_dir, ensure_private_dir
+    from reconciler.daemon.leader import RUN_LEASE, Leadership
     from reconciler.daemon.loop import Loop, LoopSettings, with_git
     from reconciler.daemon.tick import TickSettings, docker_events, make_tick
     from reconciler.daemon.webhooks import SecretFiles
+    from reconciler.engine.swarm import Swarm
 
     if git_url is None and path is None:
         path = manifests.DEFAULT_PATH
@@ -195,6 +196,7 @@ def run(
         )
         github_webhook_secret_file = gitea_webhook_secret_file = webhook_secret_file
     stop = threading.Event()
+    applier_lease = lease_settings(lock, lock_timeout, lock_ttl)
     tick = make_tick(
         TickSettings(
             manifests=path or Path("."),
@@ -204,7 +206,7 @@ def run(
             allow_older_revision=allow_older_revision,
             revision_check=revision_check,
             boundary=boundary,
-            lease=lease_settings(lock, lock_timeout, lock_ttl),
+            lease=applier_lease,
             stop=stop,
             docker_cli=docker_cli,
         )
@@ -248,7 +250,22 @@ def run(
             "service are refused only by its label io.swarm-secrets.role=reconciler and by its Docker "
             "socket; set it (deploy/stack.yml passes {{.Service.Name}})"
         )
-    reconciler = Loop(settings, tick, stop_event=stop)
+    # Replicas elect the one that reconciles (daemon/leader.py); --no-lock: no lease, no election.
+    leadership: Leadership | None = None
+    forward = None
+    if applier_lease is not None:
+        leadership = Leadership(
+            lambda: Swarm.connect(docker_host),
+            replace(applier_lease, name=RUN_LEASE),
+            on_change=lambda leading, problem=None: reconciler.set_leading(leading, problem=problem),
+            on_pending=lambda reasons: reconciler.handed(reasons),
+        )
+        forward = leadership.forward
+    reconciler = Loop(settings, tick, stop_event=stop, elected=leadership is None, forward=forward)
     feed = docker_events(docker_host, stop) if events else None
-    code = reconciler.run(events=feed)
+    try:
+        code = reconciler.run(events=feed, on_start=leadership.start if leadership is not None else None)
+    finally:
+        if leadership is not None:
+            leadership.close()  # after the tick in hand: a standby takes over within seconds
     raise click.exceptions.Exit(code)

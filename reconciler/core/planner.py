@@ -29,6 +29,11 @@ no :class:`UpdateService`: the reference changes of their services go into one :
 per stack (``core/stacks.py`` decides whether it is needed), whose override pins the versions, so a
 release that also rotates a value updates each service once.
 
+Held-back sets (``held_back``: the long-running loop could not load them, their manifests fail) are
+neither desired nor orphaned: nothing of them is revoked, collected or pruned, and a path of a service
+that mounts one of their versions is left as it is, even if a loaded set grants that path now (a warning
+says so; were both sets loaded, the clash would be reported).
+
 How a :class:`RefChange` applies to a service is defined once, in ``core/refs.py``. The planner uses
 that rule to predict the services after its own updates, so that collection is exact: a version that
 only the PreviousSpec of a service this plan updates references stops being a rollback target once
@@ -155,10 +160,17 @@ def _version(secret: LiveSecret) -> int:
     return secret.version or 0
 
 
-def plan(desired: DesiredState, live: LiveState, *, prune_orphans: bool = False) -> Plan:
-    """Everything needed to make the swarm match ``desired``, each step with its reason."""
+def plan(
+    desired: DesiredState,
+    live: LiveState,
+    *,
+    prune_orphans: bool = False,
+    held_back: frozenset[str] = frozenset(),
+) -> Plan:
+    """Everything needed to make the swarm match ``desired``, each step with its reason; the sets in
+    ``held_back`` are left exactly as they are (see the module docstring)."""
     loaded = frozenset(s.name for s in desired.sets)
-    index = _Index(live, loaded)
+    index = _Index(live, loaded | held_back)
     warnings: list[str] = [
         f"secret '{s.name}' (id {s.id}) is labelled managed but has no set or secret label; left alone"
         for s in sorted(index.malformed, key=lambda s: (s.name, s.id))
@@ -178,7 +190,7 @@ def plan(desired: DesiredState, live: LiveState, *, prune_orphans: bool = False)
     blocked_keys = frozenset((b.set_name, b.secret) for b in blocked)
     covered = frozenset(covered_services(desired.stacks))
     updates, service_warnings, stack_changes, names = _plan_services(
-        desired, live, index, currents, loaded, pruned, blocked_keys, covered
+        desired, live, index, currents, loaded, pruned, blocked_keys, covered, held_back - loaded
     )
     deploys, stack_warnings = plan_deploys(desired.stacks, live, stack_changes, names)
     after = predict(live, updates, creates, deploys)
@@ -377,6 +389,7 @@ def _plan_services(
     pruned: frozenset[str],
     blocked: frozenset[tuple[str, str]],
     covered: frozenset[str] = frozenset(),
+    held_back: frozenset[str] = frozenset(),
 ) -> tuple[list[UpdateService], list[str], dict[str, tuple[RefChange, ...]], dict[tuple[str, str], str]]:
     """(updates, warnings, reference changes of the services a stack deploy writes, the version wanted
     at each granted (service, path))."""
@@ -404,7 +417,9 @@ def _plan_services(
     updates: list[UpdateService] = []
     stack_changes: dict[str, tuple[RefChange, ...]] = {}
     for service in sorted(live.services, key=lambda s: (s.name, s.id)):
-        wanted = wanted_by_service.get(service.name, {})
+        wanted: Mapping[str, _Wanted] = wanted_by_service.get(service.name, {})
+        if held_back and wanted:
+            wanted = _spare_held_back(service, wanted, index, held_back, warnings)
         changes = _service_changes(service, wanted, index, loaded, pruned, blocked)
         if service.name in covered:
             stack_changes[service.name] = changes  # the stack's deploy makes them (core/stacks.py)
@@ -439,6 +454,29 @@ def _plan_services(
                 "this update starts a new one"
             )
     return updates, warnings, stack_changes, names
+
+
+def _spare_held_back(
+    service: LiveService,
+    wanted: Mapping[str, _Wanted],
+    index: _Index,
+    held_back: frozenset[str],
+    warnings: list[str],
+) -> Mapping[str, _Wanted]:
+    """``wanted`` without the paths where ``service`` mounts a version of a held-back set (a warning
+    for each): those stay as they are until that set loads again."""
+    spared: dict[str, _Wanted] = dict(wanted)
+    for ref in sorted(service.refs, key=lambda r: (r.path, r.secret_name)):
+        held = index.ours(ref.secret_id, held_back)
+        if held is None or ref.path not in spared:
+            continue
+        want = spared.pop(ref.path)
+        warnings.append(
+            f"service '{service.name}': {ref.path} mounts {held.name} of set '{held.set_name}', whose "
+            f"manifests fail (held back); left as it is, not given {want.set_name}/{want.secret}, until "
+            f"set '{held.set_name}' loads again"
+        )
+    return spared
 
 
 def _wanted(

@@ -22,6 +22,12 @@ requests that came in during the tick are dropped and further ones are ignored f
 seconds; :meth:`Loop.suppress_events_until` extends that window from outside. A foreign change
 hidden by this window is still found by the next interval tick.
 
+**When the swarm moves under a tick** (another writer supersedes a rollout, or the swarm changed between
+the tick's plan and its execution), the tick says so (``TickResult.follow_up``) and the loop requests a
+``follow-up`` tick: after the debounce, not waiting for the interval or the backoff, and never dropped
+by the quiet window (it is not a Docker event). At most :data:`MAX_FOLLOW_UPS` in a row: a writer that
+keeps undoing our changes then meets the ordinary backoff rather than a tick every few seconds.
+
 Failures (``ok=False``, a :class:`SwarmSecretsError` raised by the tick, or any other exception,
 which is logged with its traceback as a bug) never end the loop. A failure that may pass (engine
 unreachable or answering 5xx, a network error, git timing out, a rollout that failed, the swarm's
@@ -33,6 +39,12 @@ retry timer and no backoff; the next tick comes from the interval, a webhook, ``
 an event, and with git an interval or event tick that finds the same revision again stops right
 after the fetch (:func:`with_git`). ``/readyz``, ``/metrics`` (``ticks_total{result="stalled"}``,
 ``waiting_for_change``) and the log line say which kind of failure it was.
+
+**Several replicas** (``daemon/leader.py``): only the replica that holds the lease of ``run`` ticks.
+A loop built with ``elected=False`` stands by until :meth:`Loop.set_leading` says it leads (then it ticks
+at once, ``elected``); while standing by it runs no tick at all, hands webhooks and ``POST /reconcile``
+to the leading replica (``forward``, through the swarm) and drops the rest (interval, events: the leader
+has its own). Requests handed over by a standby arrive through :meth:`Loop.handed`.
 
 SIGTERM/SIGINT set the stop flag: the tick in hand finishes (it is never interrupted), then
 :meth:`Loop.run` returns 0. A second signal raises SystemExit(130) at once.
@@ -52,8 +64,8 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -67,14 +79,18 @@ from reconciler.daemon.types import (
     NOT_STARTED,
     READY,
     READY_RETRYING,
+    SETS_FAILING,
     STALLED,
+    STANDBY,
     STARTING,
     Reason,
     Tick,
     TickRequest,
     TickResult,
     Trigger,
-    error_class,
+    failing_class,
+    failing_line,
+    failure,
     with_class,
 )
 from reconciler.daemon.webhooks import SecretFiles
@@ -89,6 +105,8 @@ spin."""
 _STOP_POLL = 0.1
 """Longest idle wait between stop-flag checks: an external ``stop_event.set()`` cannot wake the loop's
 condition variable, so the loop looks at the flag at least this often."""
+MAX_FOLLOW_UPS = 3
+"""Follow-up ticks in a row at most (see the module docstring); reset by a tick that needs none."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -186,23 +204,10 @@ class Status:
     pending: tuple[Reason, ...]
     stalled: bool = False
     """The last tick failed with an error retrying cannot fix: waiting for a change."""
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
-    return lines[0] if len(lines) == 1 else f"{lines[0]} (and {len(lines) - 1} more)"
-
-
-def failure(exc: SwarmSecretsError, revision: str | None = None) -> TickResult:
-    """The result of a tick that raised ``exc``: one line, its class, and whether retrying may heal it."""
-    return TickResult(
-        ok=False,
-        changed=False,
-        revision=revision,
-        error=_one_line(exc),
-        error_class=error_class(exc),
-        transient=exc.transient,
-    )
+    failing_sets: Mapping[str, str] = field(default_factory=dict)
+    """Sets held back as the last tick that loaded the manifests found them (set → failure class)."""
+    leading: bool = True
+    """This replica reconciles (it holds the lease of ``run``, or runs without one)."""
 
 
 def _asked(reasons: tuple[Reason, ...]) -> bool:
@@ -253,7 +258,11 @@ class Loop:
         stop_event: threading.Event | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        elected: bool = True,
+        forward: Callable[[Reason], None] | None = None,
     ) -> None:
+        """``elected=False``: stand by until :meth:`set_leading`; ``forward`` hands a webhook or
+        ``POST /reconcile`` that reaches a standby to the leading replica (see the module docstring)."""
         self.settings = settings
         self.metrics = metrics or Metrics()
         self._tick = tick
@@ -284,14 +293,31 @@ class Loop:
         self._last_success_at: float | None = None
         self._stalled_revision: str | None = None
         self._stalled = False
+        self._follow_ups = 0  # follow-up ticks requested in a row
+        self._failing: Mapping[str, str] = {}  # held-back sets, as the last tick that knew said
+        self._leading = elected
+        self._standing_by = False  # told it stands by (until then, not leading means: not known yet)
+        self._standby_problem: str | None = None  # error class while a standby cannot follow the lease
+        self._forward = forward
+        self.metrics.set_leading(elected)
         self.http: http.HttpListener | None = None
 
     # --- requests, from any thread -------------------------------------------------------------
 
     def request(self, reason: Reason | Trigger) -> bool:
-        """Ask for a tick; False when the request was dropped as one of our own Docker events."""
+        """Ask for a tick; False when the request was dropped: one of our own Docker events, or
+        anything but a webhook or ``POST /reconcile`` (which are handed over) on a standby."""
         if not isinstance(reason, Reason):
             reason = Reason(reason)
+        forward = None
+        with self._cv:
+            if not self._leading:
+                if not reason.trigger.handed_over:
+                    return False
+                forward = self._forward  # without one, kept for the tick that follows an election
+        if forward is not None:
+            forward(reason)
+            return True
         with self._cv:
             now = self._clock()
             if reason.trigger.from_swarm and now < self._suppress_until:
@@ -300,6 +326,44 @@ class Loop:
             self._pending.setdefault(reason, now)
             self._cv.notify_all()
         return True
+
+    def handed(self, texts: tuple[str, ...]) -> None:
+        """Requests a standby replica handed over through the swarm (``webhook:github``, ``manual``):
+        each one it may hand over is requested here; anything else is ignored."""
+        for text in texts:
+            reason = Reason.parse(text)
+            if reason is None:
+                log.warning("ignoring a request handed over through the lease: %r", text[:64])
+                continue
+            log.info("%s handed over by a standby replica: tick requested", reason)
+            self.request(reason)
+
+    def set_leading(self, leading: bool, *, problem: str | None = None) -> None:
+        """This replica leads (reconciles) from now on, or stands by; ``problem``: the error class when a
+        standby cannot follow the lease (``/readyz`` then fails)."""
+        handed: list[Reason] = []
+        with self._cv:
+            self._standby_problem = None if leading else problem
+            self._standing_by = not leading
+            if leading == self._leading:
+                return
+            self._leading = leading
+            now = self._clock()
+            if leading:
+                log.info("leading: this replica holds the run lease and reconciles")
+                self.backoff.reset()
+                self._retry_at = None
+                self._next_interval_at = now + self.settings.interval
+                self._pending[Reason(Trigger.ELECTED)] = now
+            else:
+                log.warning("standing by: this replica no longer holds the run lease")
+                handed = [r for r in self._pending if r.trigger.handed_over]
+                self._pending.clear()
+                self._failing = {}  # the leading replica reports them
+            self.metrics.set_leading(leading)
+            self._cv.notify_all()
+        for reason in handed:
+            self.request(reason)  # to the leading replica
 
     def suppress_events_until(self, deadline: float) -> None:
         """Ignore ``event`` requests until ``deadline`` (on ``time.monotonic``'s clock)."""
@@ -330,32 +394,47 @@ class Loop:
                 consecutive_failures=self.backoff.failures,
                 pending=tuple(sorted(self._pending, key=self._pending.__getitem__)),
                 stalled=self._stalled,
+                failing_sets=dict(self._failing),
+                leading=self._leading,
             )
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, reason) for ``/readyz``. Ready when the last tick succeeded, or the last success is
-        at most ``stale_after`` old and the failure may pass, or nothing succeeded yet but the process
-        started less than ``readiness_grace`` ago. The reason is one of a fixed set
-        (``types.readiness_reasons``): a state and the class of the last failure, never its text (the
-        log has that)."""
+        """(ready, reason) for ``/readyz``. Ready when the last tick succeeded and no set is held back,
+        or the last success is at most ``stale_after`` old and the failure may pass, or nothing
+        succeeded yet but the process started less than ``readiness_grace`` ago. The reason is one of a
+        fixed set (``types.readiness_reasons``): a state and the class of the last failure, never its
+        text (the log has that); while sets are held back, a second line names them
+        (``types.failing_line``)."""
         with self._cv:
-            now, last, success = self._clock(), self._last_result, self._last_success_at
-            stale_after = self.settings.stale_after or 3 * self.settings.interval
-            if last is not None and last.ok:
-                return True, READY
-            failed = last.error_class if last is not None else None
-            if last is not None and not last.transient:
-                return False, with_class(STALLED, failed)  # retrying cannot heal it: no grace either
-            if success is not None and now - success <= stale_after:
-                return True, with_class(READY_RETRYING, failed)
-            if success is None and now - self._started_at <= self.settings.readiness_grace:
-                return True, STARTING
-            return (False, with_class(FAILING, failed)) if last is not None else (False, NOT_STARTED)
+            ready, reason = self._readiness()
+            named = self._failing if self._leading else {}  # a standby: the leading replica says
+            return ready, reason + ("\n" + failing_line(named) if named else "")
+
+    def _readiness(self) -> tuple[bool, str]:
+        if self._standing_by:
+            problem = self._standby_problem
+            return (False, with_class(FAILING, problem)) if problem else (True, STANDBY)
+        now, last, success = self._clock(), self._last_result, self._last_success_at
+        stale_after = self.settings.stale_after or 3 * self.settings.interval
+        if last is not None and last.ok:
+            if self._failing:  # the others were reconciled; these wait for a fix
+                return False, with_class(SETS_FAILING, failing_class(self._failing))
+            return True, READY
+        failed = last.error_class if last is not None else None
+        if last is not None and not last.transient:
+            return False, with_class(STALLED, failed)  # retrying cannot heal it: no grace either
+        if success is not None and now - success <= stale_after:
+            return True, with_class(READY_RETRYING, failed)
+        if success is None and now - self._started_at <= self.settings.readiness_grace:
+            return True, STARTING
+        return (False, with_class(FAILING, failed)) if last is not None else (False, NOT_STARTED)
 
     # --- the loop ------------------------------------------------------------------------------
 
     def _due(self, now: float) -> tuple[float, tuple[Reason, ...]]:
         """When the next tick is due and for which reasons (caller holds the lock)."""
+        if not self._leading:
+            return float("inf"), ()  # a standby never ticks
         failing = self._retry_at is not None
         due = self._retry_at if self._retry_at is not None else self._next_interval_at
         timer = Reason(Trigger.RETRY if failing else Trigger.INTERVAL)
@@ -425,11 +504,12 @@ class Loop:
             self.metrics.observe(result, duration)
         except Exception:  # odd numbers in a result must not stop the service
             log.exception("could not record metrics for the tick")
-        delay = self._record(result)
-        self._report(request, result, duration, delay, bug)
+        delay, follow_up = self._record(result)
+        self._report(request, result, duration, delay, bug, follow_up)
 
-    def _record(self, result: TickResult) -> float | None:
-        """Update the schedule after a tick; return the retry delay when it failed."""
+    def _record(self, result: TickResult) -> tuple[float | None, bool]:
+        """Update the schedule after a tick; return the retry delay when it failed, and whether a
+        follow-up tick was requested."""
         with self._cv:
             now = self._clock()
             self._ticking = False
@@ -438,6 +518,8 @@ class Loop:
             delay = None
             self._stalled = not result.ok and not result.transient
             self._stalled_revision = result.revision if self._stalled else None
+            if result.failing_sets is not None:
+                self._failing = dict(result.failing_sets)
             if result.ok:
                 self.backoff.reset()
                 self._retry_at = None
@@ -463,7 +545,19 @@ class Loop:
                     if reason.trigger.from_swarm and at >= self._tick_started:
                         del self._pending[reason]
                 self._suppress_until = max(self._suppress_until, now + self.settings.event_quiet)
-            return delay
+            # Requested after the events were dropped: a follow-up is no event, the quiet window
+            # cannot swallow it.
+            follow_up = result.follow_up and self._follow_ups < MAX_FOLLOW_UPS
+            self._follow_ups = self._follow_ups + 1 if follow_up else 0
+            if follow_up:
+                self._pending.setdefault(Reason(Trigger.FOLLOW_UP), now)
+            elif result.follow_up:
+                log.warning(
+                    "the swarm keeps moving under the ticks (%d follow-ups in a row): another writer may be "
+                    "undoing our changes; backing off",
+                    MAX_FOLLOW_UPS,
+                )
+            return delay, follow_up
 
     def _report(
         self,
@@ -472,29 +566,40 @@ class Loop:
         duration: float,
         delay: float | None,
         bug: Exception | None,
+        follow_up: bool = False,
     ) -> None:
         why, rev = ",".join(request.reasons), result.revision or "-"
+        failing = result.failing_sets or {}
+        held_back = f"; held back: {failing_line(failing).removeprefix('failing sets: ')}" if failing else ""
         if result.skipped:
             log.debug("tick (%s): revision %s is still the one that failed; waiting for a change", why, rev)
         elif not result.ok:
             # One line (plus a traceback for a bug); the loop keeps running either way.
             error = result.error or "no error given"
-            then = (
-                f"retrying in {delay or 0:.1f}s"
-                if result.transient
-                else "not retrying: waiting for a change (a new revision, a webhook or POST /reconcile)"
-            )
+            if follow_up:
+                then = f"following up in {self.settings.debounce:.1f}s from the swarm as it is now"
+            elif result.transient:
+                then = f"retrying in {delay or 0:.1f}s"
+            else:
+                then = "not retrying: waiting for a change (a new revision, a webhook or POST /reconcile)"
             msg = f"tick failed ({why}) after {duration:.1f}s at revision {rev}: {error}; {then}"
-            log.error("%s", msg, exc_info=(type(bug), bug, bug.__traceback__) if bug is not None else None)
+            # The swarm moving under a tick is the world being busy, not a fault: a warning.
+            level = logging.WARNING if follow_up else logging.ERROR
+            trace = (type(bug), bug, bug.__traceback__) if bug is not None else None
+            log.log(level, "%s", msg, exc_info=trace)
         elif result.changed:
             rollouts = ", ".join(f"{k}={v}" for k, v in result.rollouts.items() if v) or "none"
             log.info(
                 "tick done (%s) in %.1fs: revision %s, %d created, %d removed, rollouts: %s, "
-                "%d drift corrections",
+                "%d drift corrections%s%s",
                 *(why, duration, rev, result.created, result.removed, rollouts, result.drift_corrected),
+                "; following up: the swarm moved under it" if follow_up else "",
+                held_back,
             )
         else:
-            log.debug("tick done (%s) in %.1fs: nothing to do at revision %s", why, duration, rev)
+            log.debug(
+                "tick done (%s) in %.1fs: nothing to do at revision %s%s", why, duration, rev, held_back
+            )
         if result.changed:
             logs.audit(
                 "reconcile", ok=result.ok, reasons=request.reasons, revision=result.revision,
@@ -527,15 +632,20 @@ class Loop:
             log.info("listening on http://%s:%d", *self.http.address)
         return self.http.address if self.http is not None else None
 
-    def run(self, *, events: Iterable[object] | None = None) -> int:
+    def run(
+        self, *, events: Iterable[object] | None = None, on_start: Callable[[], None] | None = None
+    ) -> int:
         """Serve until stopped; returns the process exit code (0).
 
         Installs SIGTERM/SIGINT handlers when called from the main thread and restores the previous
         ones on return. ``events`` (e.g. the Docker events stream) is read in a daemon thread, each
-        item requesting an ``event`` tick.
+        item requesting an ``event`` tick. ``on_start`` runs once the signal handlers are in place
+        (``run`` starts the election there: whatever it logs, a SIGTERM from then on is handled).
         """
         previous = self._install_signals()
         try:
+            if on_start is not None:
+                on_start()
             self.start_http()
             if events is not None:
                 threading.Thread(

@@ -5,12 +5,16 @@ one, so two instances (two tests, or a test and a running service) never see eac
 and ``GET /metrics`` shows exactly these series. Every name starts with ``swarm_secrets_``:
 
 =============================================  =====================================================
-``ticks_total{result}``                        ticks by ``success`` / ``failure`` (may pass: retried
+``ticks_total{result}``                        ticks by ``success`` / ``partial`` (the others done,
+                                               some sets held back) / ``failure`` (may pass: retried
                                                with backoff) / ``stalled`` (cannot heal by retrying)
+``failing_sets``                               sets held back: their manifests, sources or policy fail
+``set_failing{set,class}``                     1 per held-back set (at most 20, by name), its class:
+                                               manifest, policy or source
 ``waiting_for_change``                         1 while the loop waits for a change after a ``stalled``
                                                tick (bad manifest, source, policy, setting), else 0
 ``tick_duration_seconds``                      histogram of tick wall time (rollout waits included)
-``last_success_timestamp_seconds``             Unix time of the last successful tick
+``last_success_timestamp_seconds``             Unix time of the last tick that reconciled every set
 ``managed_secrets``                            secret objects owned by the tool, after the last success
 ``versions_created_total``                     secret versions created
 ``versions_removed_total``                     secret versions removed by garbage collection
@@ -21,6 +25,8 @@ and ``GET /metrics`` shows exactly these series. Every name starts with ``swarm_
 ``stack_deploys_total``                        ``docker stack deploy`` runs for ``kind: Stack``
                                                manifests
 ``git_revision_info{revision}``                1, labelled with the revision applied last
+``lease_held``                                 1 while this replica reconciles (it holds the lease of
+                                               ``run``, or runs with ``--no-lock``), 0 standing by
 ``webhook_requests_total{provider,result}``    webhook deliveries by forge and outcome
 ``secret_age_seconds{set,secret}``             age of each managed secret's current version
 ``secret_rotation_period_seconds{set,secret}`` its ``rotate.every``, for secrets that have one
@@ -53,6 +59,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from reconciler.core.rollout import Outcome
+from reconciler.daemon.types import named_sets
 
 if TYPE_CHECKING:  # loop.py imports this module; the type is only needed for annotations
     from reconciler.core.status import SecretStatus
@@ -200,8 +207,27 @@ class Metrics:
         )
         self.secrets = SecretsCollector(clock=monotonic)
         reg.register(self.secrets)
+        self.failing_sets = Gauge(
+            PREFIX + "failing_sets",
+            "Sets held back because their manifests, sources or policy checks fail (the other sets are "
+            "reconciled); the log says why.",
+            registry=reg,
+        )
+        self.set_failing = Gauge(
+            PREFIX + "set_failing",
+            "1 for each set held back (at most 20, by name; failing_sets counts them all), labelled with "
+            "the class of its failure.",
+            ["set", "class"],
+            registry=reg,
+        )
+        self.lease_held = Gauge(
+            PREFIX + "lease_held",
+            "1 while this replica holds the lease of `run` and reconciles (always 1 with --no-lock), 0 "
+            "while it stands by.",
+            registry=reg,
+        )
         # Create the fixed label combinations now so every series exists (as 0) from the first scrape.
-        for result in ("success", "failure", "stalled"):
+        for result in ("success", "partial", "failure", "stalled"):
             self.ticks.labels(result=result)
         for result in ROLLOUT_RESULTS:
             self.rollouts.labels(result=result)
@@ -216,7 +242,9 @@ class Metrics:
         have counted anything.
         """
         stalled = not result.ok and not result.transient
-        self.ticks.labels(result="success" if result.ok else "stalled" if stalled else "failure").inc()
+        partial = result.ok and bool(result.failing_sets)
+        outcome = "partial" if partial else "success" if result.ok else "stalled" if stalled else "failure"
+        self.ticks.labels(result=outcome).inc()
         self.waiting.set(1 if stalled else 0)
         self.tick_duration.observe(max(0.0, duration))
         if result.created > 0:
@@ -235,12 +263,25 @@ class Metrics:
         if result.stacks_deployed > 0:
             self.stack_deploys.inc(result.stacks_deployed)
         if result.ok:
-            self.last_success.set(self._clock())
+            if not partial:
+                self.last_success.set(self._clock())
             self.managed_secrets.set(result.managed_secrets)
+        if result.failing_sets is not None:  # else the tick did not get as far as loading: keep the last
+            self.failing_sets.set(len(result.failing_sets))
+            self.set_failing.clear()
+            for name, cls in named_sets(result.failing_sets):
+                self.set_failing.labels(set=name, **{"class": cls}).set(1)
         if result.revision is not None:
             self.set_revision(result.revision)
         if result.secrets is not None:
             self.secrets.update(result.secrets)
+
+    def set_leading(self, leading: bool) -> None:
+        """This replica reconciles, or stands by (then the leading replica reports held-back sets)."""
+        self.lease_held.set(1 if leading else 0)
+        if not leading:
+            self.failing_sets.set(0)
+            self.set_failing.clear()
 
     def set_revision(self, revision: str) -> None:
         """Point ``git_revision_info`` at ``revision``, dropping the series of the previous one."""

@@ -4,9 +4,11 @@
 manifests (a bad commit fails here, before the swarm is touched), connect, and :func:`converge
 <reconciler.converge.converge>` with the loop's auto-approval, then summarise the outcome as a
 :class:`~reconciler.daemon.types.TickResult`, with the secrets' ages, due rotations and superseded
-versions (``monitor.py``) and when the next scheduled rotation falls due. When the swarm changed
-between the tick's plan and its execution, the tick stops (not ok) and the loop simply ticks again. It
-connects anew on every tick, so an engine restart between ticks costs one failed tick at most.
+versions (``monitor.py``) and when the next scheduled rotation falls due. When the swarm moved under the
+tick (it changed between the tick's plan and its execution, or another writer superseded a rollout),
+the tick is not ok and asks for a follow-up (``TickResult.follow_up``): the loop ticks again at once,
+planning from the swarm as it is. It connects anew on every tick, so an engine restart between ticks
+costs one failed tick at most.
 
 :func:`docker_events` yields one item per secret or service event and reconnects (with a capped
 delay) whenever the stream breaks, e.g. while the engine restarts; after a reconnect it yields once
@@ -26,15 +28,22 @@ from pathlib import Path
 
 from reconciler import converge
 from reconciler.core import guard
+from reconciler.core.rollout import Outcome
 from reconciler.daemon import monitor
-from reconciler.daemon.types import Reason, Tick, TickRequest, TickResult
+from reconciler.daemon.types import Reason, Tick, TickRequest, TickResult, error_class, failure
 from reconciler.display import count
 from reconciler.engine import lease
 from reconciler.engine.executor import ApplyOptions
 from reconciler.engine.lease import LeaseSettings
 from reconciler.engine.stackdeploy import DockerCli, find_docker_cli
 from reconciler.engine.swarm import Swarm
-from reconciler.errors import SwarmSecretsError
+from reconciler.errors import (
+    ManifestError,
+    PolicyViolation,
+    ProblemsError,
+    SourceError,
+    SwarmSecretsError,
+)
 from reconciler.manifests.revision import RevisionCheckMode, RevisionGuard
 
 log = logging.getLogger(__name__)
@@ -81,18 +90,24 @@ def make_tick(settings: TickSettings) -> Tick:
     # retries would otherwise restart a service with a bad value every backoff period (clears_held).
     held: set[tuple[str, frozenset[str]]] = set()
     last_revision: list[str | None] = [None]
+    reported: dict[str, str] = {}  # what was logged about each failing set (``""``: unattributed)
 
     def tick(request: TickRequest) -> TickResult:
         manifests = request.manifests_dir or settings.manifests
         boundary = settings.boundary
         if request.source_root is not None:  # a git checkout: sources stay inside it
             boundary = replace(boundary, source_root=request.source_root)
+        # One set's failure does not stop the others (converge: isolated sets are held back).
         loaded = converge.load(
             [manifests],
             revision=request.revision,
             boundary=boundary,
             complete=settings.apply.prune_orphans,
+            isolate=True,
         )
+        if not loaded.sets:  # nothing to reconcile at this revision: no need to touch the swarm
+            _report_failing(loaded, reported)
+            return _nothing_loaded(loaded, failing_classes(loaded, frozenset()))
         if held and clears_held((request.reason, *request.reasons), loaded.revision, last_revision[0]):
             log.info("retrying %s: new revision or POST /reconcile", count(len(held), "held rollout"))
             held.clear()
@@ -132,7 +147,12 @@ def make_tick(settings: TickSettings) -> Tick:
                     )
                 lost = holding is not None and holding.lost
             watch = monitor.after_tick(swarm, outcome)  # ages, rotations due, superseded versions
-        managed = sum(1 for s in outcome.prepared.live.secrets if s.managed)
+        prepared = outcome.prepared
+        _report_failing(prepared.loaded, reported)
+        failing = failing_classes(prepared.loaded, prepared.held_back)
+        if not prepared.loaded.sets:  # the live checks held back every set that loaded
+            return _nothing_loaded(prepared.loaded, failing)
+        managed = sum(1 for s in prepared.live.secrets if s.managed)
         result = outcome.result
         if result is None:
             log.info("in sync (%d managed versions, revision %s)", managed, loaded.revision or "-")
@@ -143,9 +163,10 @@ def make_tick(settings: TickSettings) -> Tick:
                 managed_secrets=managed,
                 secrets=watch.secrets,
                 next_rotation=watch.next_rotation,
+                failing_sets=failing,
             )
         for warning in result.warnings:
-            if warning not in outcome.prepared.plan.warnings:  # those were logged before the apply
+            if warning not in prepared.plan.warnings:  # those were logged before the apply
                 log.warning("%s", warning)
         held.update(r.key for r in result.rollouts if r.failed_rollout and r.key is not None)
         failures = [f"{r.service}: {r.detail}" for r in result.rollouts if not r.ok]
@@ -174,9 +195,70 @@ def make_tick(settings: TickSettings) -> Tick:
             error_class=None if result.ok and not lost else "rollout" if not result.ok else "engine",
             secrets=watch.secrets,
             next_rotation=watch.next_rotation,
+            failing_sets=failing,
+            follow_up=bool(result.stale) or any(r.outcome is Outcome.SUPERSEDED for r in result.rollouts),
         )
 
     return tick
+
+
+def failing_classes(loaded: converge.Loaded, held_back: frozenset[str]) -> dict[str, str]:
+    """Each held-back set with the class of its failure: its own problems' (manifest, policy, source),
+    or ``manifest`` for a set held back because a file that names no set cannot be read."""
+    classes = {name: error_class(error) for name, error in loaded.failing.items()}
+    classes.update({name: "manifest" for name in held_back if name not in classes})
+    # A Stack manifest that is not deployed, as ``stack/<name>`` (no set name has a slash).
+    classes.update({f"stack/{name}": error_class(error) for name, error in loaded.failing_stacks.items()})
+    return dict(sorted(classes.items()))
+
+
+def _nothing_loaded(loaded: converge.Loaded, failing: dict[str, str]) -> TickResult:
+    """Every set failed: the tick failed as a whole, with an error retrying cannot fix."""
+    errors: list[ProblemsError] = [*([loaded.unattributed] if loaded.unattributed else [])]
+    errors += loaded.failing.values()
+    assert errors, "an isolated load without sets has problems (at least: no SecretSet found)"
+    # One error of the weightiest kind present, holding every problem (the log line counts them).
+    kind = next(
+        k for k in (ManifestError, PolicyViolation, SourceError) if any(isinstance(e, k) for e in errors)
+    )
+    combined = kind([problem for error in errors for problem in error.problems])
+    return failure(combined, loaded.revision, failing_sets=failing)
+
+
+def _report_failing(loaded: converge.Loaded, reported: dict[str, str]) -> None:
+    """Log why sets are held back: every problem when it is new, a reminder at debug level when it is
+    not (the loop would otherwise repeat the same lines every interval)."""
+    now = {name: str(error) for name, error in loaded.failing.items()}
+    now.update({f"stack/{name}": str(error) for name, error in loaded.failing_stacks.items()})
+    if loaded.unattributed is not None:
+        now[""] = str(loaded.unattributed)
+    for name, text in now.items():
+        stack = name.removeprefix("stack/") if name.startswith("stack/") else None
+        who = f"stack '{stack}'" if stack else f"set '{name}'" if name else "a problem that names no set"
+        if reported.get(name) == text:
+            log.debug("%s: still held back", who)
+            continue
+        what = (
+            f"stack '{stack}' is not deployed (the sets are reconciled without it)"
+            if stack
+            else f"set '{name}' is held back (nothing of it is changed; the sets that load are reconciled)"
+            if name
+            else "a manifest that names no set cannot be read: every set on the swarm that did not load "
+            "is held back (nothing is pruned)"
+        )
+        for line in text.splitlines():
+            log.error("%s: %s", what, line)
+    for name in sorted(set(reported) - set(now)):
+        again = (
+            f"stack '{name.removeprefix('stack/')}' loads again"
+            if name.startswith("stack/")
+            else f"set '{name}' loads again"
+            if name
+            else "every manifest names its set again"
+        )
+        log.info("%s", again)
+    reported.clear()
+    reported.update(now)
 
 
 def docker_events(

@@ -7,6 +7,7 @@ without importing the loop (which imports them). Data only: no I/O.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +49,48 @@ STALLED: Final = (
     "not ready: the manifests, a source, the policy or a setting is invalid; waiting for a change "
     "(a new revision, a webhook or POST /reconcile)"
 )
+STANDBY: Final = "ready: standing by; another replica holds the run lease and reconciles"
+SETS_FAILING: Final = (
+    "not ready: sets are held back: their manifests, a source or the policy fail; the other sets are "
+    "reconciled"
+)
 """The states ``/readyz`` reports; a failing state is followed by the class of the last failure
-(:func:`with_class`). Never the text of a failure: that is in the log."""
+(:func:`with_class`). Never the text of a failure: that is in the log. While sets are held back, a second
+line names them (:func:`failing_line`)."""
+
+MAX_NAMED_SETS: Final = 20
+"""Failing sets named by ``/readyz`` and labelled in ``/metrics`` at most (the rest are counted)."""
+_SET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+_NAMED = rf"{_SET_NAME.pattern} \((?:{'|'.join(ERROR_CLASSES)})\)"
+_FAILING_LINE = re.compile(rf"failing sets: {_NAMED}(?:, {_NAMED})*(?: and \d+ more)?")
+
+
+def named_sets(failing: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The failing sets to name, (set, class), by name, at most :data:`MAX_NAMED_SETS`: only names a
+    set may have (the loader attributes nothing else) and known classes, so neither ``/readyz`` nor
+    the metrics' label values can carry anything else."""
+    valid = sorted((name, cls) for name, cls in failing.items() if _SET_NAME.fullmatch(name))
+    return [(name, cls if cls in ERROR_CLASSES else "error") for name, cls in valid[:MAX_NAMED_SETS]]
+
+
+def failing_class(failing: Mapping[str, str]) -> str:
+    """The class ``/readyz`` gives for held-back sets: the first of :data:`ERROR_CLASSES` among theirs."""
+    found = [name for name in ERROR_CLASSES if name in failing.values()]
+    return found[0] if found else "error"
+
+
+def failing_line(failing: Mapping[str, str]) -> str:
+    """``failing sets: shop (manifest), web (policy) and 3 more`` for ``/readyz``."""
+    named = named_sets(failing)
+    text = "failing sets: " + ", ".join(f"{name} ({cls})" for name, cls in named)
+    return text + (f" and {len(failing) - len(named)} more" if len(failing) > len(named) else "")
+
+
+def readiness_text_ok(text: str) -> bool:
+    """``text`` is one of :func:`readiness_reasons`, optionally followed by a :func:`failing_line`:
+    the only texts ``/readyz`` may answer with."""
+    first, _, second = text.partition("\n")
+    return first in readiness_reasons() and (not second or _FAILING_LINE.fullmatch(second) is not None)
 
 
 def with_class(state: str, error_class: str | None) -> str:
@@ -60,9 +101,9 @@ def with_class(state: str, error_class: str | None) -> str:
 
 def readiness_reasons() -> frozenset[str]:
     """Every text ``/readyz`` may answer with (see ``Loop.readiness``): a fixed set."""
-    fixed = {READY, STARTING, NOT_STARTED}
+    fixed = {READY, STARTING, NOT_STARTED, STANDBY}
     for name in ERROR_CLASSES:
-        fixed |= {with_class(state, name) for state in (READY_RETRYING, FAILING, STALLED)}
+        fixed |= {with_class(state, name) for state in (READY_RETRYING, FAILING, STALLED, SETS_FAILING)}
     return frozenset(fixed)
 
 
@@ -85,17 +126,23 @@ class Trigger(enum.StrEnum):
     """A new revision of the manifests was fetched."""
     ROTATION = "rotation"
     """A generated secret's scheduled rotation falls due (before the next interval tick)."""
+    FOLLOW_UP = "follow-up"
+    """The last tick found the swarm moved under it (a rollout superseded by another writer, or the
+    swarm changed since its plan): plan again from the swarm as it is now (``TickResult.follow_up``)."""
+    ELECTED = "elected"
+    """This replica took the lease of ``run`` (``daemon/leader.py``): from now on it reconciles."""
 
     @property
     def immediate(self) -> bool:
         """Runs at once, without the debounce."""
-        return self is Trigger.STARTUP
+        return self in (Trigger.STARTUP, Trigger.ELECTED)
 
     @property
     def explicit(self) -> bool:
-        """Someone asked for it: runs after the debounce even while backing off after failures (a new
-        commit may be the fix); other requests wait for the retry time."""
-        return self in (Trigger.STARTUP, Trigger.WEBHOOK, Trigger.MANUAL)
+        """Someone asked for it, or the last tick did (a follow-up): runs after the debounce even while
+        backing off after failures (a new commit may be the fix); other requests wait for the retry
+        time."""
+        return self in (Trigger.STARTUP, Trigger.ELECTED, Trigger.WEBHOOK, Trigger.MANUAL, Trigger.FOLLOW_UP)
 
     @property
     def asked(self) -> bool:
@@ -103,6 +150,12 @@ class Trigger(enum.StrEnum):
         webhook does not count: a replayed or repeated delivery must not re-roll a service whose
         rollout Swarm just undid (a push that matters brings a new revision anyway)."""
         return self is Trigger.MANUAL
+
+    @property
+    def handed_over(self) -> bool:
+        """Requested from outside (a webhook, ``POST /reconcile``): a standby replica hands it to the
+        replica that reconciles, through the swarm (``daemon/leader.py``), instead of dropping it."""
+        return self in (Trigger.WEBHOOK, Trigger.MANUAL)
 
     @property
     def from_swarm(self) -> bool:
@@ -127,6 +180,24 @@ class Reason(str):
     def __reduce__(self) -> tuple[object, ...]:
         source = str(self).partition(":")[2]
         return Reason, (self.trigger, source)
+
+    @classmethod
+    def parse(cls, text: str) -> Reason | None:
+        """The :class:`Reason` a text such as ``webhook:github`` stands for, when it is one a standby
+        may hand over (:attr:`Trigger.handed_over`, a known forge); else None."""
+        name, _, source = text.partition(":")
+        try:
+            trigger = Trigger(name)
+        except ValueError:
+            return None
+        expected = _FORGES if trigger is Trigger.WEBHOOK else ("",)
+        if not trigger.handed_over or source not in expected:
+            return None
+        return cls(trigger, source)
+
+
+_FORGES: Final = ("github", "gitlab", "gitea")
+"""``webhooks.PROVIDERS`` (not imported: this module imports nothing of the daemon)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -192,6 +263,41 @@ class TickResult:
     next_rotation: float | None = None
     """Seconds until the next scheduled rotation of a generated secret falls due (0: now); the loop
     ticks then (bounded and jittered) instead of waiting for the interval. None: none scheduled."""
+    failing_sets: Mapping[str, str] | None = None
+    """Sets held back because their manifests, sources or policy checks fail, each with its failure
+    class (manifest, policy, source); the other sets were reconciled (``ok`` is about those). Empty when
+    every set loaded; None when the tick did not get as far as loading them (git, a bug): the last known
+    stands."""
+    follow_up: bool = False
+    """The swarm moved under this tick: a rollout was superseded by another writer, or the swarm
+    changed between the plan and its execution. The loop ticks again after the debounce (a
+    ``follow-up``), without waiting for the interval or the backoff and without it being dropped as
+    one of our own Docker events, so the next plan corrects the drift from the swarm as it is."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error, and how many more it has."""
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+    return lines[0] if len(lines) == 1 else f"{lines[0]} (and {len(lines) - 1} more)"
+
+
+def failure(
+    exc: errors.SwarmSecretsError,
+    revision: str | None = None,
+    *,
+    failing_sets: Mapping[str, str] | None = None,
+) -> TickResult:
+    """The result of a tick that failed with ``exc``: one line, its class, and whether retrying may heal
+    it."""
+    return TickResult(
+        ok=False,
+        changed=False,
+        revision=revision,
+        error=one_line(exc),
+        error_class=error_class(exc),
+        transient=exc.transient,
+        failing_sets=failing_sets,
+    )
 
 
 Tick = Callable[[TickRequest], TickResult]

@@ -43,7 +43,13 @@ displayed.
 
 **Triggers.** :func:`post_trigger` lets anyone (a standby replica that received a webhook) add a
 reason to ``pending``; the holder reads and clears it with :meth:`Lease.take_pending`, or has it
-handed to ``on_pending`` at each renewal. Pending reasons survive a change of holder.
+handed to ``on_pending``: such a holder looks at its record every ``poll`` seconds between renewals
+(a read) and takes posted reasons at once. Pending reasons survive a change of holder.
+
+**Two leases.** ``swarm-secrets-lease`` (this module's default) is the *applier* lease: ``apply`` and
+each tick of ``run`` that changes something hold it for that change only, so a CI apply and the loop
+take turns. ``run``'s replicas also race for a lease of their own (``daemon/leader.py``): the one that
+holds it reconciles, the others stand by watching it; that lease is held as long as the replica lives.
 
 The lease protects the swarm from two appliers of this tool; it cannot stop other writers
 (``docker service update`` by hand, a stack deploy). It never contains a value.
@@ -52,6 +58,7 @@ The lease protects the swarm from two appliers of this tool; it cannot stop othe
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import secrets
@@ -64,7 +71,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from reconciler.core.model import LABEL_MANAGED, LABEL_PREFIX
-from reconciler.engine.swarm import Swarm
+from reconciler.engine.protocol import Swarm
 from reconciler.errors import ConfigError, LeaseBusy, SwarmConflict, SwarmSecretsError
 
 log = logging.getLogger(__name__)
@@ -319,7 +326,10 @@ class Lease:
                 told = True
                 if on_wait is not None:
                     on_wait(record)
-                log.info("waiting up to %.0f s for the lease held by %s", limit, record.describe())
+                if math.isinf(limit):
+                    log.info("standing by: the lease %s is held by %s", self.settings.name, record.describe())
+                else:
+                    log.info("waiting up to %.0f s for the lease held by %s", limit, record.describe())
             now = self._clock()
             if now >= deadline or (cancel is not None and cancel.is_set()):
                 raise LeaseBusy(self._busy_message(record, limit, cancelled=now < deadline))
@@ -429,9 +439,24 @@ class Lease:
         return ()
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(self.settings.renew_every):
+        # With ``on_pending``, the holder also looks at its record every ``poll`` seconds between two
+        # renewals (one read), and writes at once when a trigger was posted: a webhook that reached a
+        # standby replica is handed over within seconds, not at the next renewal.
+        watching = self._on_pending is not None
+        step = min(self.settings.poll, self.settings.renew_every) if watching else self.settings.renew_every
+        while not self._stop.wait(step):
+            if watching and self._clock() - self._last_ok < self.settings.renew_every - step / 2:
+                try:
+                    record = self._mine()
+                except SwarmSecretsError as exc:
+                    log.debug("could not look at the lease %s: %s", self.settings.name, exc)
+                    record = None
+                if self._lost.is_set():
+                    return
+                if record is None or not record.pending:
+                    continue
             try:
-                pending = self._renew_once(clear_pending=self._on_pending is not None)
+                pending = self._renew_once(clear_pending=watching)
                 if pending and self._on_pending is not None:
                     self._on_pending(pending)
             except SwarmSecretsError as exc:

@@ -1,4 +1,4 @@
-"""What the executor and ``converge`` need from a swarm: the :class:`Swarm` protocol.
+"""What the executor, ``converge`` and the lease need from a swarm: the :class:`Swarm` protocol.
 
 ``engine/swarm.py`` implements it against the Docker Engine API; ``tests/fakes/swarm.py`` implements
 it in memory for the executor's unit tests, and ``tests/contract/`` runs one suite against both so the
@@ -76,4 +76,26 @@ class Swarm(Protocol):
 
     def create_config(self, name: str, data: bytes, labels: Mapping[str, str]) -> str:
         """Create a config; a name taken raises :class:`~reconciler.errors.SwarmConflict`."""
+        ...
+
+    # --- the lease (engine/lease.py): a config whose labels change only by compare-and-swap ---------
+
+    def inspect_config(self, name: str) -> dict[str, Any] | None:
+        """The raw config named exactly ``name`` (``ID``, ``Version.Index``, ``CreatedAt``,
+        ``UpdatedAt``, ``Spec.Name``, ``Spec.Labels``), or None. An ID, or a prefix of one or of a
+        name, never matches."""
+        ...
+
+    def update_config_labels(
+        self, config_id: str, version: int, name: str, labels: Mapping[str, str]
+    ) -> None:
+        """Replace the config's labels (its data stays), only if it is still at ``version``: the
+        version index and ``UpdatedAt`` move; a stale version raises
+        :class:`~reconciler.errors.SwarmConflict` (``update out of sequence``), a config that is gone
+        :class:`~reconciler.errors.SwarmRefused`."""
+        ...
+
+    def system_time(self) -> str:
+        """The manager's clock (``SystemTime``, RFC 3339 with nanoseconds): the clock ``UpdatedAt`` is
+        stamped with, to within the managers' clock agreement."""
         ...

@@ -11,6 +11,9 @@ a pointer to the earlier one:
 * in one service, no two secrets land on the same file (``pw`` and ``/run/secrets/pw`` are the same
   target, see :func:`reconciler.core.model.normalize_target`), across all sets.
 
+Each problem also names the sets it involves (:func:`cross_problems_by_set`), so that the loop can hold
+those back and still reconcile the others.
+
 Pure: works on already-built values and their line maps; no I/O.
 """
 
@@ -44,38 +47,46 @@ class LoadedSet:
 
 def cross_problems(loaded: Sequence[LoadedSet]) -> list[Problem]:
     """Every clash between (and within) the loaded sets, in file order."""
-    problems = _set_names(loaded) + _secret_names(loaded) + _grants(loaded)
+    return [problem for problem, _ in cross_problems_by_set(loaded)]
+
+
+def cross_problems_by_set(loaded: Sequence[LoadedSet]) -> list[tuple[Problem, frozenset[str]]]:
+    """:func:`cross_problems`, each with the names of the sets it involves: both sides of a clash (which
+    of the two is wrong is for a person to decide)."""
+    found = _set_names(loaded) + _secret_names(loaded) + _grants(loaded)
     order = {entry.file: index for index, entry in reversed(list(enumerate(loaded)))}
-    return sorted(problems, key=lambda p: (order.get(p.file, 0), p.line or 0))
+    return sorted(found, key=lambda f: (order.get(f[0].file, 0), f[0].line or 0))
 
 
 def _secret_path(spec: SecretSpec) -> PathKey:
     return ("spec", "secrets", spec.secret)
 
 
-def _set_names(loaded: Sequence[LoadedSet]) -> list[Problem]:
-    problems = []
+Found = list[tuple[Problem, frozenset[str]]]
+
+
+def _set_names(loaded: Sequence[LoadedSet]) -> Found:
+    problems: Found = []
     first: dict[str, LoadedSet] = {}
     for entry in loaded:
         name = entry.secret_set.name
         path: PathKey = ("metadata", "name")
         if name in first:
-            problems.append(
-                entry.problem(
-                    path,
-                    (
-                        f"set name '{name}' is already used by {first[name].where(path)}; each set owns its "
-                        "secrets by name, so set names must be unique: rename one"
-                    ),
-                )
+            problem = entry.problem(
+                path,
+                (
+                    f"set name '{name}' is already used by {first[name].where(path)}; each set owns its "
+                    "secrets by name, so set names must be unique: rename one"
+                ),
             )
+            problems.append((problem, frozenset({name})))
         else:
             first[name] = entry
     return problems
 
 
-def _secret_names(loaded: Sequence[LoadedSet]) -> list[Problem]:
-    problems = []
+def _secret_names(loaded: Sequence[LoadedSet]) -> Found:
+    problems: Found = []
     first: dict[str, tuple[LoadedSet, SecretSpec]] = {}
     for entry in loaded:
         for spec in entry.secret_set.secrets:
@@ -95,12 +106,13 @@ def _secret_names(loaded: Sequence[LoadedSet]) -> list[Problem]:
                     f"secret '{spec.secret}' differs only in case from '{other.secret}' in {where}; "
                     "Swarm compares names case-insensitively: rename one"
                 )
-            problems.append(entry.problem(_secret_path(spec), message))
+            involved = frozenset({spec.set_name, other.set_name})
+            problems.append((entry.problem(_secret_path(spec), message), involved))
     return problems
 
 
-def _grants(loaded: Sequence[LoadedSet]) -> list[Problem]:
-    problems = []
+def _grants(loaded: Sequence[LoadedSet]) -> Found:
+    problems: Found = []
     # (service, normalized target) -> where it was first granted
     targets: dict[tuple[str, str], tuple[LoadedSet, SecretSpec, int]] = {}
     for entry in loaded:
@@ -110,21 +122,21 @@ def _grants(loaded: Sequence[LoadedSet]) -> list[Problem]:
                 path = _grant_path(entry, spec, index)
                 if grant.service in seen_services:
                     first_path = (*_secret_path(spec), "services", seen_services[grant.service])
-                    problems.append(
-                        entry.problem(
-                            (*_secret_path(spec), "services", index),
-                            (
-                                f"service '{grant.service}' is listed twice for this secret (first at "
-                                f"{entry.where(first_path)}, {format_path(first_path)}); a service mounts a "
-                                "secret once: remove one entry"
-                            ),
-                        )
+                    problem = entry.problem(
+                        (*_secret_path(spec), "services", index),
+                        (
+                            f"service '{grant.service}' is listed twice for this secret (first at "
+                            f"{entry.where(first_path)}, {format_path(first_path)}); a service mounts a "
+                            "secret once: remove one entry"
+                        ),
                     )
+                    problems.append((problem, frozenset({spec.set_name})))
                     continue
                 seen_services[grant.service] = index
                 key = (grant.service, grant.path)
                 if key in targets:
-                    problems.append(entry.problem(path, _target_clash(grant, targets[key])))
+                    involved = frozenset({spec.set_name, targets[key][1].set_name})
+                    problems.append((entry.problem(path, _target_clash(grant, targets[key])), involved))
                 else:
                     targets[key] = (entry, spec, index)
     return problems

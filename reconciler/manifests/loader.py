@@ -29,7 +29,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,9 +48,9 @@ from reconciler.core.model import (
 )
 from reconciler.core.stacks import StackSpec, check_grants
 from reconciler.display import count, display_path
-from reconciler.errors import ManifestError, PolicyViolation, Problem
+from reconciler.errors import ManifestError, PolicyViolation, Problem, ProblemsError
 from reconciler.manifests.compose import read_compose
-from reconciler.manifests.crosscheck import LoadedSet, cross_problems
+from reconciler.manifests.crosscheck import LoadedSet, cross_problems_by_set
 from reconciler.manifests.roots import inside, location, resolve_inside, source_root
 from reconciler.manifests.schema import STACK_SCHEMA_FILE, schema_problems
 from reconciler.manifests.yamlload import (
@@ -70,6 +70,9 @@ KIND = "SecretSet"
 POLICY_KIND = "Policy"
 STACK_KIND = "Stack"
 _OUR_KINDS = frozenset({KIND.lower(), POLICY_KIND.lower(), STACK_KIND.lower()})
+_SET_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+"""``metadata.name`` as the schema allows it (``schemas/manifest.v1.json``, ``setName``)."""
+MAX_SET_NAME = 40
 _OCTAL_TOKEN = re.compile(r"0[0-7]*|[0-7]")
 """How a mode may be written as a YAML integer: octal (``0440``), or one digit (the same in both bases)."""
 DEFAULT_PATH = Path("manifests")
@@ -117,45 +120,27 @@ def load_manifests(
     ``PolicyViolation`` when the manifests are sound but cross the boundary. Finding no SecretSet
     (nor Stack) at all is a problem too (most likely a wrong path).
     """
-    boundary = boundary or guard.Boundary()
-    problems: list[Problem] = []
-    files = find_files(paths, problems, boundary.source_root, complete=complete)
-    loaded: list[LoadedSet] = []
-    stacks: list[StackSpec] = []
-    for file, root in files:
-        for entry in _load_file(file, root, problems):
-            if isinstance(entry, StackSpec):
-                stacks.append(entry)
-            else:
-                loaded.append(entry)
-    if not loaded and not stacks and not problems:
-        where = ", ".join(display_path(p) for p in paths) or "(no path)"
-        problems.append(
-            Problem(
-                where,
-                None,
-                "",
-                (
-                    f"no SecretSet found in {count(len(files), 'YAML file')}: check the path, and that each "
-                    f"manifest starts with `apiVersion: {API_VERSION}` and `kind: {KIND}`"
-                ),
-            )
-        )
-    problems += cross_problems(loaded)
-    sets = tuple(entry.secret_set for entry in loaded)
-    problems += stack_problems(stacks, sets)
-    violations = (guard.check_sets(sets, boundary) + guard.check_stacks(stacks, boundary)) if enforce else []
+    found = _gather(paths, boundary or guard.Boundary(), enforce=enforce, complete=complete)
+    problems = [f.problem for f in found.problems if not f.policy]
+    violations = [f.problem for f in found.problems if f.policy]
     if problems:
-        raise ManifestError(_in_file_order(problems + violations, loaded))
+        raise ManifestError(_in_file_order(problems + violations, found.loaded))
     if violations:
         raise PolicyViolation(violations)
-    log.debug("loaded %s from %s", count(len(loaded), "set"), count(len(files), "file"))
-    return Manifests(sets=sets, stacks=tuple(stacks))
+    log.debug("loaded %s from %s", count(len(found.loaded), "set"), count(found.files, "file"))
+    return Manifests(sets=tuple(entry.secret_set for entry in found.loaded), stacks=tuple(found.stacks))
 
 
 def stack_problems(stacks: Sequence[StackSpec], sets: Sequence[SecretSet]) -> list[Problem]:
     """Stacks declared twice, and every conflict of a stack's compose files with the sets' grants."""
-    problems: list[Problem] = []
+    return [problem for problem, _ in stack_problems_by_stack(stacks, sets)]
+
+
+def stack_problems_by_stack(
+    stacks: Sequence[StackSpec], sets: Sequence[SecretSet]
+) -> list[tuple[Problem, str]]:
+    """:func:`stack_problems`, each with the name of the stack it is about."""
+    problems: list[tuple[Problem, str]] = []
     first: dict[str, StackSpec] = {}
     for stack in stacks:
         other = first.setdefault(stack.name, stack)
@@ -164,17 +149,152 @@ def stack_problems(stacks: Sequence[StackSpec], sets: Sequence[SecretSet]) -> li
             declared = f"{where.file}:{where.line}" if where is not None else "the command line"
             origin = stack.origin or other.origin
             assert origin is not None
-            problems.append(
-                Problem(
-                    origin.file,
-                    origin.line,
-                    origin.path,
-                    f"stack '{stack.name}' is also declared by {declared}; a stack has one set of compose "
-                    "files: deploy it from one place",
-                )
+            problem = Problem(
+                origin.file,
+                origin.line,
+                origin.path,
+                f"stack '{stack.name}' is also declared by {declared}; a stack has one set of compose "
+                "files: deploy it from one place",
             )
-        problems += check_grants(stack, sets)
+            problems.append((problem, stack.name))
+        problems += [(problem, stack.name) for problem in check_grants(stack, sets)]
     return problems
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Isolated:
+    """What :func:`load_isolated` found: the sets that loaded, and the problems of the others."""
+
+    sets: tuple[SecretSet, ...]
+    """The sets without any problem, in file order."""
+    stacks: tuple[StackSpec, ...] = ()
+    """The Stack manifests without any problem, in file order."""
+    failing_stacks: Mapping[str, ProblemsError] = field(default_factory=dict)
+    """Stack name → every problem of that Stack manifest (its compose files, its grants, the policy's
+    ``deploy``): the stack is not deployed; the sets are reconciled as if it were not declared."""
+    failing: Mapping[str, ProblemsError] = field(default_factory=dict)
+    """Set name → every problem of that set: a :class:`ManifestError`, or a :class:`PolicyViolation`
+    when the set is sound but crosses the boundary. Sorted by set name."""
+    unattributed: ManifestError | None = None
+    """Problems that name no set: a file that cannot be read or parsed as YAML (whatever sets it holds,
+    before or after the error), a document whose set name cannot be read, a path that is missing or
+    not searched, no set at all. The swarm does not record which file a set came from, so the caller
+    must take every set it did not load for possibly declared there (``converge``: held back)."""
+
+
+def load_isolated(
+    paths: Sequence[Path], boundary: guard.Boundary | None = None, *, complete: bool = False
+) -> Isolated:
+    """Like :func:`load`, but one set's problems do not stop the others (the long-running loop).
+
+    Each problem is given to the set it is about: the set named by the document's ``metadata.name``
+    (when that can be read and is a valid set name), both sets of a clash between two, the set whose
+    policy rule is crossed. A file whose YAML cannot be parsed gives its problem to every set found in
+    it before the error, and also leaves it unattributed, as later documents are unknown. A set that
+    has any problem is left out of :attr:`Isolated.sets` however many documents declare it.
+    """
+    found = _gather(paths, boundary or guard.Boundary(), enforce=True, complete=complete)
+    by_set: dict[str, list[_Found]] = {}
+    by_stack: dict[str, list[_Found]] = {}
+    unattributed: list[Problem] = []
+    for item in found.problems:
+        for name in item.sets:
+            by_set.setdefault(name, []).append(item)
+        for name in item.stacks:
+            by_stack.setdefault(name, []).append(item)
+        if item.unattributed:
+            unattributed.append(item.problem)
+    failing: dict[str, ProblemsError] = {}
+    for name in sorted(by_set):
+        items = by_set[name]
+        problems = _in_file_order([f.problem for f in items], found.loaded)
+        failing[name] = PolicyViolation(problems) if all(f.policy for f in items) else ManifestError(problems)
+    sets = tuple(e.secret_set for e in found.loaded if e.secret_set.name not in failing)
+    failing_stacks: dict[str, ProblemsError] = {}
+    for name in sorted(by_stack):
+        items = by_stack[name]
+        problems = [f.problem for f in items]
+        failing_stacks[name] = (
+            PolicyViolation(problems) if all(f.policy for f in items) else ManifestError(problems)
+        )
+    if failing or unattributed:
+        log.debug("loaded %s; %s failing", count(len(sets), "set"), count(len(failing), "set"))
+    return Isolated(
+        sets=sets,
+        stacks=tuple(s for s in found.stacks if s.name not in failing_stacks),
+        failing_stacks=failing_stacks,
+        failing=failing,
+        unattributed=ManifestError(_in_file_order(unattributed, found.loaded)) if unattributed else None,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Found:
+    """One problem, and whom it is about."""
+
+    problem: Problem
+    sets: frozenset[str] = frozenset()
+    """The sets the problem is about (``load_isolated`` holds them back)."""
+    stacks: frozenset[str] = frozenset()
+    """The Stack manifests the problem is about (``load_isolated`` does not deploy them)."""
+    unattributed: bool = False
+    """The problem may be about sets nobody can name (a file that cannot be parsed, ...)."""
+    policy: bool = False
+    """A boundary problem (:class:`PolicyViolation`), not a manifest problem."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Gathered:
+    loaded: list[LoadedSet]
+    stacks: list[StackSpec]
+    problems: list[_Found]
+    files: int
+
+
+def _gather(paths: Sequence[Path], boundary: guard.Boundary, *, enforce: bool, complete: bool) -> _Gathered:
+    """Every set and every problem, each problem with the sets it is about, in the order ``load``
+    reports them."""
+    walk: list[Problem] = []
+    files = find_files(paths, walk, boundary.source_root, complete=complete)
+    found = [_Found(problem=p, unattributed=True) for p in walk]
+    loaded: list[LoadedSet] = []
+    stacks: list[StackSpec] = []
+    for file, root in files:
+        for entry in _load_file(file, root, found):
+            if isinstance(entry, StackSpec):
+                stacks.append(entry)
+            else:
+                loaded.append(entry)
+    if not loaded and not stacks and not found:
+        where = ", ".join(display_path(p) for p in paths) or "(no path)"
+        problem = Problem(
+            where,
+            None,
+            "",
+            (
+                f"no SecretSet found in {count(len(files), 'YAML file')}: check the path, and that each "
+                f"manifest starts with `apiVersion: {API_VERSION}` and `kind: {KIND}`"
+            ),
+        )
+        found.append(_Found(problem=problem, unattributed=True))
+    found += [_Found(problem=p, sets=sets) for p, sets in cross_problems_by_set(loaded)]
+    all_sets = [entry.secret_set for entry in loaded]
+    found += [
+        _Found(problem=p, stacks=frozenset({name})) for p, name in stack_problems_by_stack(stacks, all_sets)
+    ]
+    if enforce:
+        for entry in loaded:
+            sets = frozenset({entry.secret_set.name})
+            found += [
+                _Found(problem=p, sets=sets, policy=True)
+                for p in guard.check_sets([entry.secret_set], boundary)
+            ]
+        for stack in stacks:
+            found += [
+                _Found(problem=p, stacks=frozenset({stack.name}), policy=True)
+                for p in guard.check_stacks([stack], boundary)
+            ]
+    return _Gathered(loaded=loaded, stacks=stacks, problems=found, files=len(files))
 
 
 def _in_file_order(problems: list[Problem], loaded: Sequence[LoadedSet]) -> list[Problem]:
@@ -253,46 +373,65 @@ def _walk_yaml(root: Path, skipped: list[Path]) -> Iterator[Path]:
                 yield Path(folder) / name
 
 
-def _load_file(file: Path, root: Path, problems: list[Problem]) -> list[LoadedSet | StackSpec]:
+def _load_file(file: Path, root: Path, found: list[_Found]) -> list[LoadedSet | StackSpec]:
     shown = display_path(file)
+
+    def unreadable(message: str) -> list[LoadedSet | StackSpec]:
+        found.append(_Found(problem=Problem(shown, None, "", message), unattributed=True))
+        return []
+
     try:
         with file.open("rb") as stream:
             raw = stream.read(MAX_FILE_BYTES + 1)  # never more, whatever the file claims to be
         if len(raw) > MAX_FILE_BYTES:
-            problems.append(
-                Problem(
-                    shown,
-                    None,
-                    "",
-                    f"larger than {MAX_FILE_BYTES // 1024} KiB, the limit for a YAML file in a manifest "
-                    "folder: a manifest is a few KiB; split it, or keep large files out of the manifest "
-                    "folders",
-                )
+            return unreadable(
+                f"larger than {MAX_FILE_BYTES // 1024} KiB, the limit for a YAML file in a manifest "
+                "folder: a manifest is a few KiB; split it, or keep large files out of the manifest "
+                "folders"
             )
-            return []
         text = raw.decode("utf-8-sig")
     except OSError as exc:
-        problems.append(Problem(shown, None, "", f"cannot read the file: {exc.strerror or exc}"))
-        return []
+        return unreadable(f"cannot read the file: {exc.strerror or exc}")
     except UnicodeDecodeError as exc:
-        problems.append(
-            Problem(
-                shown,
-                None,
-                "",
-                (f"not UTF-8 text (bad byte at offset {exc.start}); manifests must be UTF-8 YAML"),
-            )
-        )
-        return []
+        return unreadable(f"not UTF-8 text (bad byte at offset {exc.start}); manifests must be UTF-8 YAML")
     loaded: list[LoadedSet | StackSpec] = []
+    named: set[str] = set()  # every set this file was seen to declare, loaded or not
     try:
         for index, composed in enumerate(compose_documents(text)):
+            problems: list[Problem] = []
             entry = _load_document(file, root, shown, index, composed, problems)
+            if _is_stack(composed):  # a Stack's problems are its own: no set is held back for them
+                stack = entry.name if isinstance(entry, StackSpec) else composed.text_at("metadata", "name")
+                stacks = frozenset({stack} if stack else ())
+                found += [_Found(problem=p, stacks=stacks, unattributed=not stack) for p in problems]
+                if entry is not None:
+                    loaded.append(entry)
+                continue
+            name = entry.secret_set.name if isinstance(entry, LoadedSet) else _set_name(composed)
+            if name is not None:
+                named.add(name)
+            sets = frozenset({name} if name is not None else ())
+            found += [_Found(problem=p, sets=sets, unattributed=name is None) for p in problems]
             if entry is not None:
                 loaded.append(entry)
     except YamlProblem as exc:
-        problems.append(Problem(shown, exc.line, format_path(exc.path), exc.message))
+        # The file is broken: every set it was seen to declare is held back, and so is whatever
+        # it declares after the error, which nobody can name.
+        problem = Problem(shown, exc.line, format_path(exc.path), exc.message)
+        found.append(_Found(problem=problem, sets=frozenset(named), unattributed=True))
     return loaded
+
+
+def _is_stack(composed: ComposedDocument) -> bool:
+    kind = composed.top_level_text("kind")
+    return kind is not None and kind.lower() == STACK_KIND.lower()
+
+
+def _set_name(composed: ComposedDocument) -> str | None:
+    """The document's ``metadata.name`` when it can be read without building it and is a valid set
+    name (a problem is then that set's), else None."""
+    name = composed.text_at("metadata", "name")
+    return name if name is not None and len(name) <= MAX_SET_NAME and _SET_NAME.fullmatch(name) else None
 
 
 def _load_document(

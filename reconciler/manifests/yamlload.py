@@ -134,6 +134,19 @@ class ComposedDocument:
                 return str(value_node.value) if isinstance(value_node, ScalarNode) else None
         return None
 
+    def text_at(self, *keys: str) -> str | None:
+        """The text of the scalar at ``keys`` (mapping keys from the root, e.g. ``metadata``, ``name``)
+        when every step is a mapping that has the key once, else None."""
+        node = self.node
+        for key in keys:
+            if not isinstance(node, MappingNode):
+                return None
+            values = [v for k, v in node.value if isinstance(k, ScalarNode) and k.value == key]
+            if len(values) != 1:
+                return None  # missing, or a duplicate key (a problem of its own): nobody to name
+            node = values[0]
+        return str(node.value) if isinstance(node, ScalarNode) else None
+
     def build(self) -> Document:
         """Construct the Python data and the line map; raises :class:`YamlProblem`."""
         builder = _Builder(self._loader)

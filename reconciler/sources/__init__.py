@@ -34,7 +34,7 @@ from reconciler.sources.file import read_file
 from reconciler.sources.generator import generate
 from reconciler.sources.sops import SopsDecryptor, key_text
 
-__all__ = ["generate", "resolve"]
+__all__ = ["generate", "resolve", "resolve_isolated"]
 
 
 def resolve(
@@ -51,16 +51,30 @@ def resolve(
     Call it only with sets the loader has held to the boundary (``core/guard.py``): it reads what
     they name.
     """
+    values, failing = resolve_isolated(sets, environ, sops_env=sops_env)
+    if failing:
+        raise SourceError([problem for error in failing.values() for problem in error.problems])
+    return values
+
+
+def resolve_isolated(
+    sets: Sequence[SecretSet], environ: Mapping[str, str] | None = None, *, sops_env: Sequence[str] = ()
+) -> tuple[dict[tuple[str, str], SecretValue], dict[str, SourceError]]:
+    """:func:`resolve`, but a set whose sources fail does not stop the others (the long-running loop):
+    the values of the sets that resolved completely, and a ``SourceError`` per set that did not (none
+    of its values is kept)."""
     env: Mapping[str, str] = os.environ if environ is None else environ
     decryptor = SopsDecryptor(env, sops_env)
     values: dict[tuple[str, str], SecretValue] = {}
-    problems: list[Problem] = []
+    failing: dict[str, SourceError] = {}
     for secret_set in sets:
+        problems: list[Problem] = []
+        resolved: dict[tuple[str, str], SecretValue] = {}
         for spec in secret_set.secrets:
             if isinstance(spec.source, GenerateSource):
                 continue  # made when its version is created, never before
             try:
-                values[(secret_set.name, spec.secret)] = SecretValue(_fetch(spec, env, decryptor))
+                resolved[(secret_set.name, spec.secret)] = SecretValue(_fetch(spec, env, decryptor))
             except SourceFailure as failure:
                 origin = spec.origin
                 problems.append(
@@ -68,9 +82,11 @@ def resolve(
                         origin.file, origin.line, f"{origin.path}.source.{failure.field}", failure.message
                     )
                 )
-    if problems:
-        raise SourceError(problems)
-    return values
+        if problems:
+            failing[secret_set.name] = SourceError(problems)
+        else:
+            values.update(resolved)
+    return values, failing
 
 
 def _fetch(spec: SecretSpec, environ: Mapping[str, str], decryptor: SopsDecryptor) -> bytes:

@@ -1,10 +1,10 @@
 """The ``world`` fixture: one swarm to run a contract test against, the in-memory fake or the real engine.
 
 Both worlds offer the same few operations a person (or another tool) performs on a swarm: create a
-service, write its spec as someone else, roll it back by hand. The real engine is the throwaway swarm
-of ``scripts/test``, found exactly as the integration tests find it (``SWARM_SECRETS_TEST_DOCKER_HOST``;
-skipped without it unless ``SWARM_SECRETS_REQUIRE_SWARM`` is set); every object it creates carries a
-unique prefix and is removed afterwards.
+service, write its spec as someone else, roll it back by hand, remove a config. The real engine is the
+throwaway swarm of ``scripts/test``, found exactly as the integration tests find it
+(``SWARM_SECRETS_TEST_DOCKER_HOST``; skipped without it unless ``SWARM_SECRETS_REQUIRE_SWARM`` is set);
+every object it creates carries a unique prefix and is removed afterwards.
 """
 
 from __future__ import annotations
@@ -68,6 +68,10 @@ class World(Protocol):
         """Let time pass between two looks at a rollout."""
         ...
 
+    def remove_config(self, config_id: str) -> None:
+        """``docker config rm`` (as a person would)."""
+        ...
+
 
 class FakeWorld:
     real = False
@@ -119,6 +123,9 @@ class FakeWorld:
     def pause(self) -> None:
         self._pauses += 1
         assert self._pauses < 1000, "the fake's rollout never ended"
+
+    def remove_config(self, config_id: str) -> None:
+        del self.fake.configs[config_id]
 
 
 class EngineWorld:
@@ -191,6 +198,9 @@ class EngineWorld:
 
     def pause(self) -> None:
         time.sleep(0.2)
+
+    def remove_config(self, config_id: str) -> None:
+        self.api.remove_config(config_id)
 
     def close(self) -> None:
         self.lab.cleanup()

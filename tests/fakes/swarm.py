@@ -15,6 +15,10 @@ contract suite in ``tests/contract/`` runs the same checks against this fake and
   completes, or its ``FailureAction`` pauses it or rolls it back (PreviousSpec becomes the Spec and is
   dropped, ``rollback_started`` → ``rollback_completed``); ``stuck`` tasks never start;
 * a foreign writer (:meth:`foreign_write`) and a manual rollback (:meth:`manual_rollback`);
+* configs as the lease uses them (``engine/lease.py``): found by exact name only, created once (409),
+  labels replaced only at the current version index (``update out of sequence`` otherwise), the data
+  kept, ``CreatedAt``/``UpdatedAt`` stamped by the manager's clock (:attr:`FakeSwarm.wall`, the real
+  clock unless a test sets another), which :meth:`system_time` reads;
 * crash points: :meth:`crash_after` makes the n-th mutation raise :class:`Crash` once it is done,
   and every call after it too, as if the process had died there;
 * a clock of its own (:attr:`FakeSwarm.time`, moved by :meth:`advance`): ``CreatedAt`` of what it
@@ -29,6 +33,7 @@ import copy
 import itertools
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -85,7 +90,9 @@ class _Service:
 class FakeSwarm:
     """An in-memory swarm; thread-safe like the engine (one lock around every call)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, wall: Callable[[], float] = time.time) -> None:
+        self.wall = wall
+        """The manager's clock (Unix time): stamps configs and answers :meth:`system_time`."""
         self._lock = threading.RLock()
         self._index = itertools.count(10)
         self._ids = itertools.count(1)
@@ -324,6 +331,25 @@ class FakeSwarm:
                     return config_id, bytes(config["Data"])
             return None
 
+    def inspect_config(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            self._enter("inspect_config")
+            for config in self.configs.values():
+                if config["Spec"]["Name"] == name:
+                    raw = copy.deepcopy(config)
+                    del raw["Data"]  # the engine shows it base64-encoded in Spec.Data; nobody here reads it
+                    return raw
+            return None
+
+    def system_time(self) -> str:
+        with self._lock:
+            self._enter("system_time")
+            return self._stamp()
+
+    def _stamp(self) -> str:
+        """The manager's clock as the engine writes times: RFC 3339 in UTC, with nanoseconds."""
+        return datetime.fromtimestamp(self.wall(), UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+
     # --- the protocol: mutations ----------------------------------------------------------------
 
     def create_secret(self, name: str, value: SecretValue, labels: Mapping[str, str]) -> str:
@@ -377,14 +403,38 @@ class FakeSwarm:
             if any(c["Spec"]["Name"] == name for c in self.configs.values()):
                 raise SwarmConflict(f"creating config {name}: the engine answered 409: config exists")
             config_id = self._id("cfg")
+            now = self._stamp()
             self.configs[config_id] = {
                 "ID": config_id,
                 "Version": {"Index": next(self._index)},
+                "CreatedAt": now,
+                "UpdatedAt": now,
                 "Spec": {"Name": name, "Labels": dict(labels)},
                 "Data": bytes(data),
             }
             self._mutated()
             return config_id
+
+    def update_config_labels(
+        self, config_id: str, version: int, name: str, labels: Mapping[str, str]
+    ) -> None:
+        with self._lock:
+            self._enter("update_config_labels")
+            what = f"updating config {name}"
+            config = self.configs.get(config_id)
+            if config is None:
+                raise SwarmRefused(f"{what}: the engine answered 404: config {config_id} not found")
+            if config["Version"]["Index"] != version:
+                raise SwarmConflict(
+                    f"{what}: the engine answered 500: rpc error: code = Unknown desc = "
+                    "update out of sequence"
+                )
+            if config["Spec"]["Name"] != name:
+                raise SwarmRefused(f"{what}: the engine answered 400: only updates to Labels are allowed")
+            config["Spec"]["Labels"] = dict(labels)
+            config["Version"]["Index"] = next(self._index)
+            config["UpdatedAt"] = self._stamp()
+            self._mutated()
 
     def write_service_secrets(self, raw: RawService, secrets: list[dict[str, Any]]) -> None:
         with self._lock:

@@ -199,9 +199,14 @@ class Lab:
         return self.write(filename, yaml.safe_dump(doc, sort_keys=False))
 
     def versions(self) -> dict[str, int]:
-        """Object → version index of this test's secrets and services and of every config: equal
-        before and after a command means the command changed nothing."""
-        found = {f"config {c['Spec']['Name']}": c["Version"]["Index"] for c in self.api.configs()}
+        """Object → version index of this test's secrets and services and of every config but the lease
+        of `run` (a running loop renews it all the time, changing nothing else): equal before and after
+        a command means the command changed nothing."""
+        found = {
+            f"config {c['Spec']['Name']}": c["Version"]["Index"]
+            for c in self.api.configs()
+            if c["Spec"]["Name"] != "swarm-secrets-run-lease"
+        }
         for kind, items in (("secret", self.api.secrets()), ("service", self.api.services())):
             for item in items:
                 if item["Spec"]["Name"].startswith(self.prefix):

@@ -98,14 +98,19 @@ print(subprocess.run(["docker", "--version"], check=True, capture_output=True, t
 
 def test_a_plain_docker_run_stops_cleanly_on_sigterm(image: str, docker_host: str) -> None:
     # tini as PID 1 forwards SIGTERM to `run`, which finishes and exits 0 (no engine is reachable
-    # from this container, so its ticks fail: the loop keeps going until told to stop).
+    # from this container, so it cannot even take the lease of `run` and tick: it keeps trying until
+    # told to stop).
     started = docker_cli(docker_host, "run", "-d", "--network", "none", image, "--log-level", "info", "run",
                          "/nonexistent", "--listen", "off", "--no-events")  # fmt: skip
     assert started.returncode == 0, started.stderr
     container = started.stdout.strip()
     try:
-        # the loop is running (its signal handlers are in place) once it logged its first tick
-        eventually(lambda: "tick" in docker_cli(docker_host, "logs", container).stderr, 60, "the first tick")
+        # the loop is running (its signal handlers are in place) once it tried to follow the lease
+        eventually(
+            lambda: "cannot follow the lease" in docker_cli(docker_host, "logs", container).stderr,
+            60,
+            "the first attempt at the lease",
+        )
         stopped = docker_cli(docker_host, "stop", "--time", "20", container)
         assert stopped.returncode == 0, stopped.stderr
         state = docker_cli(

@@ -1,7 +1,8 @@
 """``swarm-secrets run`` as a real process against the throwaway swarm: first reconcile at start,
 drift corrected from Docker events, webhook-triggered rotation, bad signatures refused, metrics,
-SIGTERM, surviving an engine restart, ticks that wait for the swarm's lease, and a bad manifest that
-makes the loop wait for a change."""
+SIGTERM, surviving an engine restart, ticks that wait for the swarm's lease, a bad manifest that
+makes the loop wait for a change, another writer superseding a rollout, and a commit that breaks one
+of two sets while the other still converges."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import docker
@@ -25,6 +26,7 @@ import pytest
 from reconciler.engine import lease
 from reconciler.engine.lease import Identity, Lease, LeaseSettings
 from reconciler.engine.swarm import Swarm
+from reconciler.errors import SwarmConflict
 
 from .conftest import Lab
 
@@ -54,7 +56,7 @@ def eventually(check: Callable[[], bool], timeout: float = 60, what: str = "cond
 
 
 class Service:
-    def __init__(self, lab: Lab, tmp: Path, *extra: str) -> None:
+    def __init__(self, lab: Lab, tmp: Path, *extra: str, source: Sequence[str] | None = None) -> None:
         self.port = free_port()
         secret_file = tmp / "webhook.secret"
         secret_file.write_bytes(WEBHOOK_SECRET + b"\n")
@@ -63,7 +65,7 @@ class Service:
         self.log = tmp / "run.log"
         cmd = [
             sys.executable, "-m", "reconciler", "--log-level", "info", "--log-format", "json",
-            "run", str(lab.root), "--interval", "300", "--debounce", "0.5", "--timeout", "60",
+            "run", *(source or [str(lab.root)]), "--interval", "300", "--debounce", "0.5", "--timeout", "60",
             "--listen", f"127.0.0.1:{self.port}", "--github-webhook-secret-file", str(secret_file),
             "--reconcile-token-file", str(token_file), "--lock-ttl", "10", *extra,
         ]  # fmt: skip
@@ -117,8 +119,8 @@ class Service:
 def service_factory(lab: Lab, tmp_path: Path) -> Iterator[Callable[..., Service]]:
     started: list[Service] = []
 
-    def start(*extra: str) -> Service:
-        svc = Service(lab, tmp_path, *extra)
+    def start(*extra: str, source: Sequence[str] | None = None) -> Service:
+        svc = Service(lab, tmp_path, *extra, source=source)
         started.append(svc)
         eventually(lambda: svc.get("/healthz")[0] == 200, 30, "the listener")
         return svc
@@ -313,3 +315,132 @@ def test_a_bad_manifest_makes_the_loop_wait_for_a_change(
     ]
     assert any("waiting for a change" in m and "servicez" in m for m in messages)
     assert svc.stop() == 0
+
+
+def test_a_foreign_write_during_a_rollout_is_superseded_never_held_and_corrected_by_the_next_tick(
+    lab: Lab, api: docker.APIClient, swarm: Swarm, service_factory: Callable[..., Service]
+) -> None:
+    """Issue 10's race: the loop rolls app to v2; during that rollout someone points app back at v1. The
+    rollout ends `superseded` (not a rollback, nothing held) and the very next tick, a follow-up that
+    neither the interval (300 s), Docker events (off) nor the backoff brings, puts v2 back."""
+    pw = lab.name("pw")
+    app = lab.create_service("app", monitor_ns=5_000_000_000)  # a rollout that lasts a few seconds
+    value = lab.write("pw.txt", "one")
+    lab.manifest({pw: {"source": {"file": "pw.txt"}, "services": [app]}})
+    svc = service_factory("--no-events")
+    eventually(lambda: svc.metric('swarm_secrets_ticks_total{result="success"}') >= 1, 90, "the first tick")
+    assert lab.service_secret_names(app) == {pw: f"{pw}_v1"}
+    ticks = svc.metric("swarm_secrets_ticks_total")
+
+    value.write_text("two")
+    body = json.dumps({"ref": "refs/heads/main"}).encode()
+    signature = "sha256=" + hmac.new(WEBHOOK_SECRET, body, hashlib.sha256).hexdigest()
+    assert svc.github_hook(body, signature) == 202
+
+    def rolling_to_v2() -> bool:
+        raw = api.inspect_service(app)
+        names = {r["SecretName"] for r in raw["Spec"]["TaskTemplate"]["ContainerSpec"]["Secrets"]}
+        return names == {f"{pw}_v2"} and (raw.get("UpdateStatus") or {}).get("State") == "updating"
+
+    eventually(rolling_to_v2, 60, "the tick's rollout to v2")
+    v1 = api.inspect_secret(f"{pw}_v1")
+    for _ in range(5):  # another writer, at the service's current version
+        raw = swarm.inspect_service(app)
+        refs = raw["Spec"]["TaskTemplate"]["ContainerSpec"]["Secrets"]
+        refs[0]["SecretID"], refs[0]["SecretName"] = v1["ID"], f"{pw}_v1"
+        try:
+            swarm.write_service_secrets(raw, refs)
+            break
+        except SwarmConflict:
+            continue
+
+    eventually(lambda: svc.metric('swarm_secrets_rollouts_total{result="superseded"}') == 1, 90, "superseded")
+    eventually(lambda: svc.metric('swarm_secrets_ticks_total{result="success"}') >= 2, 90, "the next tick")
+    assert lab.service_secret_names(app) == {pw: f"{pw}_v2"}
+    assert svc.metric("swarm_secrets_ticks_total") == ticks + 2  # the drift corrected within two ticks
+    assert svc.metric('swarm_secrets_rollouts_total{result="held"}') == 0
+    assert svc.metric('swarm_secrets_rollouts_total{result="rolled_back"}') == 0
+    assert svc.metric("swarm_secrets_drift_corrections_total") == 1
+    messages = [
+        json.loads(line).get("message", "") for line in svc.log.read_text().splitlines() if line[:1] == "{"
+    ]
+    assert any(m.startswith("tick failed (webhook:github)") and "superseded" in m for m in messages)
+    assert any(m.startswith("tick done (follow-up)") for m in messages)
+    assert svc.stop() == 0
+
+
+def git(cwd: Path, *args: str) -> None:
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com")  # fmt: skip
+    subprocess.run(["git", "-C", str(cwd), *args], env=env, check=True, capture_output=True, timeout=60)
+
+
+def test_a_commit_that_breaks_one_of_two_sets_holds_it_back_and_the_other_still_converges(
+    lab: Lab, api: docker.APIClient, tmp_path: Path, service_factory: Callable[..., Service]
+) -> None:
+    """Issue 10's acceptance: a loop following two sets (real git), where a commit breaks one of them: a
+    value change in the other still converges, the broken set is left exactly as it is, and /metrics
+    and /readyz name it (its class, never the problem's text); fixing it makes the loop ready again."""
+    app_a, app_b = lab.create_service("a"), lab.create_service("b")
+    pw_a, pw_b = lab.name("pw_a"), lab.name("pw_b")
+    lab.write("a.txt", "a-one")
+    lab.write("b.txt", "b-one")
+    set_a = lab.manifest(
+        {pw_a: {"source": {"file": "a.txt"}, "services": [app_a]}}, set_suffix="a", filename="a.yaml"
+    )
+    set_b = lab.manifest(
+        {pw_b: {"source": {"file": "b.txt"}, "services": [app_b]}}, set_suffix="b", filename="b.yaml"
+    )
+    name_b = f"{lab.prefix}-b"
+    bare = tmp_path / "repo.git"
+    subprocess.run(["git", "init", "--bare", "-q", "-b", "main", str(bare)], check=True)
+    git(lab.root, "init", "-q", "-b", "main")
+
+    def push(message: str) -> None:
+        git(lab.root, "add", "-A")
+        git(lab.root, "commit", "-q", "-m", message)
+        git(lab.root, "push", "-q", str(bare), "main")
+
+    push("two sets")
+    svc = service_factory(
+        "--git-ref", "main", "--git-path", ".", "--state-dir", str(tmp_path / "state"),
+        source=["--git-url", f"file://{bare}"],
+    )  # fmt: skip
+    body = json.dumps({"ref": "refs/heads/main"}).encode()
+    signature = "sha256=" + hmac.new(WEBHOOK_SECRET, body, hashlib.sha256).hexdigest()
+
+    def hook() -> None:  # a push event (each delivery without an ID: never taken for a replay)
+        assert svc.github_hook(body, signature) == 202
+
+    eventually(lambda: svc.metric('swarm_secrets_ticks_total{result="success"}') >= 1, 90, "the first tick")
+    assert svc.get("/readyz")[0] == 200 and lab.service_secret_names(app_a) == {pw_a: f"{pw_a}_v1"}
+    b_objects = {k: v for k, v in lab.versions().items() if pw_b in k or app_b in k}
+
+    # one commit: b's manifest breaks, a's value changes
+    broken = set_b.read_text().replace("services:", "servicez:")
+    set_b.write_text(broken)
+    lab.write("a.txt", "a-two")
+    push("a rotates, b breaks")
+    hook()
+    eventually(lambda: lab.service_secret_names(app_a) == {pw_a: f"{pw_a}_v2"}, 90, "a converging")
+    eventually(lambda: svc.metric('swarm_secrets_ticks_total{result="partial"}') >= 1, 60, "a partial tick")
+    assert svc.metric(f'swarm_secrets_set_failing{{class="manifest",set="{name_b}"}}') == 1
+    assert svc.metric("swarm_secrets_failing_sets") == 1
+    status, reason = svc.get("/readyz")
+    assert status == 503 and reason.splitlines()[1] == f"failing sets: {name_b} (manifest)"
+    assert "servicez" not in reason and "b.yaml" not in reason
+    assert {k: v for k, v in lab.versions().items() if pw_b in k or app_b in k} == b_objects  # untouched
+    messages = [
+        json.loads(line).get("message", "") for line in svc.log.read_text().splitlines() if line[:1] == "{"
+    ]
+    assert any(m.startswith(f"set '{name_b}' is held back") and "servicez" in m for m in messages)
+
+    # the fix: both sets load again, the loop is ready, nothing is named
+    set_b.write_text(broken.replace("servicez:", "services:"))
+    push("b fixed")
+    hook()
+    eventually(lambda: svc.get("/readyz")[0] == 200, 60, "readiness after the fix")
+    assert svc.metric("swarm_secrets_failing_sets") == 0
+    assert "swarm_secrets_set_failing{" not in svc.get("/metrics")[1]
+    assert lab.service_secret_names(app_b) == {pw_b: f"{pw_b}_v1"}
+    assert set_a.exists() and svc.stop() == 0

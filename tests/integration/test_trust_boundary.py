@@ -291,8 +291,9 @@ def test_run_readyz_metrics_and_logs_carry_no_marker(lab: Lab, loop: Callable[..
     )
     before = lab.versions()
     proc, port, log = loop()
+    named = f"failing sets: {lab.prefix}-set"  # a fixed state, then the set held back and its class
     eventually(
-        lambda: _get(port, "/readyz") == (503, with_class(STALLED, "source") + "\n"),
+        lambda: _get(port, "/readyz") == (503, with_class(STALLED, "source") + f"\n{named} (source)\n"),
         60,
         "a failed tick",
     )
@@ -300,7 +301,11 @@ def test_run_readyz_metrics_and_logs_carry_no_marker(lab: Lab, loop: Callable[..
     # in `run`, an env source needs a policy rule: the loop's environment is the reconciler's own
     write_set(lab, {pw: {"source": {"env": "PW"}, "services": [app]}})
     _reconcile(port)
-    eventually(lambda: _get(port, "/readyz") == (503, with_class(STALLED, "policy") + "\n"), 60, "policy")
+    eventually(
+        lambda: _get(port, "/readyz") == (503, with_class(STALLED, "policy") + f"\n{named} (policy)\n"),
+        60,
+        "policy",
+    )
     status, metrics = _get(port, "/metrics")
     assert status == 200 and MARKER not in metrics
     proc.terminate()

@@ -823,6 +823,15 @@ def test_the_stack_command_parses_with_the_real_cli() -> None:
     assert environment["SWARM_SECRETS_LOG_FORMAT"] in ("text", "json")
 
 
+def test_the_stack_runs_a_standby_on_another_manager_and_can_update_it() -> None:
+    deploy = load(REPO / "deploy" / "stack.yml")["services"]["reconciler"]["deploy"]
+    assert deploy["replicas"] >= 2  # one leads (the lease of `run`), the others stand by
+    assert deploy["placement"]["constraints"] == ["node.role == manager"]
+    assert deploy["placement"]["max_replicas_per_node"] == 1  # never two on the node that goes down
+    # as many replicas as managers leave no room for a start-first task: only stop-first progresses
+    assert deploy["update_config"]["order"] == deploy["rollback_config"]["order"] == "stop-first"
+
+
 def test_the_image_runs_the_cli() -> None:
     dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
     assert 'ENTRYPOINT ["/usr/bin/tini", "-s", "--", "swarm-secrets"]' in dockerfile

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.daemon.loop import Loop, LoopSettings
-from reconciler.daemon.types import NOT_STARTED, READY, TickRequest, TickResult
+from reconciler.daemon.types import NOT_STARTED, READY, SETS_FAILING, TickRequest, TickResult, with_class
 from reconciler.daemon.webhooks import SecretFiles
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -371,6 +371,23 @@ def test_readyz_before_and_after_the_first_success(tmp_path: Path) -> None:
         rec.stop()
         thread.join(5)
     assert not thread.is_alive() and rec.http is not None
+
+
+def test_readyz_names_held_back_sets_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rec, base = make(secret_files(tmp_path))
+    try:
+        reason = with_class(SETS_FAILING, "manifest") + "\nfailing sets: books (manifest)"
+        monkeypatch.setattr(rec, "readiness", lambda: (False, reason))
+        assert call(base + "/readyz")[:2] == (503, reason + "\n")
+        # anything else (a failure's own text, a set name no set may have) never gets out
+        leaky = with_class(SETS_FAILING, "manifest") + "\nfailing sets: books.yaml:3 token=abc (manifest)"
+        monkeypatch.setattr(rec, "readiness", lambda: (False, leaky))
+        assert call(base + "/readyz")[:2] == (503, "not ready\n")
+    finally:
+        assert rec.http is not None
+        rec.http.close()
 
 
 # --- many slow clients, against the service in a process of its own ------------------------------

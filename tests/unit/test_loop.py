@@ -21,19 +21,22 @@ import pytest
 from reconciler import logs
 from reconciler.core.model import SecretValue
 from reconciler.daemon.gitsync import Checkout
-from reconciler.daemon.loop import Backoff, Loop, LoopSettings, with_git
+from reconciler.daemon.loop import MAX_FOLLOW_UPS, Backoff, Loop, LoopSettings, with_git
 from reconciler.daemon.types import (
     FAILING,
     NOT_STARTED,
     READY,
     READY_RETRYING,
+    SETS_FAILING,
     STALLED,
+    STANDBY,
     STARTING,
     Reason,
     TickRequest,
     TickResult,
     Trigger,
     readiness_reasons,
+    readiness_text_ok,
     with_class,
 )
 from reconciler.errors import ConfigError, GitError, ManifestError, Problem, SwarmUnavailable
@@ -235,6 +238,65 @@ def test_own_changes_do_not_cause_a_tick_storm() -> None:
         assert rec.request(Trigger.MANUAL) is True  # only events are suppressed
 
 
+def test_a_tick_the_swarm_moved_under_is_followed_up_at_once_despite_backoff_and_quiet_window() -> None:
+    # superseded by another writer: it changed things (the quiet window starts), failed (backoff), and
+    # its foreign write's Docker event came during the tick (dropped as our own): only the follow-up
+    # brings the next tick before the 30 s retry or the 60 s interval
+    superseded = TickResult(ok=False, changed=True, follow_up=True, rollouts={"superseded": 1})
+    gate = threading.Event()
+    tick = Recorder(superseded, gate=gate)
+    rec = Loop(settings(debounce=0.1, backoff_base=30, event_quiet=60), tick)
+    with running(rec):
+        assert tick.entered.wait(2)
+        rec.request(Trigger.EVENT)  # the foreign write, seen during the tick
+        gate.set()
+        wait_for(lambda: tick.count == 2)
+    assert tick.requests[1].reasons == ("follow-up",)
+    assert tick.times[1] - tick.times[0] >= 0.1  # debounced, not immediate
+
+
+def test_follow_ups_in_a_row_are_bounded_then_the_backoff_applies(caplog: pytest.LogCaptureFixture) -> None:
+    moved = TickResult(ok=False, changed=True, follow_up=True)
+    tick = Recorder(*[moved] * (MAX_FOLLOW_UPS + 2))
+    rec = Loop(settings(debounce=0.01, backoff_base=0.3, backoff_factor=1), tick)
+    with caplog.at_level(logging.WARNING, logger="reconciler.daemon.loop"), running(rec):
+        wait_for(lambda: tick.count == MAX_FOLLOW_UPS + 3)
+    reasons = [r.reason for r in tick.requests]
+    assert reasons == ["startup", *["follow-up"] * MAX_FOLLOW_UPS, "retry", "follow-up"]
+    gaps = [b - a for a, b in zip(tick.times, tick.times[1:], strict=False)]
+    assert all(gap < 0.3 for gap in gaps[:MAX_FOLLOW_UPS]) and gaps[MAX_FOLLOW_UPS] >= 0.27
+    assert any("another writer may be undoing our changes" in r.getMessage() for r in caplog.records)
+
+
+def test_a_standby_runs_no_tick_and_hands_webhooks_over_until_it_leads() -> None:
+    tick = Recorder()
+    handed: list[Reason] = []
+    rec = Loop(settings(interval=0.05), tick, elected=False, forward=handed.append)
+    held = "swarm_secrets_lease_held"
+    assert rec.readiness() == (False, NOT_STARTED)  # not yet known to stand by (the lease not read yet)
+    rec.set_leading(False)  # another replica holds the lease
+    with running(rec):
+        time.sleep(0.2)  # startup and several intervals: nothing runs on a standby
+        assert tick.count == 0 and rec.readiness() == (True, STANDBY)
+        assert rec.metrics.registry.get_sample_value(held) == 0
+        assert rec.request(Reason(Trigger.WEBHOOK, "github")) and rec.request(Trigger.MANUAL)
+        assert not rec.request(Trigger.EVENT)  # the leading replica watches the swarm itself
+        assert handed == ["webhook:github", "manual"] and tick.count == 0
+        rec.set_leading(False, problem="engine")  # cannot follow the lease: not ready
+        assert rec.readiness() == (False, with_class(FAILING, "engine"))
+        rec.set_leading(True)  # elected: ticks at once, without the debounce
+        wait_for(lambda: tick.count == 1)
+        assert tick.requests[0].reasons == ("elected",) and rec.status().leading
+        assert rec.metrics.registry.get_sample_value(held) == 1
+        rec.handed(("webhook:gitea", "manual; rm -rf /", "interval"))  # only what a standby may hand over
+        wait_for(lambda: tick.count >= 2)
+        assert "webhook:gitea" in tick.requests[1].reasons and "interval" not in tick.requests[1].reasons
+        rec.set_leading(False)
+        count = tick.count
+        time.sleep(0.2)
+        assert tick.count == count and rec.metrics.registry.get_sample_value(held) == 0
+
+
 def test_stop_finishes_the_tick_in_hand_then_returns_zero() -> None:
     gate = threading.Event()
     tick = Recorder(gate=gate)
@@ -294,6 +356,33 @@ def test_readiness_rules() -> None:
     assert rec.readiness() == (False, with_class(FAILING, "engine"))
     assert {reason for _, reason in [rec.readiness()]} <= readiness_reasons()
     assert all("unreachable" not in reason for reason in readiness_reasons())
+
+
+def test_readiness_names_the_sets_held_back_by_a_fixed_reason_and_their_class() -> None:
+    partial = TickResult(ok=True, changed=True, failing_sets={"books": "manifest", "pay": "policy"})
+    down = TickResult(ok=False, changed=False, error="engine down", error_class="engine")  # no news of sets
+    fixed = TickResult(ok=True, changed=False, failing_sets={})
+    tick = Recorder(partial, down, fixed)
+    states: list[tuple[bool, str]] = []
+    holder: list[Loop] = []
+
+    def observing(request: TickRequest) -> TickResult:
+        states.append(holder[0].readiness())
+        return tick(request)
+
+    rec = Loop(settings(backoff_base=0.01), observing)
+    holder.append(rec)
+    with running(rec):
+        wait_for(lambda: tick.finished == 1 and not rec.status().ticking)
+        states.append(rec.readiness())
+        rec.request(Trigger.MANUAL)
+        wait_for(lambda: tick.finished == 3 and not rec.status().ticking)
+    names = "failing sets: books (manifest), pay (policy)"
+    assert states[1] == states[2] == (False, with_class(SETS_FAILING, "manifest") + "\n" + names)
+    assert states[3] == (True, with_class(READY_RETRYING, "engine") + "\n" + names)  # the last known stands
+    assert rec.readiness() == (True, READY) and rec.status().failing_sets == {}
+    assert all(readiness_text_ok(text) for _, text in states)
+    assert not readiness_text_ok(READY + "\nfailing sets: books (manifest): file.yaml:3: bad")
 
 
 def test_with_git_passes_the_checkout() -> None:
@@ -511,6 +600,12 @@ def test_reasons_are_text_that_carries_its_trigger() -> None:
     reason = Reason(Trigger.WEBHOOK, "github")
     assert reason == "webhook:github" and reason.trigger is Trigger.WEBHOOK
     assert Reason(Trigger.EVENT) == "event" and json.dumps([reason]) == '["webhook:github"]'
-    assert {t for t in Trigger if t.explicit} == {Trigger.STARTUP, Trigger.WEBHOOK, Trigger.MANUAL}
+    explicit = {Trigger.STARTUP, Trigger.ELECTED, Trigger.WEBHOOK, Trigger.MANUAL, Trigger.FOLLOW_UP}
+    assert {t for t in Trigger if t.explicit} == explicit
+    assert {t for t in Trigger if t.immediate} == {Trigger.STARTUP, Trigger.ELECTED}
+    assert {t for t in Trigger if t.handed_over} == {Trigger.WEBHOOK, Trigger.MANUAL}
+    assert Reason.parse("webhook:gitea") == "webhook:gitea" and Reason.parse("manual") == "manual"
+    for text in ("webhook:evil", "webhook", "manual:x", "event", "interval", "oddreasonrm-rf"):
+        assert Reason.parse(text) is None
     assert {t for t in Trigger if t.asked} == {Trigger.MANUAL}  # a webhook can be replayed
     assert {t for t in Trigger if t.from_swarm} == {Trigger.EVENT}

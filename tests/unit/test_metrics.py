@@ -21,6 +21,11 @@ def test_fresh_metrics_export_zeroes() -> None:
     assert value(m, "swarm_secrets_ticks_total", result="failure") == 0
     assert value(m, "swarm_secrets_rollouts_total", result="rolled_back") == 0
     assert value(m, "swarm_secrets_last_success_timestamp_seconds") == 0
+    # a foreign write is not a rollback: its own label value, there from the first scrape
+    assert value(m, "swarm_secrets_rollouts_total", result="superseded") == 0
+    m.observe(TickResult(ok=False, changed=True, rollouts={"superseded": 1}, follow_up=True), 0.1)
+    assert value(m, "swarm_secrets_rollouts_total", result="superseded") == 1
+    assert value(m, "swarm_secrets_rollouts_total", result="rolled_back") == 0
 
 
 def test_observe_success() -> None:
@@ -96,3 +101,27 @@ def test_render_is_prometheus_text() -> None:
     assert all(
         line.startswith(("# ", "swarm_secrets_")) for line in text.splitlines() if line
     )  # nothing from the global registry (process_*, python_gc_*)
+
+
+def test_held_back_sets_are_named_bounded_and_cleared() -> None:
+    m, now = make()
+    m.observe(TickResult(ok=True, changed=False), 0.1)
+    assert value(m, "swarm_secrets_failing_sets") == 0
+    m.observe(TickResult(ok=True, changed=True, failing_sets={"books": "manifest", "pay": "source"}), 0.1)
+    assert value(m, "swarm_secrets_ticks_total", result="partial") == 1
+    assert value(m, "swarm_secrets_ticks_total", result="success") == 1
+    assert value(m, "swarm_secrets_failing_sets") == 2
+    assert value(m, "swarm_secrets_set_failing", set="books", **{"class": "manifest"}) == 1
+    assert value(m, "swarm_secrets_set_failing", set="pay", **{"class": "source"}) == 1
+    # a tick that did not get as far as loading (None) keeps the last known; a fixed one clears them
+    m.observe(TickResult(ok=False, changed=False, error="down", error_class="engine"), 0.1)
+    assert value(m, "swarm_secrets_set_failing", set="books", **{"class": "manifest"}) == 1
+    many = {f"set-{i:02d}": "manifest" for i in range(30)}
+    m.observe(TickResult(ok=False, changed=False, transient=False, failing_sets=many), 0.1)
+    assert value(m, "swarm_secrets_failing_sets") == 30
+    assert value(m, "swarm_secrets_set_failing", set="books", **{"class": "manifest"}) is None
+    labelled = [s for s in m.registry.collect() if s.name == "swarm_secrets_set_failing"][0].samples
+    assert len(labelled) == 20  # bounded: the rest only counted
+    m.observe(TickResult(ok=True, changed=False, failing_sets={}), 0.1)
+    assert value(m, "swarm_secrets_failing_sets") == 0
+    assert [s for s in m.registry.collect() if s.name == "swarm_secrets_set_failing"][0].samples == []
