@@ -586,3 +586,63 @@ def test_collection_waits_for_old_tasks_told_to_stop(tmp_path: Path) -> None:
     outcome = converge_once(fake, deployer, run(spec, {"db_password": b"two", "api_token": b"t"}))
     assert outcome.result is not None and outcome.result.removed == ("db_password_v1",)
     assert outcome.result.kept_back == () and fake.looks == 0
+
+
+# --- the long-running loop: a failing Stack manifest, or a held-back set, stops only the deploy ----------
+
+
+def test_a_failing_stack_manifest_is_its_own_problem_not_the_same_named_set(tmp_path: Path) -> None:
+    from reconciler.manifests.loader import load_isolated
+
+    found = load_isolated([manifests(tmp_path, STACK_MANIFEST.replace("[stack.yml]", "[]"))])
+    assert [s.name for s in found.sets] == ["shop"] and found.failing == {} and found.unattributed is None
+    assert list(found.failing_stacks) == ["shop"] and found.stacks == ()
+    assert "compose must list at least one compose file" in str(found.failing_stacks["shop"])
+    # a sound one loads, with the set
+    assert [s.name for s in load_isolated([manifests(tmp_path)]).stacks] == ["shop"]
+
+
+def test_a_stack_whose_services_use_a_held_back_set_is_not_deployed(tmp_path: Path) -> None:
+    fake = FakeSwarm()
+    deployer = FakeStackDeployer(fake)
+    settings = converge.Settings(apply=ApplyOptions(timeout=30), deployer=deployer)
+
+    def reconcile(environ: Mapping[str, str]) -> converge.Outcome:
+        loaded = converge.load([tmp_path], environ=environ, isolate=True)
+        return converge.converge(
+            loaded, fake, approval=converge.auto_approve, settings=settings, clock=FakeClock()
+        )
+
+    manifests(tmp_path)
+    assert reconcile({"PW": "one"}).ok and len(deployer.deploys) == 1
+    assert fake.mounted("shop_db") == {"/run/secrets/db_password": b"one"}
+    before = fake.service_by_name("shop_db").version
+    # the set's source breaks while the compose content changes: the deploy could not pin db_password,
+    # and would put the stack's own shop_db_password back; so the stack waits for the set
+    write(tmp_path, "stack.yml", SMALL_STACK.replace("image: x", "image: y"))
+    outcome = reconcile({})
+    assert outcome.prepared.held_back == {"shop"} and not outcome.prepared.plan.deploys
+    assert list(outcome.prepared.loaded.failing_stacks) == ["shop"]
+    assert "held-back sets (shop)" in str(outcome.prepared.loaded.failing_stacks["shop"])
+    assert len(deployer.deploys) == 1 and fake.service_by_name("shop_db").version == before
+    # the set is fixed: the stack is deployed again, pinned
+    assert reconcile({"PW": "one"}).ok and len(deployer.deploys) == 2
+    assert fake.mounted("shop_db") == {"/run/secrets/db_password": b"one"}
+
+
+def test_a_stack_not_deployed_is_named_among_the_failing() -> None:
+    from reconciler.daemon.tick import failing_classes
+
+    loaded = converge.Loaded(
+        sets=(),
+        values={},
+        revision=None,
+        isolated=True,
+        failing={"pay": PolicyViolation([Problem("p.yaml", 1, "", "x")])},
+        failing_stacks={"shop": ManifestError([Problem("s.yaml", 1, "", "y")])},
+    )
+    assert failing_classes(loaded, frozenset({"old"})) == {
+        "old": "manifest",
+        "pay": "policy",
+        "stack/shop": "manifest",
+    }
