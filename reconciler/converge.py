@@ -387,7 +387,7 @@ def prepare(loaded: Loaded, swarm: Swarm, settings: Settings | None = None) -> P
         raise ConfigError("--prune-orphans needs the manifests loaded with complete=True (a bug)")
     # Observing is mostly waiting for the engine: fetch the key and fingerprint the values meanwhile.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe") as pool:
-        observing = pool.submit(swarm.observe, lean=True)
+        observing = pool.submit(swarm.observe, lean=True, sets=_collectable(loaded, settings))
         key = find_key(swarm, settings.key_file)
         desired = (
             build_desired(loaded.sets, loaded.values, key, revision=loaded.revision, stacks=loaded.stacks)
@@ -422,6 +422,12 @@ def prepare(loaded: Loaded, swarm: Swarm, settings: Settings | None = None) -> P
     if problems:
         raise CheckFailed(problems)
     return prepared
+
+
+def _collectable(loaded: Loaded, settings: Settings) -> frozenset[str] | None:
+    """The sets a plan may remove versions of (``observe(lean=True)`` lists tasks only when one of
+    their versions is in no Spec): the loaded ones, or every set when orphans are pruned."""
+    return None if settings.apply.prune_orphans else frozenset(s.name for s in loaded.sets)
 
 
 def revision_note(loaded: Loaded, live: LiveState, repository: Path) -> str | None:
@@ -528,7 +534,7 @@ def replanner(prepared: Prepared, swarm: Swarm, settings: Settings) -> Replan:
     """The executor's way to plan again: observe, then plan the same desired state."""
 
     def replan() -> tuple[LiveState, Plan]:
-        live = swarm.observe(lean=True)
+        live = swarm.observe(lean=True, sets=_collectable(prepared.loaded, settings))
         held = held_back(prepared.loaded, live)
         return live, planner.plan(
             prepared.desired, live, prune_orphans=settings.apply.prune_orphans, held_back=held

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import enum
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from reconciler.core.model import LiveSecret, LiveService, LiveState
@@ -209,13 +209,20 @@ def _rollback_services(live: LiveState) -> dict[str, tuple[str, ...]]:
     return {secret_id: tuple(sorted(names)) for secret_id, names in services.items()}
 
 
-def needs_tasks(secrets: Iterable[LiveSecret], services: Iterable[LiveService]) -> bool:
-    """Whether tasks can change a plan: only when some managed version is referenced by no service's
-    current Spec. A version in a Spec is kept whatever the tasks do (and the plan's own updates turn it
-    into a rollback target, kept too), so in the steady state, where every version is in use, a plan
-    needs neither the task list nor the node list (``observe(lean=True)``)."""
+def needs_tasks(
+    secrets: Iterable[LiveSecret], services: Iterable[LiveService], sets: Collection[str] | None = None
+) -> bool:
+    """Whether tasks can change a plan: only when some managed version (of ``sets``, the sets the plan
+    may collect from; None: every set) is referenced by no service's current Spec. A version in a Spec
+    is kept whatever the tasks do (and the plan's own updates turn it into a rollback target, kept too),
+    so in the steady state, where every version is in use, a plan needs neither the task list nor the
+    node list (``observe(lean=True)``). Versions of other sets (orphans not pruned, sets held back)
+    are never removed by the plan, so their tasks do not matter to it."""
     in_spec = {ref.secret_id for service in services for ref in service.refs}
-    return any(secret.managed and secret.id not in in_spec for secret in secrets)
+    return any(
+        secret.managed and (sets is None or secret.set_name in sets) and secret.id not in in_spec
+        for secret in secrets
+    )
 
 
 def _references(live: LiveState) -> tuple[dict[str, set[str]], dict[str, set[str]]]:

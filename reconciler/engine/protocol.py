@@ -10,7 +10,7 @@ No docker import here: the executor depends on this module, not on docker-py.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Protocol, TypedDict
 
 from reconciler.core.model import LiveState, SecretValue
@@ -32,11 +32,12 @@ class RawService(TypedDict, total=False):
 class Swarm(Protocol):
     """A connection to one swarm manager. Every method raises only :mod:`reconciler.errors` types."""
 
-    def observe(self, *, lean: bool = False) -> LiveState:
+    def observe(self, *, lean: bool = False, sets: Collection[str] | None = None) -> LiveState:
         """Every secret (with its version index), every service (Spec and PreviousSpec references,
         version index, update state) and the secrets of tasks not shut down yet, with their nodes.
         ``lean``: the tasks and nodes only when :func:`~reconciler.core.collect.needs_tasks` says a
-        plan needs them (for planning; never for a decision to remove something)."""
+        plan that may collect from ``sets`` (None: any set) needs them (for planning; never for a
+        decision to remove something)."""
         ...
 
     def inspect_service(self, service_id: str) -> RawService:

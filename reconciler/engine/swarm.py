@@ -44,7 +44,7 @@ import ssl
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -437,11 +437,11 @@ class Swarm:
         return stamp + (time.monotonic() - read_at)
 
     @_retry_reads
-    def observe(self, *, lean: bool = False) -> LiveState:
+    def observe(self, *, lean: bool = False, sets: Collection[str] | None = None) -> LiveState:
         """All secrets, all services, the secrets of tasks not yet shut down and the nodes: four
         requests, however many objects there are; ``lean`` (planning): the tasks and nodes only when
-        some managed version is in no service's Spec (``core.collect.needs_tasks``), so a steady
-        state costs two."""
+        some managed version of ``sets`` (None: of any set) is in no service's Spec
+        (``core.collect.needs_tasks``), so a steady state costs two."""
         # The lists are independent: asking concurrently makes a run cost about one list, not four
         # (bench/bench_noop_plan.py measures it against listing secrets and services). The longest
         # (secrets) is asked from this thread, so no thread start delays it, and each list is parsed
@@ -456,7 +456,7 @@ class Swarm:
             secrets = self._secrets()
             services = services_f.result()
             if lean:
-                if not needs_tasks(secrets, services):
+                if not needs_tasks(secrets, services, sets):
                     return LiveState(secrets=secrets, services=services, observed_at=self.now())
                 tasks_f = pool.submit(self._call, "listing tasks", self._api.tasks)
                 nodes_f = pool.submit(self._nodes)

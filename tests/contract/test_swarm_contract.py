@@ -192,28 +192,32 @@ def test_running_tasks_hold_their_secrets(world: World) -> None:
 
 
 def test_a_lean_look_lists_tasks_only_when_a_managed_version_is_in_no_spec(world: World) -> None:
-    def managed(version: int) -> str:
-        name = world.name(f"pw_v{version}")
+    def managed(version: int, set_suffix: str = "") -> str:
+        name = world.name(f"{set_suffix}pw_v{version}")
         labels = {
             LABEL_MANAGED: "true",
-            LABEL_SET: world.name("set").lower().replace("_", "-"),
+            LABEL_SET: world.name(f"set{set_suffix}").lower().replace("_", "-"),
             LABEL_SECRET: world.name("pw"),
             LABEL_VERSION: str(version),
         }
         world.swarm.create_secret(name, SecretValue(b"v%d" % version), labels)
         return name
 
+    ours = {world.name("set").lower().replace("_", "-")}
     current = managed(1)
     world.create_service("app", secrets=[(current, "pw")])
-    # every managed version in a Spec: a plan needs no tasks (and does not ask for them)
-    lean, full = world.swarm.observe(lean=True), world.swarm.observe()
+    # every managed version of the sets planned in a Spec: a plan needs no tasks (and asks for none)
+    lean, full = world.swarm.observe(lean=True, sets=ours), world.swarm.observe()
     current_id = next(s.id for s in full.secrets if s.name == current)
     assert current_id in full.task_secret_ids and not lean.task_secret_ids
-    assert not needs_tasks(lean.secrets, lean.services)
-    # a managed version no Spec references (it could be removed): the tasks are listed
+    assert not needs_tasks(lean.secrets, lean.services, ours)
+    # an unused version of another set (an orphan, a held-back set: never removed by this plan): still none
+    managed(1, set_suffix="other")
+    assert not world.swarm.observe(lean=True, sets=ours).task_secret_ids
+    # a managed version of ours no Spec references (it could be removed): the tasks are listed
     managed(2)
-    lean = world.swarm.observe(lean=True)
-    assert needs_tasks(lean.secrets, lean.services) and current_id in lean.task_secret_ids
+    lean = world.swarm.observe(lean=True, sets=ours)
+    assert needs_tasks(lean.secrets, lean.services, ours) and current_id in lean.task_secret_ids
 
 
 def test_the_executors_reference_rule_round_trips_through_the_engine(world: World) -> None:

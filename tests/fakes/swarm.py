@@ -34,7 +34,7 @@ import itertools
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -262,12 +262,12 @@ class FakeSwarm:
 
     # --- the protocol: reads --------------------------------------------------------------------
 
-    def observe(self, *, lean: bool = False) -> LiveState:
+    def observe(self, *, lean: bool = False, sets: Collection[str] | None = None) -> LiveState:
         with self._lock:
             self._enter("observe")
             secrets = [parse_secret(copy.deepcopy(s)) for s in self.secrets.values()]
             services = [parse_service(self._raw(s)) for s in self.services.values()]
-            if lean and not needs_tasks(secrets, services):
+            if lean and not needs_tasks(secrets, services, sets):
                 return LiveState(
                     secrets=tuple(sorted(secrets, key=lambda s: s.name)),
                     services=tuple(sorted(services, key=lambda s: s.name)),

@@ -91,7 +91,31 @@ def sweep_stale() -> list[Path]:
             bridge = None
         _remove(folder, bridge)
         removed.append(folder)
+    if removed:
+        _wait_vxlan_free()
     return removed
+
+
+def _wait_vxlan_free(timeout: float = 90) -> None:
+    """Wait until the kernel has freed the namespaces of the swept sandboxes: it does so in the
+    background, and until then their VXLAN devices still hold the host's VNIs (probed by creating a
+    device with the first VNIs the overlay driver hands out, and deleting it)."""
+    probe = "ssvxprobe"
+    deadline = time.monotonic() + timeout
+    while True:
+        held = []
+        for vni in range(4096, 4100):
+            added = subprocess.run(
+                ["ip", "link", "add", probe, "type", "vxlan", "id", str(vni), "dstport", str(VXLAN_PORT)],
+                capture_output=True, check=False,
+            )  # fmt: skip
+            if added.returncode == 0:
+                subprocess.run(["ip", "link", "del", probe], capture_output=True, check=False)
+            else:
+                held.append(vni)
+        if not held or time.monotonic() > deadline:
+            return
+        time.sleep(1)
 
 
 def port_free(port: int, kind: int = socket.SOCK_STREAM) -> bool:

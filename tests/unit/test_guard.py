@@ -384,7 +384,7 @@ class _FreshSwarm:
         self.live = live
         self.created: list[str] = []
 
-    def observe(self, *, lean: bool = False) -> LiveState:
+    def observe(self, *, lean: bool = False, sets: object = None) -> LiveState:
         return self.live
 
     def find_config(self, name: str) -> tuple[str, bytes] | None:

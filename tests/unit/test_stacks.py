@@ -560,10 +560,10 @@ class _SlowToStop(FakeSwarm):
         self.slow = ""
         self.looks = 0
 
-    def observe(self, *, lean: bool = False) -> Any:
+    def observe(self, *, lean: bool = False, sets: Any = None) -> Any:
         from dataclasses import replace
 
-        live = super().observe(lean=lean)
+        live = super().observe(lean=lean, sets=sets)
         secret_id = next((i for i, s in self.secrets.items() if s["Spec"]["Name"] == self.slow), None)
         if secret_id is None or self.looks <= 0:
             return live
