@@ -9,6 +9,7 @@ import sys
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -102,14 +103,16 @@ def apply(
         prune_orphans = saved.basis.prune_orphans
     boundary = trust.boundary(paths)
     loaded = converge.load(paths, revision=revision, boundary=boundary, complete=prune_orphans)
-    settings = converge.Settings(
-        key_file=fingerprint_key_file,
+    settings = apply_settings(
+        paths[0],
+        fingerprint_key_file=fingerprint_key_file,
+        timeout=timeout,
+        concurrency=concurrency,
+        prune_orphans=prune_orphans,
+        allow_older_revision=allow_older_revision,
+        revision_check=revision_check,
         # Applying a saved plan changes nothing before it is verified, not even the key config.
         read_only=saved is not None,
-        apply=ApplyOptions(timeout=timeout, concurrency=concurrency, prune_orphans=prune_orphans),
-        revision_guard=RevisionGuard(
-            repository=paths[0], allow_older=allow_older_revision, undecidable=revision_check
-        ),
         # A saved plan is judged as of when it was made (a rotation due since is the next run's).
         now=saved.basis.now if saved is not None else None,
     )
@@ -132,6 +135,29 @@ def apply(
         verify=verify,
         ask=not yes and verify is None,
         stats=stats,
+    )
+
+
+def apply_settings(
+    repository: Path,
+    *,
+    fingerprint_key_file: Path | None,
+    timeout: float,
+    concurrency: int,
+    prune_orphans: bool,
+    allow_older_revision: bool,
+    revision_check: RevisionCheckMode,
+    **more: Any,
+) -> converge.Settings:
+    """The settings of a command that applies (``apply``, ``rotate``, ``stack deploy``) from the
+    options they share; ``more``: other :class:`~reconciler.converge.Settings` fields."""
+    return converge.Settings(
+        key_file=fingerprint_key_file,
+        apply=ApplyOptions(timeout=timeout, concurrency=concurrency, prune_orphans=prune_orphans),
+        revision_guard=RevisionGuard(
+            repository=repository, allow_older=allow_older_revision, undecidable=revision_check
+        ),
+        **more,
     )
 
 

@@ -30,12 +30,11 @@ from reconciler.cli.app import (
     rollout_options,
     trust_options,
 )
-from reconciler.cli.apply import _prompt, _show, run_apply
+from reconciler.cli.apply import _prompt, _show, apply_settings, run_apply
 from reconciler.core.model import EnvSource, FileSource, SecretSet, SecretSpec, SopsSource
 from reconciler.display import display_path
-from reconciler.engine.executor import ApplyOptions
 from reconciler.errors import ConfigError
-from reconciler.manifests.revision import RevisionCheckMode, RevisionGuard
+from reconciler.manifests.revision import RevisionCheckMode
 
 
 @main.command()
@@ -87,12 +86,14 @@ def rotate(
     boundary = trust.boundary(paths)
     loaded = converge.load(paths, revision=revision, boundary=boundary, complete=prune_orphans)
     forced = frozenset(_generated(loaded.sets, names))
-    settings = converge.Settings(
-        key_file=fingerprint_key_file,
-        apply=ApplyOptions(timeout=timeout, concurrency=concurrency, prune_orphans=prune_orphans),
-        revision_guard=RevisionGuard(
-            repository=paths[0], allow_older=allow_older_revision, undecidable=revision_check
-        ),
+    settings = apply_settings(
+        paths[0],
+        fingerprint_key_file=fingerprint_key_file,
+        timeout=timeout,
+        concurrency=concurrency,
+        prune_orphans=prune_orphans,
+        allow_older_revision=allow_older_revision,
+        revision_check=revision_check,
         rotate=forced,
     )
     run_apply(

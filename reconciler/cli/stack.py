@@ -34,16 +34,15 @@ from reconciler.cli.app import (
     rollout_options,
     trust_options,
 )
-from reconciler.cli.apply import run_apply, show_plan
+from reconciler.cli.apply import apply_settings, run_apply, show_plan
 from reconciler.core.stacks import StackSpec, override_document, pins, wanted_names
 from reconciler.display import display_path
-from reconciler.engine.executor import ApplyOptions
 from reconciler.engine.stackdeploy import cli_environment
 from reconciler.engine.swarm import Swarm
 from reconciler.errors import ConfigError
 from reconciler.manifests import DEFAULT_PATH
 from reconciler.manifests.compose import stack_from_files
-from reconciler.manifests.revision import RevisionCheckMode, RevisionGuard
+from reconciler.manifests.revision import RevisionCheckMode
 
 
 @main.group(cls=Group)
@@ -213,12 +212,14 @@ def deploy(
     loaded = converge.load(
         paths, revision=revision, boundary=boundary, complete=prune_orphans, stacks=(spec,)
     )
-    settings = converge.Settings(
-        key_file=fingerprint_key_file,
-        apply=ApplyOptions(timeout=timeout, concurrency=concurrency, prune_orphans=prune_orphans),
-        revision_guard=RevisionGuard(
-            repository=paths[0], allow_older=allow_older_revision, undecidable=revision_check
-        ),
+    settings = apply_settings(
+        paths[0],
+        fingerprint_key_file=fingerprint_key_file,
+        timeout=timeout,
+        concurrency=concurrency,
+        prune_orphans=prune_orphans,
+        allow_older_revision=allow_older_revision,
+        revision_check=revision_check,
     )
     run_apply(
         loaded,
