@@ -6,11 +6,21 @@ a source tree that was never installed gives ``0+unknown``. It is shown by ``--v
 the image labels and into every audit event.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("swarm-secrets")
-except PackageNotFoundError:  # a source tree on sys.path, never installed
-    __version__ = "0+unknown"
+from typing import Any
 
 __all__ = ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # Looked up on first use, not at import: importlib.metadata costs ~40 ms, and most runs (a plan, a
+    # validate) never show the version.
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("swarm-secrets")
+    except PackageNotFoundError:  # a source tree on sys.path, never installed
+        found = "0+unknown"
+    globals()["__version__"] = found
+    return found

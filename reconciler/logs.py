@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import PurePath
 from typing import Any
 
-from reconciler import __version__
+import reconciler
 from reconciler.core.model import SecretValue
 
 AUDIT_LOGGER = "reconciler.audit"
@@ -140,7 +140,7 @@ def audit(event: str, /, **fields: object) -> None:
 
     Example: ``audit("secret_created", set="app", secret="db_password", version=3, revision=sha)``.
     """
-    extra: dict[str, object] = {"event": event, "tool_version": __version__}
+    extra: dict[str, object] = {"event": event, "tool_version": reconciler.__version__}
     dropped: list[str] = []
     for key, val in fields.items():
         if key.lower() in FORBIDDEN_FIELDS or _holds_secret(val):

@@ -39,7 +39,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 
-from reconciler import __version__, manifests
+import reconciler
+from reconciler import manifests
 from reconciler.core.guard import Boundary
 from reconciler.engine.lease import LeaseSettings
 from reconciler.errors import ExitCode, ProblemsError, SwarmSecretsError
@@ -258,6 +259,12 @@ def configure_logging(level: str, fmt: str) -> None:
 # --- the group and its commands ----------------------------------------------------------------------
 
 
+def _show_version(ctx: click.Context) -> None:
+    # The version is looked up only when asked for (see reconciler/__init__.py).
+    click.echo(f"swarm-secrets {reconciler.__version__}")
+    ctx.exit()
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--log-level",
@@ -273,7 +280,14 @@ def configure_logging(level: str, fmt: str) -> None:
     show_default=True,
     help="Log as text, or as JSON lines for a log collector.",
 )
-@click.version_option(__version__, prog_name="swarm-secrets", message="%(prog)s %(version)s")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, _param, value: _show_version(ctx) if value else None,
+    help="Show the version and exit.",
+)
 def main(log_level: str, log_format: str) -> None:
     """Declarative GitOps reconciler for Docker Swarm secrets.
 
