@@ -402,6 +402,7 @@ class TrustOptions:
     source_root: Path | None = None
     self_service: str | None = None
     sops_env: tuple[str, ...] = ()
+    min_rotation_period: str = "1h"
 
     def boundary(self, paths: Sequence[Path] = (), *, daemon: bool = False) -> Boundary:
         """The :class:`~reconciler.core.guard.Boundary`; ``paths`` are the manifest paths (to warn
@@ -419,7 +420,31 @@ class TrustOptions:
             source_root=self.source_root,
             daemon=daemon,
             sops_env=self.sops_env,
+            min_rotation=_period(self.min_rotation_period),
+            min_rotation_text=self.min_rotation_period,
         )
+
+
+def _period(text: str) -> int:
+    from reconciler.core.schedule import parse_period
+
+    seconds = parse_period(text)
+    assert seconds is not None, "checked by the option's callback"
+    return seconds
+
+
+# ParamType is generic only in newer click (a subscript would fail at run time with click 8.1).
+class Period(click.ParamType):  # type: ignore[type-arg]
+    """A period as ``rotate.every`` writes it (``90d``, ``1h``), kept as text."""
+
+    name = "period"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from reconciler.core.schedule import parse_period
+
+        if parse_period(str(value)) is None:
+            self.fail(f"{value!r} is not a period: a whole number and s, m, h, d or w (1h, 30m)", param, ctx)
+        return str(value).strip()
 
 
 _VARIABLE_GLOB = re.compile(r"[A-Za-z0-9_*?\[\]!]+")
@@ -443,10 +468,15 @@ def trust_options(fn: Callable[..., R]) -> Callable[..., R]:
         source_root: Path | None,
         self_service: str | None,
         sops_env: tuple[str, ...],
+        min_rotation_period: str,
         **kwargs: Any,
     ) -> R:
         trust = TrustOptions(
-            policy=policy, source_root=source_root, self_service=self_service, sops_env=sops_env
+            policy=policy,
+            source_root=source_root,
+            self_service=self_service,
+            sops_env=sops_env,
+            min_rotation_period=min_rotation_period,
         )
         return fn(*args, trust=trust, **kwargs)
 
@@ -485,6 +515,16 @@ def trust_options(fn: Callable[..., R]) -> Callable[..., R]:
             metavar="GLOB",
             help="Extra variables sops may see (cloud KMS, Vault: 'AWS_*'); repeatable. sops always "
             "gets SOPS_*, GNUPGHOME, HOME, PATH, TMPDIR and nothing else.",
+        ),
+        click.option(
+            "--min-rotation-period",
+            envvar="SWARM_SECRETS_MIN_ROTATION_PERIOD",
+            default="1h",
+            show_default=True,
+            type=Period(),
+            metavar="PERIOD",
+            help="The shortest rotate.every a generated secret may have (every rotation restarts the "
+            "services using it): a whole number and s, m, h, d or w.",
         ),
     )
     for option in reversed(options):

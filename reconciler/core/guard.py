@@ -48,6 +48,7 @@ from reconciler.core.model import (
     LABEL_PREFIX,
     SECRETS_DIR,
     EnvSource,
+    GenerateSource,
     LiveService,
     LiveState,
     Origin,
@@ -116,6 +117,12 @@ class Boundary:
     policy rule."""
     sops_env: tuple[str, ...] = ()
     """``--sops-env``: globs of extra variables the sops process may see (cloud KMS, Vault)."""
+    min_rotation: int = 0
+    """``--min-rotation-period`` in seconds: the shortest ``rotate.every`` a generated secret may have
+    (each rotation restarts every service using it; a manifest author must not be able to set off a
+    restart loop). 0: no floor (the CLI's default is one hour)."""
+    min_rotation_text: str = ""
+    """The floor as the operator wrote it (``1h``), for messages."""
 
     def rule_for(self, set_name: str) -> Rule | None:
         return self.policy.rule_for(set_name) if self.policy is not None else None
@@ -231,6 +238,16 @@ def _check_set(secret_set: SecretSet, boundary: Boundary) -> Iterator[Problem]:
     for spec in secret_set.secrets:
         if isinstance(spec.source, EnvSource):
             yield from _check_env(spec, spec.source, rule, boundary)
+        rotate = spec.rotate
+        generated = isinstance(spec.source, GenerateSource)
+        if generated and rotate is not None and rotate.every < boundary.min_rotation:
+            floor = boundary.min_rotation_text or f"{boundary.min_rotation}s"
+            yield _problem(
+                _field(spec, "rotate.every"),
+                f"rotate.every {rotate.text} is shorter than {floor}, the shortest rotation period the "
+                "operator allows (--min-rotation-period): every rotation restarts the services that use "
+                "the secret; use a longer period",
+            )
         for index, grant in enumerate(spec.grants):
             yield from _check_grant(spec, index, grant, rule, boundary)
 

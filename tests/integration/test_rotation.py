@@ -39,6 +39,14 @@ service_factory = test_loop_service.service_factory  # the run process fixture, 
 
 pytestmark = pytest.mark.swarm
 
+
+@pytest.fixture(autouse=True)
+def _seconds_long_rotations(monkeypatch: pytest.MonkeyPatch) -> None:
+    # These tests rotate every few seconds to see it happen; the operator's floor (1h by default) is
+    # lowered for them the way an operator would, by the variable every command and `run` read.
+    monkeypatch.setenv("SWARM_SECRETS_MIN_ROTATION_PERIOD", "1s")
+
+
 KEPT_REASONS = {"in_use", "rollback_target", "running_task", "keep"}
 
 

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from reconciler.cli import main
-from reconciler.cli.app import walk_commands
+from reconciler.cli.app import Period, walk_commands
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("restore_logging")
@@ -62,6 +62,8 @@ def sample(param: click.Parameter, default: Any) -> tuple[str, Any]:
         number = low + 3 if isinstance(kind, click.types.IntParamType) else low + 2.5
         number += 1 if number == default else 0
         return str(number), number
+    if isinstance(kind, Period):
+        return "90m", "90m"
     if isinstance(kind, click.Path):
         if param.nargs == -1 or (isinstance(param, click.Option) and param.multiple):
             return "one:two/three", (Path("one"), Path("two/three"))

@@ -431,3 +431,38 @@ def test_no_superseded_version_is_ever_kept_without_a_reason(tmp_path: Path, fak
         seen |= set(kept.values())
         fake.advance(6)
     assert {"rollback_target", "keep"} <= seen  # the walk met the reasons it is about
+
+
+def test_a_manifest_cannot_set_off_a_restart_loop_the_operator_sets_the_shortest_rotation(
+    tmp_path: Path,
+) -> None:
+    """Every rotation of a generated secret restarts its services: a manifest author's `every: 5s`
+    would restart them for ever. The floor is the operator's (--min-rotation-period, default 1h)."""
+    folder = write_manifest(
+        tmp_path / "m",
+        {
+            "session_key": session_key(rotate={"every": "5s"}),
+            "pw": {"source": {"env": "PW"}, "rotate": {"every": "5s"}, "services": ["web"]},  # only a warning
+        },
+    )
+    runner = CliRunner()
+    refused = runner.invoke(main, ["validate", "--offline", str(folder)])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output, refused.output
+    (line,) = [ln for ln in refused.output.splitlines() if "rotate.every" in ln]
+    assert "set.yaml" in line and "spec.secrets.session_key.rotate.every" in line
+    assert "rotate.every 5s is shorter than 1h" in line and "--min-rotation-period" in line
+    assert "pw" not in line
+    # the operator lowers the floor (flag or variable); a bad floor is a usage error
+    assert (
+        runner.invoke(main, ["validate", "--offline", "--min-rotation-period", "5s", str(folder)]).exit_code
+        == 0
+    )
+    allowed = runner.invoke(
+        main, ["validate", "--offline", str(folder)], env={"SWARM_SECRETS_MIN_ROTATION_PERIOD": "1s"}
+    )
+    assert allowed.exit_code == 0, allowed.output
+    bad = runner.invoke(main, ["validate", "--offline", "--min-rotation-period", "soon", str(folder)])
+    assert bad.exit_code == 2 and "'soon' is not a period" in bad.output
+    # a period at or above the floor is fine
+    write_manifest(tmp_path / "m", {"session_key": session_key(rotate={"every": "60m"})})
+    assert runner.invoke(main, ["validate", "--offline", str(folder)]).exit_code == 0
