@@ -395,8 +395,8 @@ def revision_check_options(fn: Callable[P, R]) -> Callable[P, R]:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrustOptions:
     """The operator's trust settings as given (``--policy``, ``--source-root``, ``--self-service``,
-    ``--sops-env``); :meth:`boundary` loads the policy (inside the command, so its errors are
-    reported like any other)."""
+    ``--sops-env``, ``--min-rotation-period``); :meth:`boundary` loads the policy (inside the command,
+    so its errors are reported like any other)."""
 
     policy: Path | None = None
     source_root: Path | None = None
@@ -429,7 +429,7 @@ def _period(text: str) -> int:
     from reconciler.core.schedule import parse_period
 
     seconds = parse_period(text)
-    assert seconds is not None, "checked by the option's callback"
+    assert seconds is not None, "checked by the option's type (Period)"
     return seconds
 
 
@@ -458,8 +458,8 @@ def _variable_globs(ctx: click.Context, param: click.Parameter, value: Sequence[
 
 
 def trust_options(fn: Callable[..., R]) -> Callable[..., R]:
-    """``--policy``, ``--source-root``, ``--self-service`` and ``--sops-env``, handed to the command as
-    one ``trust: TrustOptions`` argument. Use it above ``@handle_errors``."""
+    """``--policy``, ``--source-root``, ``--self-service``, ``--sops-env`` and ``--min-rotation-period``,
+    handed to the command as one ``trust: TrustOptions`` argument. Use it above ``@handle_errors``."""
 
     @functools.wraps(fn)
     def wrapper(
