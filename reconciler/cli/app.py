@@ -42,6 +42,7 @@ import click
 import reconciler
 from reconciler import manifests
 from reconciler.core.guard import Boundary
+from reconciler.core.model import Rotation
 from reconciler.engine.lease import LeaseSettings
 from reconciler.errors import ExitCode, ProblemsError, SwarmSecretsError
 from reconciler.logs import JsonFormatter, TextFormatter
@@ -402,7 +403,7 @@ class TrustOptions:
     source_root: Path | None = None
     self_service: str | None = None
     sops_env: tuple[str, ...] = ()
-    min_rotation_period: str = "1h"
+    min_rotation: Rotation = Rotation(every=3600, text="1h")
 
     def boundary(self, paths: Sequence[Path] = (), *, daemon: bool = False) -> Boundary:
         """The :class:`~reconciler.core.guard.Boundary`; ``paths`` are the manifest paths (to warn
@@ -420,31 +421,25 @@ class TrustOptions:
             source_root=self.source_root,
             daemon=daemon,
             sops_env=self.sops_env,
-            min_rotation=_period(self.min_rotation_period),
-            min_rotation_text=self.min_rotation_period,
+            min_rotation=self.min_rotation,
         )
-
-
-def _period(text: str) -> int:
-    from reconciler.core.schedule import parse_period
-
-    seconds = parse_period(text)
-    assert seconds is not None, "checked by the option's type (Period)"
-    return seconds
 
 
 # ParamType is generic only in newer click (a subscript would fail at run time with click 8.1).
 class Period(click.ParamType):  # type: ignore[type-arg]
-    """A period as ``rotate.every`` writes it (``90d``, ``1h``), kept as text."""
+    """A period as ``rotate.every`` writes it (``90d``, ``1h``), read as a :class:`Rotation`."""
 
     name = "period"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from reconciler.core.schedule import parse_period
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Rotation:
+        from reconciler.core.schedule import rotation
 
-        if parse_period(str(value)) is None:
+        if isinstance(value, Rotation):
+            return value
+        period = rotation(str(value))
+        if period is None:
             self.fail(f"{value!r} is not a period: a whole number and s, m, h, d or w (1h, 30m)", param, ctx)
-        return str(value).strip()
+        return period
 
 
 _VARIABLE_GLOB = re.compile(r"[A-Za-z0-9_*?\[\]!]+")
@@ -468,7 +463,7 @@ def trust_options(fn: Callable[..., R]) -> Callable[..., R]:
         source_root: Path | None,
         self_service: str | None,
         sops_env: tuple[str, ...],
-        min_rotation_period: str,
+        min_rotation_period: Rotation,
         **kwargs: Any,
     ) -> R:
         trust = TrustOptions(
@@ -476,7 +471,7 @@ def trust_options(fn: Callable[..., R]) -> Callable[..., R]:
             source_root=source_root,
             self_service=self_service,
             sops_env=sops_env,
-            min_rotation_period=min_rotation_period,
+            min_rotation=min_rotation_period,
         )
         return fn(*args, trust=trust, **kwargs)
 

@@ -52,6 +52,7 @@ from reconciler.core.model import (
     LiveService,
     LiveState,
     Origin,
+    Rotation,
     SecretSet,
     SecretSpec,
     ServiceGrant,
@@ -117,12 +118,10 @@ class Boundary:
     policy rule."""
     sops_env: tuple[str, ...] = ()
     """``--sops-env``: globs of extra variables the sops process may see (cloud KMS, Vault)."""
-    min_rotation: int = 0
-    """``--min-rotation-period`` in seconds: the shortest ``rotate.every`` a generated secret may have
-    (each rotation restarts every service using it; a manifest author must not be able to set off a
-    restart loop). 0: no floor (the CLI's default is one hour)."""
-    min_rotation_text: str = ""
-    """The floor as the operator wrote it (``1h``), for messages."""
+    min_rotation: Rotation | None = None
+    """``--min-rotation-period``: the shortest ``rotate.every`` a generated secret may have (each
+    rotation restarts every service using it; a manifest author must not be able to set off a restart
+    loop). None: no floor (the CLI's default is one hour)."""
 
     def rule_for(self, set_name: str) -> Rule | None:
         return self.policy.rule_for(set_name) if self.policy is not None else None
@@ -239,12 +238,12 @@ def _check_set(secret_set: SecretSet, boundary: Boundary) -> Iterator[Problem]:
         if isinstance(spec.source, EnvSource):
             yield from _check_env(spec, spec.source, rule, boundary)
         rotate = spec.rotate
+        floor = boundary.min_rotation
         generated = isinstance(spec.source, GenerateSource)
-        if generated and rotate is not None and rotate.every < boundary.min_rotation:
-            floor = boundary.min_rotation_text or f"{boundary.min_rotation}s"
+        if generated and rotate is not None and floor is not None and rotate.every < floor.every:
             yield _problem(
                 _field(spec, "rotate.every"),
-                f"rotate.every {rotate.text} is shorter than {floor}, the shortest rotation period the "
+                f"rotate.every {rotate.text} is shorter than {floor.text}, the shortest rotation period the "
                 "operator allows (--min-rotation-period): every rotation restarts the services that use "
                 "the secret; use a longer period",
             )

@@ -202,13 +202,18 @@ def make_tick(settings: TickSettings) -> Tick:
     return tick
 
 
+STACK_KEY = "stack/"
+"""How a Stack manifest that is not deployed is named among the failing sets (no set name has a slash)."""
+
+
 def failing_classes(loaded: converge.Loaded, held_back: frozenset[str]) -> dict[str, str]:
     """Each held-back set with the class of its failure: its own problems' (manifest, policy, source),
     or ``manifest`` for a set held back because a file that names no set cannot be read."""
     classes = {name: error_class(error) for name, error in loaded.failing.items()}
     classes.update({name: "manifest" for name in held_back if name not in classes})
-    # A Stack manifest that is not deployed, as ``stack/<name>`` (no set name has a slash).
-    classes.update({f"stack/{name}": error_class(error) for name, error in loaded.failing_stacks.items()})
+    classes.update(
+        {f"{STACK_KEY}{name}": error_class(error) for name, error in loaded.failing_stacks.items()}
+    )
     return dict(sorted(classes.items()))
 
 
@@ -229,11 +234,11 @@ def _report_failing(loaded: converge.Loaded, reported: dict[str, str]) -> None:
     """Log why sets are held back: every problem when it is new, a reminder at debug level when it is
     not (the loop would otherwise repeat the same lines every interval)."""
     now = {name: str(error) for name, error in loaded.failing.items()}
-    now.update({f"stack/{name}": str(error) for name, error in loaded.failing_stacks.items()})
+    now.update({f"{STACK_KEY}{name}": str(error) for name, error in loaded.failing_stacks.items()})
     if loaded.unattributed is not None:
         now[""] = str(loaded.unattributed)
     for name, text in now.items():
-        stack = name.removeprefix("stack/") if name.startswith("stack/") else None
+        stack = name.removeprefix(STACK_KEY) if name.startswith(STACK_KEY) else None
         who = f"stack '{stack}'" if stack else f"set '{name}'" if name else "a problem that names no set"
         if reported.get(name) == text:
             log.debug("%s: still held back", who)
@@ -250,8 +255,8 @@ def _report_failing(loaded: converge.Loaded, reported: dict[str, str]) -> None:
             log.error("%s: %s", what, line)
     for name in sorted(set(reported) - set(now)):
         again = (
-            f"stack '{name.removeprefix('stack/')}' loads again"
-            if name.startswith("stack/")
+            f"stack '{name.removeprefix(STACK_KEY)}' loads again"
+            if name.startswith(STACK_KEY)
             else f"set '{name}' loads again"
             if name
             else "every manifest names its set again"

@@ -207,16 +207,11 @@ def load_isolated(
     failing: dict[str, ProblemsError] = {}
     for name in sorted(by_set):
         items = by_set[name]
-        problems = _in_file_order([f.problem for f in items], found.loaded)
-        failing[name] = PolicyViolation(problems) if all(f.policy for f in items) else ManifestError(problems)
+        failing[name] = _error(items, _in_file_order([f.problem for f in items], found.loaded))
     sets = tuple(e.secret_set for e in found.loaded if e.secret_set.name not in failing)
     failing_stacks: dict[str, ProblemsError] = {}
     for name in sorted(by_stack):
-        items = by_stack[name]
-        problems = [f.problem for f in items]
-        failing_stacks[name] = (
-            PolicyViolation(problems) if all(f.policy for f in items) else ManifestError(problems)
-        )
+        failing_stacks[name] = _error(by_stack[name], [f.problem for f in by_stack[name]])
     if failing or unattributed:
         log.debug("loaded %s; %s failing", count(len(sets), "set"), count(len(failing), "set"))
     return Isolated(
@@ -226,6 +221,12 @@ def load_isolated(
         failing=failing,
         unattributed=ManifestError(_in_file_order(unattributed, found.loaded)) if unattributed else None,
     )
+
+
+def _error(items: Sequence[_Found], problems: list[Problem]) -> ProblemsError:
+    """``problems`` (of ``items``) as one error: a :class:`PolicyViolation` when every one is a boundary
+    problem (the manifests are sound), else a :class:`ManifestError`."""
+    return PolicyViolation(problems) if all(f.policy for f in items) else ManifestError(problems)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 from reconciler.cli import main
 from reconciler.cli.app import Period, walk_commands
+from reconciler.core.model import Rotation
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("restore_logging")
@@ -63,7 +64,7 @@ def sample(param: click.Parameter, default: Any) -> tuple[str, Any]:
         number += 1 if number == default else 0
         return str(number), number
     if isinstance(kind, Period):
-        return "90m", "90m"
+        return "90m", Rotation(every=5400, text="90m")
     if isinstance(kind, click.Path):
         if param.nargs == -1 or (isinstance(param, click.Option) and param.multiple):
             return "one:two/three", (Path("one"), Path("two/three"))
