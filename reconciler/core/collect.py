@@ -107,6 +107,8 @@ def current_version(
         candidates = [v for v in versions if v.generator == generator]
     else:
         candidates = [v for v in versions if fingerprint is None or v.fingerprint == fingerprint]
+    if len(candidates) == 1:  # the usual case (one version per secret): no sort keys to build
+        return candidates[0]
     return max(candidates, key=lambda v: (v.version or 0, v.name, v.id), default=None)
 
 
@@ -119,6 +121,9 @@ def collect(
     protected there is kept (with the reason that holds now); what is protected now but free there is
     removed after the rollouts of the services whose PreviousSpec holds it.
     """
+    scopes = tuple(scopes)
+    if not scopes:  # the steady state: no reasons to write for a thousand versions in use
+        return (), ()
     users = protections(live)
     users_after = users if after is None or after is live else protections(after)
     rollback_of = _rollback_services(live) if users_after is not users else {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from reconciler.core.fingerprint import fingerprint, key_id
+from reconciler.core.fingerprint import Fingerprinter
 from reconciler.core.model import (
     DesiredSecret,
     DesiredSet,
@@ -34,31 +34,31 @@ def build_desired(
     revision: str | None = None,
     stacks: Sequence[StackSpec] = (),
 ) -> DesiredState:
-    kid = key_id(key)
+    fingerprint = Fingerprinter(key)
     return DesiredState(
         sets=tuple(
             DesiredSet(
                 name=secret_set.name,
                 keep=secret_set.keep,
                 secrets=tuple(
-                    _desired(secret_set.name, spec, values, key, kid) for spec in secret_set.secrets
+                    _desired(secret_set.name, spec, values, fingerprint) for spec in secret_set.secrets
                 ),
             )
             for secret_set in sets
         ),
         revision=revision,
-        fingerprint_key_id=kid,
+        fingerprint_key_id=fingerprint.kid,
         stacks=tuple(stacks),
     )
 
 
-def _desired(set_name: str, spec: SecretSpec, values: Values, key: bytes, kid: str) -> DesiredSecret:
+def _desired(set_name: str, spec: SecretSpec, values: Values, fingerprint: Fingerprinter) -> DesiredSecret:
     source = spec.source
     generator = source.label if isinstance(source, GenerateSource) else None
     return DesiredSecret(
         set_name=set_name,
         secret=spec.secret,
-        fingerprint="" if generator else fingerprint(key, values[(set_name, spec.secret)], kid=kid),
+        fingerprint="" if generator else fingerprint(values[(set_name, spec.secret)]),
         labels=dict(spec.labels),
         grants=spec.grants,
         generator=generator,

@@ -347,13 +347,17 @@ def check_live(
     reconciler."""
     services = {s.name: s for s in live.services}
     deployed = frozenset(name for stack in stacks for name in stack.swarm_services)
-    owners = {s.id: (s.set_name, s.secret) if s.managed else None for s in live.secrets}
-    names = {s.id: s.name for s in live.secrets}
+    # Who owns each secret matters only under a rule without `adopt`: built when one is met.
+    owners: dict[str, tuple[str | None, str | None] | None] | None = None
+    names: dict[str, str] = {}
     problems: list[Problem] = []
     for secret_set in sets:
         rule = boundary.rule_for(secret_set.name)
         if boundary.policy is not None and rule is None:
             continue  # reported by check_sets; nothing else matters for a denied set
+        if owners is None and rule is not None and not rule.adopt:
+            owners = {s.id: (s.set_name, s.secret) if s.managed else None for s in live.secrets}
+            names = {s.id: s.name for s in live.secrets}
         for spec in secret_set.secrets:
             for index, grant in enumerate(spec.grants):
                 origin = grant.origin or _field(spec, f"services[{index}]")
@@ -363,7 +367,7 @@ def check_live(
                         problems.append(_missing(origin, grant, services))
                     continue
                 problems += _check_service(spec, grant, service, origin, rule, boundary)
-                if rule is not None and not rule.adopt:
+                if rule is not None and not rule.adopt and owners is not None:
                     problems += _check_adopt(spec, grant, service, origin, rule, owners, names)
     for stack in stacks:
         for service in live.services:
@@ -410,12 +414,10 @@ def _check_service(
     rule: Rule | None,
     boundary: Boundary,
 ) -> Iterator[Problem]:
-    line, at = origin.at("service")
     if is_reconciler(service, boundary):
         yield Problem(
             origin.file,
-            line,
-            at,
+            *origin.at("service"),
             f"service '{service.name}' is the reconciler itself (label {ROLE_LABEL}=reconciler or "
             "--self-service): it is never granted a managed secret: remove this grant",
         )
@@ -429,8 +431,7 @@ def _check_service(
         )
         yield Problem(
             origin.file,
-            line,
-            at,
+            *origin.at("service"),
             f"service '{service.name}' {access}, which is root on its node; a manifest may not write "
             f"files into it ({named}): remove this grant or ask the operator",
         )
@@ -440,8 +441,7 @@ def _check_service(
             stack = f"stack '{service.stack}'" if service.stack else "no stack"
             yield Problem(
                 origin.file,
-                line,
-                at,
+                *origin.at("service"),
                 f"service '{service.name}' ({stack}) is not allowed for set '{spec.set_name}': "
                 f"{rule.where} allows {rule.services_text()}",
             )

@@ -49,6 +49,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from reconciler.core import schedule
 from reconciler.core.collect import Cause, Scope, collect, current_version
@@ -88,8 +89,11 @@ from reconciler.core.stacks import STACK_NAMESPACE_LABEL, covered_services, plan
 __all__ = ["fingerprint_key_id", "forced_versions", "plan", "predict"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Current:
+# _Current and _Wanted are NamedTuples rather than frozen dataclasses: a plan makes one of each per
+# declared secret, and a frozen dataclass costs twice as much to build.
+
+
+class _Current(NamedTuple):
     """The version a logical secret should be referenced at: existing, or created by this plan."""
 
     version: int
@@ -100,8 +104,7 @@ class _Current:
     """Why a new version exists (for the reason of service changes); empty for an existing one."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Wanted:
+class _Wanted(NamedTuple):
     """One granted path of one service, resolved to the version it should reference."""
 
     grant: ServiceGrant
@@ -130,7 +133,9 @@ class _Index:
                 self.malformed.append(secret)
                 continue
             self.versions[(secret.set_name, secret.secret)].append(secret)
-            self.highest[secret.secret] = max(self.highest.get(secret.secret, 0), _version(secret))
+            number = _version(secret)
+            if number > self.highest.get(secret.secret, 0):
+                self.highest[secret.secret] = number
         for versions in self.versions.values():
             if len(versions) > 1:
                 versions.sort(key=lambda s: (_version(s), s.name, s.id))
@@ -394,12 +399,16 @@ def _plan_services(
     """(updates, warnings, reference changes of the services a stack deploy writes, the version wanted
     at each granted (service, path))."""
     wanted_by_service, warnings = _wanted(desired, currents)
-    names = {
-        (service, path): want.current.name
-        for service, paths in wanted_by_service.items()
-        for path, want in paths.items()
-        if want.current is not None
-    }
+    names = (
+        {
+            (service, path): want.current.name
+            for service, paths in wanted_by_service.items()
+            for path, want in paths.items()
+            if want.current is not None
+        }
+        if desired.stacks  # only a stack's deploy pins them
+        else {}
+    )
     services = {s.name: s for s in live.services}
     for name in sorted(set(wanted_by_service) - set(services) - covered):
         granted = sorted({w.secret for w in wanted_by_service[name].values()})
@@ -494,7 +503,8 @@ def _wanted(
                 )
             for grant in grants:
                 paths = wanted[grant.service]
-                first = paths.get(grant.path)
+                path = grant.path
+                first = paths.get(path)
                 if first is not None:
                     if first.grant != grant or (first.set_name, first.secret) != (dset.name, declared.secret):
                         warnings.append(
@@ -503,7 +513,7 @@ def _wanted(
                             f"using {first.set_name}/{first.secret}"
                         )
                     continue
-                paths[grant.path] = _Wanted(
+                paths[path] = _Wanted(
                     grant=grant,
                     set_name=dset.name,
                     secret=declared.secret,
@@ -525,14 +535,16 @@ def _service_changes(
     for ref in service.refs:
         by_path[ref.path].append(ref)
     changes: list[RefChange] = []
-    for path in sorted(set(by_path) | set(wanted)):
+    for path in sorted(by_path.keys() | wanted.keys()):
         refs = by_path.get(path, [])
         want = wanted.get(path)
         if want is not None:
-            if want.current is not None:
-                change = _wanted_change(service, path, refs, want, want.current, index)
-                if change is not None:
-                    changes.append(change)
+            current = want.current
+            if current is None or (len(refs) == 1 and _unchanged(refs[0], want.grant, current)):
+                continue  # the common case, checked before any reason text is built
+            change = _wanted_change(service, path, refs, want, current, index)
+            if change is not None:
+                changes.append(change)
             continue
         # Not granted here: revoke our loaded sets' references (and pruned orphans'); leave the rest.
         # A blocked secret keeps even these: were its target moved, revoking the old path while the new
@@ -595,8 +607,6 @@ def _wanted_change(
 
     if not refs:
         return change((), f"grant {want.secret} to {service.name} at {path}")
-    if len(refs) == 1 and _unchanged(refs[0], grant, current):
-        return None  # the common case, checked before any reason text is built
     old = tuple(sorted({r.secret_name for r in refs}))
     if len(refs) > 1:
         targets = ", ".join(sorted(r.target for r in refs))
@@ -719,17 +729,28 @@ def _scopes(
     blocked: frozenset[tuple[str, str]],
     pruned: frozenset[str],
 ) -> Iterator[Scope]:
+    # Only the current version exists: nothing to remove or keep. That is nearly every secret in the
+    # steady state, so they are left out before anything is sorted or built.
+    unsettled = [
+        key
+        for key, versions in index.versions.items()
+        if not (
+            len(versions) == 1
+            and (current := currents.get(key)) is not None
+            and versions[0].id == current.secret_id
+        )
+    ]
+    if not unsettled:
+        return
     keeps = {s.name: s.keep for s in desired.sets}
     declared = {(s.name, x.secret) for s in desired.sets for x in s.secrets}
-    for key in sorted(index.versions):
+    for key in sorted(unsettled):
         set_name, secret = key
         # A blocked secret has no current version yet: whatever exists is still what services use.
         if key in blocked or (set_name not in keeps and set_name not in pruned):
             continue
         current = currents.get(key)
         versions = index.versions[key]
-        if len(versions) == 1 and current is not None and versions[0].id == current.secret_id:
-            continue  # only the current version exists: nothing to remove or keep (the steady state)
         if set_name in pruned:
             cause = Cause.ORPHANED
         elif key in declared:

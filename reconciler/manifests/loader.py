@@ -61,6 +61,7 @@ from reconciler.manifests.yamlload import (
     compose_documents,
     format_path,
 )
+from reconciler.paths import RealPaths
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +261,9 @@ def _gather(paths: Sequence[Path], boundary: guard.Boundary, *, enforce: bool, c
     found = [_Found(problem=p, unattributed=True) for p in walk]
     loaded: list[LoadedSet] = []
     stacks: list[StackSpec] = []
+    realpath = RealPaths()
     for file, root in files:
-        for entry in _load_file(file, root, found):
+        for entry in _load_file(file, root, found, realpath):
             if isinstance(entry, StackSpec):
                 stacks.append(entry)
             else:
@@ -374,7 +376,9 @@ def _walk_yaml(root: Path, skipped: list[Path]) -> Iterator[Path]:
                 yield Path(folder) / name
 
 
-def _load_file(file: Path, root: Path, found: list[_Found]) -> list[LoadedSet | StackSpec]:
+def _load_file(
+    file: Path, root: Path, found: list[_Found], realpath: RealPaths
+) -> list[LoadedSet | StackSpec]:
     shown = display_path(file)
 
     def unreadable(message: str) -> list[LoadedSet | StackSpec]:
@@ -400,7 +404,7 @@ def _load_file(file: Path, root: Path, found: list[_Found]) -> list[LoadedSet | 
     try:
         for index, composed in enumerate(compose_documents(text)):
             problems: list[Problem] = []
-            entry = _load_document(file, root, shown, index, composed, problems)
+            entry = _load_document(file, root, shown, index, composed, problems, realpath)
             if _is_stack(composed):  # a Stack's problems are its own: no set is held back for them
                 stack = entry.name if isinstance(entry, StackSpec) else composed.text_at("metadata", "name")
                 stacks = frozenset({stack} if stack else ())
@@ -436,7 +440,13 @@ def _set_name(composed: ComposedDocument) -> str | None:
 
 
 def _load_document(
-    file: Path, root: Path, shown: str, index: int, composed: ComposedDocument, problems: list[Problem]
+    file: Path,
+    root: Path,
+    shown: str,
+    index: int,
+    composed: ComposedDocument,
+    problems: list[Problem],
+    realpath: RealPaths,
 ) -> LoadedSet | StackSpec | None:
     api = composed.top_level_text("apiVersion")
     kind = composed.top_level_text("kind")
@@ -511,7 +521,7 @@ def _load_document(
     if found or decimal:
         problems += sorted(found + decimal, key=lambda p: p.line or 0)
         return None
-    entry, source_problems = _build(file, root, shown, doc)
+    entry, source_problems = _build(file, root, shown, doc, realpath)
     problems += source_problems
     return entry
 
@@ -635,7 +645,9 @@ def _value_at(data: object, path: PathKey) -> object:
 # --- building (the document is schema-valid from here on) -------------------------------------------
 
 
-def _build(file: Path, root: Path, shown: str, doc: Document) -> tuple[LoadedSet, list[Problem]]:
+def _build(
+    file: Path, root: Path, shown: str, doc: Document, realpath: RealPaths
+) -> tuple[LoadedSet, list[Problem]]:
     """The set, and the problems of sources that resolve outside the source root."""
     data = cast(Mapping[str, Any], doc.data)  # the schema has checked every shape used below
     name: str = data["metadata"]["name"]
@@ -664,7 +676,7 @@ def _build(file: Path, root: Path, shown: str, doc: Document) -> tuple[LoadedSet
                         origin=origin,
                     )
                 )
-        source = _source(raw["source"], folder, root, shown, doc, (*path, "source"))
+        source = _source(raw["source"], folder, root, shown, doc, (*path, "source"), realpath)
         if isinstance(source, Problem):
             problems.append(source)
             continue
@@ -701,7 +713,13 @@ def _origin(shown: str, doc: Document, path: PathKey, item: object) -> Origin:
 
 
 def _source(
-    raw: Mapping[str, Any], folder: str, root: Path, shown: str, doc: Document, path: PathKey
+    raw: Mapping[str, Any],
+    folder: str,
+    root: Path,
+    shown: str,
+    doc: Document,
+    path: PathKey,
+    realpath: RealPaths,
 ) -> Source | Problem:
     if "env" in raw:
         origin = Origin(file=shown, line=doc.line_of((*path, "env")), path=format_path((*path, "env")))
@@ -717,7 +735,7 @@ def _source(
     written = raw["sops"]["file"] if "sops" in raw else raw["file"]
     origin = Origin(file=shown, line=doc.line_of(at), path=format_path(at))
     file = _under(folder, written)
-    if resolve_inside(file, root) is None:
+    if inside(realpath(file), str(root)) is None:
         real = os.path.realpath(file)
         via = f" (through a symlink, to {real})" if real != str(file) else ""
         return Problem(

@@ -28,6 +28,7 @@ from reconciler.core.model import (
 )
 from reconciler.display import display_path
 from reconciler.errors import Problem, SourceError
+from reconciler.paths import RealPaths
 from reconciler.sources.base import SourceFailure, check_size
 from reconciler.sources.env import read_env
 from reconciler.sources.file import read_file
@@ -65,6 +66,7 @@ def resolve_isolated(
     of its values is kept)."""
     env: Mapping[str, str] = os.environ if environ is None else environ
     decryptor = SopsDecryptor(env, sops_env)
+    realpath = RealPaths()
     values: dict[tuple[str, str], SecretValue] = {}
     failing: dict[str, SourceError] = {}
     for secret_set in sets:
@@ -74,7 +76,8 @@ def resolve_isolated(
             if isinstance(spec.source, GenerateSource):
                 continue  # made when its version is created, never before
             try:
-                resolved[(secret_set.name, spec.secret)] = SecretValue(_fetch(spec, env, decryptor))
+                value = _fetch(spec, env, decryptor, realpath)
+                resolved[(secret_set.name, spec.secret)] = SecretValue(value)
             except SourceFailure as failure:
                 origin = spec.origin
                 problems.append(
@@ -89,17 +92,20 @@ def resolve_isolated(
     return values, failing
 
 
-def _fetch(spec: SecretSpec, environ: Mapping[str, str], decryptor: SopsDecryptor) -> bytes:
+def _fetch(
+    spec: SecretSpec, environ: Mapping[str, str], decryptor: SopsDecryptor, realpath: RealPaths
+) -> bytes:
     source = spec.source
     if isinstance(source, SopsSource):
         data = decryptor.value(source)
         if source.key is None:
-            check_size(len(data), f"decrypted file {display_path(source.file)}", "sops.file")
+            check_size(len(data), lambda: f"decrypted file {display_path(source.file)}", "sops.file")
         else:
-            check_size(len(data), f"key {key_text(source.key)} of {display_path(source.file)}", "sops.key")
+            key = source.key
+            check_size(len(data), lambda: f"key {key_text(key)} of {display_path(source.file)}", "sops.key")
         return data
     if isinstance(source, FileSource):
-        return read_file(source)
+        return read_file(source, realpath)
     if isinstance(source, EnvSource):
         return read_env(source, environ)
     raise TypeError(f"unknown source type {type(source).__name__}")  # a bug: model.Source grew a kind

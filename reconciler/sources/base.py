@@ -9,6 +9,8 @@ No I/O here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from reconciler.core.model import MAX_SECRET_BYTES
 
 
@@ -22,15 +24,18 @@ class SourceFailure(Exception):
         self.message = message
 
 
-def check_size(size: int, what: str, field: str) -> None:
-    """Refuse values Swarm would refuse: empty, or 500 KiB and more. Says the size, never the content."""
+def check_size(size: int, what: Callable[[], str], field: str) -> None:
+    """Refuse values Swarm would refuse: empty, or 500 KiB and more. Says the size, never the content.
+    ``what`` names the value in the message; called only for one, since naming a file is not free."""
     if size == 0:
-        raise SourceFailure(field, f"{what} is empty; Swarm does not accept an empty secret: give it a value")
+        raise SourceFailure(
+            field, f"{what()} is empty; Swarm does not accept an empty secret: give it a value"
+        )
     if size > MAX_SECRET_BYTES:
         raise SourceFailure(
             field,
             (
-                f"{what} is {size} bytes; Swarm accepts at most {MAX_SECRET_BYTES} bytes (under 500 KiB): "
+                f"{what()} is {size} bytes; Swarm accepts at most {MAX_SECRET_BYTES} bytes (under 500 KiB): "
                 "store a smaller value"
             ),
         )

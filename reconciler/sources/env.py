@@ -26,5 +26,5 @@ def read_env(source: EnvSource, environ: Mapping[str, str]) -> bytes:
     # surrogateescape gives back the original bytes of a variable that was not valid UTF-8 (os.environ
     # decodes them that way) instead of failing on them.
     data = value.encode("utf-8", "surrogateescape")
-    check_size(len(data), f"environment variable {source.var}", "env")
+    check_size(len(data), lambda: f"environment variable {source.var}", "env")
     return data

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 from pathlib import Path
 
 import pytest
 
 from reconciler.core.desired import build_desired
-from reconciler.core.fingerprint import check_key, fingerprint, fingerprint_key_id, key_id
+from reconciler.core.fingerprint import Fingerprinter, check_key, fingerprint, fingerprint_key_id, key_id
 from reconciler.core.model import EnvSource, Origin, SecretSet, SecretSpec, SecretValue
 from reconciler.engine.keysource import read_key_file
 from reconciler.errors import ConfigError
@@ -26,6 +27,20 @@ def test_fingerprint_is_keyed_and_stable() -> None:
     scheme, kid, digest = fp.split(":")
     assert (scheme, kid) == ("hmac-sha256", key_id(KEY))
     assert fingerprint_key_id(fp) == key_id(KEY)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [KEY, b"0123456789abcdef", bytes(range(64)), bytes(range(65)), b"\xff" * 200],
+    ids=["32 bytes", "16 bytes", "one block", "longer than a block", "200 bytes"],
+)
+def test_fingerprinter_is_hmac_sha256(key: bytes) -> None:
+    fingerprinter = Fingerprinter(key)
+    assert fingerprinter.kid == key_id(key)
+    for value in (b"", b"hunter2", b"\x00" * 64, bytes(range(256)) * 40):
+        expected = f"hmac-sha256:{key_id(key)}:{hmac.new(key, value, hashlib.sha256).hexdigest()}"
+        assert fingerprinter(SecretValue(value)) == expected
+        assert fingerprint(key, SecretValue(value)) == expected
 
 
 def test_fingerprint_reveals_no_plain_hash_of_the_value() -> None:
