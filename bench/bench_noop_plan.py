@@ -32,7 +32,7 @@ from pathlib import Path
 import docker
 import yaml
 
-from bench.common import api_client, cleanup, docker_host, timed, workdir
+from bench.common import api_client, cleanup, command_env, docker_host, timed, workdir
 from reconciler import converge
 from reconciler.engine.swarm import Swarm
 
@@ -106,11 +106,7 @@ def main() -> None:
             converge.load([root])
 
         command = [sys.executable, "-m", "reconciler", "plan", str(root)]
-        # As installed: pip compiles the package's bytecode, so the command runs from .pyc files. A
-        # checkout's environment may forbid writing them (PYTHONDONTWRITEBYTECODE), which would make
-        # every run compile the package from source; the bench keeps its own bytecode cache instead.
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        env.update(DOCKER_HOST=docker_host(), PYTHONPYCACHEPREFIX=str(workdir(prefix)))
+        env = command_env(prefix)
 
         def whole_command() -> None:
             done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)

@@ -34,7 +34,7 @@ from typing import Any
 import docker
 import yaml
 
-from bench.common import IDLE, IMAGE, api_client, cleanup, docker_host, workdir
+from bench.common import IDLE, IMAGE, api_client, cleanup, command_env, docker_host, workdir
 from reconciler import converge
 from reconciler.engine.swarm import Swarm
 
@@ -151,6 +151,7 @@ class Ours:
     def __init__(self, api: docker.APIClient, prefix: str) -> None:
         self.api = api
         self.root = workdir(prefix)
+        self.env = command_env(prefix)
         self.services = [f"{prefix}_svc{i}" for i in range(K)]
         seeds = {}
         for i, service in enumerate(self.services):
@@ -187,11 +188,10 @@ class Ours:
     def command(self) -> float:
         self.generation += 1
         self._write_values()
-        env = dict(os.environ, DOCKER_HOST=docker_host())
         start = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "reconciler", "apply", "--yes", str(self.root)],
-            env=env,
+            env=self.env,
             capture_output=True,
             text=True,
             check=False,

@@ -47,6 +47,16 @@ def workdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"bench-{prefix}-"))
 
 
+def command_env(prefix: str) -> dict[str, str]:
+    """The environment to run ``swarm-secrets`` in as a new process, as installed: pip compiles the
+    package's bytecode, so the command runs from .pyc files. A checkout's environment may forbid
+    writing them (PYTHONDONTWRITEBYTECODE), which would make every run compile the package from
+    source; the bench keeps its own bytecode cache instead (removed by :func:`cleanup`)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(DOCKER_HOST=docker_host(), PYTHONPYCACHEPREFIX=str(workdir(prefix)))
+    return env
+
+
 def cleanup(api: docker.APIClient, prefix: str) -> None:
     """Remove the bench's services, secrets and folders (the values must not outlive the bench)."""
     for folder in Path(tempfile.gettempdir()).glob(f"bench-{prefix}-*"):
