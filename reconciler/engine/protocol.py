@@ -50,8 +50,9 @@ class Swarm(Protocol):
         replaced. A stale version raises :class:`~reconciler.errors.SwarmConflict`."""
         ...
 
-    def rollout_probe(self, service_id: str) -> RolloutProbe:
-        """One look at the service's rollout (update state, spec secret IDs, up-to-date tasks)."""
+    def rollout_probes(self, service_ids: Collection[str]) -> dict[str, RolloutProbe]:
+        """One look at each service's rollout (update state, spec secret IDs, up-to-date tasks),
+        taken together; a service that no longer exists is absent from the answer."""
         ...
 
     def create_secret(self, name: str, value: SecretValue, labels: Mapping[str, str]) -> str:

@@ -49,7 +49,7 @@ def write(world: World, service_id: str, refs: list[dict[str, Any]]) -> Rollout:
 
 def watch(world: World, service_id: str, rollout: Rollout) -> Verdict:
     while True:
-        verdict = judge(rollout, world.swarm.rollout_probe(service_id), time.monotonic())
+        verdict = judge(rollout, world.swarm.rollout_probes([service_id])[service_id], time.monotonic())
         if verdict.outcome is not None:
             return verdict
         rollout = verdict.rollout
@@ -238,7 +238,21 @@ def test_a_rollout_converges(world: World) -> None:
     verdict = watch(world, service, write(world, service, [world.ref(new, "pw")]))
     assert verdict.outcome is Outcome.CONVERGED, verdict.detail
     new_id = next(s.id for s in world.swarm.observe().secrets if s.name == new)
-    assert new_id in world.swarm.rollout_probe(service).spec_secret_ids
+    assert new_id in world.swarm.rollout_probes([service])[service].spec_secret_ids
+
+
+def test_one_look_answers_for_every_service_asked_and_leaves_out_the_missing(world: World) -> None:
+    one, two = world.secret("a_v1", b"one"), world.secret("b_v1", b"two")
+    first = world.create_service("first", secrets=[(one, "pw")], replicas=0)
+    second = world.create_service("second", secrets=[(two, "pw")], replicas=0)
+    ids = {s.name: s.id for s in world.swarm.observe().secrets}
+    missing = "0" * 25
+    probes = world.swarm.rollout_probes([first, second, missing])
+    assert set(probes) == {first, second}
+    assert probes[first].spec_secret_ids == {ids[one]}
+    assert probes[second].spec_secret_ids == {ids[two]}
+    assert (probes[first].desired, probes[first].running) == (0, 0)
+    assert world.swarm.rollout_probes([missing]) == {}
 
 
 def test_a_rollout_without_tasks_converges(world: World) -> None:

@@ -107,6 +107,8 @@ class FakeSwarm:
         """Every call by method name, in order (for call-budget assertions)."""
         self.written: list[str] = []
         """Names of the services written through the protocol, in order."""
+        self.probed: list[frozenset[str]] = []
+        """The service ids of each :meth:`rollout_probes` call, in order."""
         self.mutations = 0
         self._crash_at: int | None = None
         self.crashed = False
@@ -295,24 +297,28 @@ class FakeSwarm:
                 raise SwarmRefused(f"inspecting service {service_id}: the engine answered 404: not found")
             return self._raw(service)
 
-    def rollout_probe(self, service_id: str) -> RolloutProbe:
+    def rollout_probes(self, service_ids: Collection[str]) -> dict[str, RolloutProbe]:
         with self._lock:
-            self._enter("rollout_probe")
-            service = self.services.get(service_id)
-            if service is None:
-                raise SwarmRefused(f"service {service_id} no longer exists")
-            template = service.spec["TaskTemplate"]
-            current = [t for t in service.tasks if t.template == template]
-            status = service.status or {}
-            return RolloutProbe(
-                state=status.get("State"),
-                started_at=status.get("StartedAt"),
-                message=status.get("Message", ""),
-                spec_secret_ids=frozenset(r["SecretID"] for r in _secrets(service.spec)),
-                running=sum(1 for t in current if t.state == "running" and t.desired == "running"),
-                desired=_replicas(service.spec),
-                failed_tasks=tuple(t.err for t in current if t.state == "failed")[:3],
-            )
+            self._enter("rollout_probes")
+            self.probed.append(frozenset(service_ids))
+            probes: dict[str, RolloutProbe] = {}
+            for service_id in service_ids:
+                service = self.services.get(service_id)
+                if service is None:
+                    continue
+                template = service.spec["TaskTemplate"]
+                current = [t for t in service.tasks if t.template == template]
+                status = service.status or {}
+                probes[service_id] = RolloutProbe(
+                    state=status.get("State"),
+                    started_at=status.get("StartedAt"),
+                    message=status.get("Message", ""),
+                    spec_secret_ids=frozenset(r["SecretID"] for r in _secrets(service.spec)),
+                    running=sum(1 for t in current if t.state == "running" and t.desired == "running"),
+                    desired=_replicas(service.spec),
+                    failed_tasks=tuple(t.err for t in current if t.state == "failed")[:3],
+                )
+            return probes
 
     def stack_services(self, stack: str) -> dict[str, tuple[str, str | None]]:
         with self._lock:

@@ -327,9 +327,12 @@ def test_rollout_probe_counts_only_tasks_on_ready_nodes() -> None:
         "Spec": {"Name": "web", "Mode": {"Replicated": {"Replicas": 3}}},
         "UpdateStatus": {"State": "completed", "StartedAt": "t"},
     }
-    tasks = [_task("a", "n-ready", "s"), _task("b", "n-unknown", "s"), _task("c", "n-down", "s")]
+    tasks = [
+        {**_task(task_id, node, "s"), "ServiceID": "svc"}
+        for task_id, node in (("a", "n-ready"), ("b", "n-unknown"), ("c", "n-down"))
+    ]
     api = FakeApi(services=[[service]], tasks=[tasks], nodes=[NODES])
-    probe = Swarm(api).rollout_probe("svc")
+    probe = Swarm(api).rollout_probes(["svc"])["svc"]
     assert (probe.running, probe.unavailable, probe.desired) == (1, 2, 3)
 
 

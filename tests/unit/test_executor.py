@@ -21,6 +21,7 @@ from reconciler.core.plan import Plan
 from reconciler.core.rollout import Outcome
 from reconciler.engine import executor
 from reconciler.engine.executor import STALE, ApplyOptions, ApplyResult, hold_key
+from reconciler.errors import SwarmRefused
 from tests.fakes.clock import FakeClock
 from tests.fakes.swarm import Crash, FakeSwarm, requires
 
@@ -199,7 +200,7 @@ def test_a_foreign_write_during_the_rollout_supersedes_it() -> None:
         v1 = fake.ref("pw_v1", "pw")
         fake.foreign_write("web", lambda spec: spec["TaskTemplate"]["ContainerSpec"].update(Secrets=[v1]))
 
-    fake.before["rollout_probe"] = revert
+    fake.before["rollout_probes"] = revert
     outcome = apply(fake, pw(b"two", "web"))
     (rollout,) = result_of(outcome).rollouts
     assert rollout.outcome is Outcome.SUPERSEDED and not rollout.failed_rollout and not outcome.ok
@@ -210,7 +211,7 @@ def test_a_foreign_write_that_keeps_our_versions_does_not_supersede() -> None:
     fake = FakeSwarm()
     fake.add_service("web")
     assert apply(fake, pw(b"one", "web")).ok
-    fake.before["rollout_probe"] = lambda: fake.foreign_write(
+    fake.before["rollout_probes"] = lambda: fake.foreign_write(
         "web", lambda spec: spec["TaskTemplate"]["ContainerSpec"].update(Env=["A=1"])
     )
     (rollout,) = result_of(apply(fake, pw(b"two", "web"))).rollouts
@@ -221,7 +222,7 @@ def test_a_manual_rollback_during_the_rollout_is_a_rollback() -> None:
     fake = FakeSwarm()
     fake.add_service("web")
     assert apply(fake, pw(b"one", "web")).ok
-    fake.before["rollout_probe"] = lambda: fake.manual_rollback("web")
+    fake.before["rollout_probes"] = lambda: fake.manual_rollback("web")
     (rollout,) = result_of(apply(fake, pw(b"two", "web"))).rollouts
     assert rollout.outcome is Outcome.ROLLED_BACK
     assert "manually requested rollback" in rollout.detail
@@ -380,3 +381,42 @@ def test_the_executor_imports_no_planner() -> None:
         alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
     }
     assert not any(name and name.endswith("planner") for name in imported), imported
+
+
+# --- one look for every watched rollout -------------------------------------------------------------
+
+
+def test_one_look_serves_every_watcher_and_each_watcher_gets_a_newer_look_each_time() -> None:
+    fake = FakeSwarm()
+    a, b, c = (fake.add_service(name) for name in ("a", "b", "c"))
+    looks = executor.RolloutLooks(fake)
+    seen_a, seen_b = looks.start(a), looks.start(b)
+    seen_a, probe = looks.look(a, seen_a)
+    assert fake.probed == [{a, b}] and probe.desired == 1
+    # b's first look may be the one a just took: it was taken after b started watching
+    seen_b, _ = looks.look(b, seen_b)
+    assert fake.probed == [{a, b}] and seen_b == seen_a
+    # a never gets the same look twice: the next one is taken for both
+    seen_a, _ = looks.look(a, seen_a)
+    assert fake.probed == [{a, b}, {a, b}]
+    # c starts after that look: a look from before its write would show its old spec, so c takes one
+    seen_c = looks.start(c)
+    looks.look(c, seen_c)
+    assert fake.probed[-1] == {a, b, c} and len(fake.probed) == 3
+    # b's next look is the one c took; the one after it leaves out a, which stopped watching
+    looks.stop(a)
+    seen_b, _ = looks.look(b, seen_b)
+    assert len(fake.probed) == 3
+    looks.look(b, seen_b)
+    assert fake.probed[-1] == {b, c} and len(fake.probed) == 4
+
+
+def test_a_watched_service_that_was_removed_fails_its_own_look_only() -> None:
+    fake = FakeSwarm()
+    a, b = fake.add_service("a"), fake.add_service("b")
+    looks = executor.RolloutLooks(fake)
+    seen_a, seen_b = looks.start(a), looks.start(b)
+    del fake.services[b]
+    assert looks.look(a, seen_a)[1].desired == 1
+    with pytest.raises(SwarmRefused, match="no longer exists"):
+        looks.look(b, seen_b)

@@ -127,7 +127,7 @@ def test_swarms_rollback_is_held_until_asked_but_a_superseded_rollout_is_not(
     # someone else rewrites the service during our rollout: superseded, and never held
     fake.service_by_name("web").health = None
     v1 = fake.ref("pw_v1", "pw")
-    fake.before["rollout_probe"] = lambda: fake.foreign_write(
+    fake.before["rollout_probes"] = lambda: fake.foreign_write(
         "web", lambda spec: spec["TaskTemplate"]["ContainerSpec"].update(Secrets=[v1])
     )
     superseded = run(tick, monkeypatch, "fine")
