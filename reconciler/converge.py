@@ -531,10 +531,15 @@ def guard_revision(loaded: Loaded, live: LiveState, revision_guard: RevisionGuar
 
 
 def replanner(prepared: Prepared, swarm: Swarm, settings: Settings) -> Replan:
-    """The executor's way to plan again: observe, then plan the same desired state."""
+    """The executor's way to plan again: observe, then plan the same desired state. The trust
+    boundary's live checks run again on the fresh observation (:class:`PolicyViolation`): another
+    writer may have changed a service since the plan (given it the engine socket, the reconciler's
+    role label, a secret of another set), and a plan within the approved one is still refused then."""
 
     def replan() -> tuple[LiveState, Plan]:
         live = swarm.observe(lean=True, sets=_collectable(prepared.loaded, settings))
+        loaded = prepared.loaded
+        guard.enforce_live(loaded.sets, live, loaded.boundary, loaded.stacks)
         held = held_back(prepared.loaded, live)
         return live, planner.plan(
             prepared.desired, live, prune_orphans=settings.apply.prune_orphans, held_back=held

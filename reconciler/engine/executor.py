@@ -67,7 +67,14 @@ from reconciler.core.stacks import StackSpec, deploy_labels, override_document
 from reconciler.display import count
 from reconciler.engine.protocol import RawService, Swarm
 from reconciler.engine.stackdeploy import ComposeChanged, DeployReport
-from reconciler.errors import SwarmConflict, SwarmError, SwarmNoLeader, SwarmRefused, SwarmSecretsError
+from reconciler.errors import (
+    PolicyViolation,
+    SwarmConflict,
+    SwarmError,
+    SwarmNoLeader,
+    SwarmRefused,
+    SwarmSecretsError,
+)
 from reconciler.logs import audit
 
 log = logging.getLogger(__name__)
@@ -182,7 +189,8 @@ ProgressFn = Callable[[str, str, str], None]
 """``progress(service, state, detail)``: called on every rollout state change (for displays)."""
 
 Replan = Callable[[], "tuple[LiveState, Plan]"]
-"""Observe the swarm again and plan from it (supplied by ``converge``; the executor never plans)."""
+"""Observe the swarm again and plan from it (supplied by ``converge``; the executor never plans). Raises
+:class:`~reconciler.errors.PolicyViolation` when the trust boundary refuses the fresh observation."""
 
 Generate = Callable[[CreateSecret], SecretValue]
 """A fresh value for a generated version about to be created (supplied by ``converge``)."""
@@ -319,7 +327,14 @@ class _Execution:
         with self.lock:
             if self.stale:
                 raise _Stale(self.stale)
-            live, fresh = self.replan_fn()
+            try:
+                live, fresh = self.replan_fn()
+            except PolicyViolation as exc:
+                # The swarm moved so that the trust boundary refuses what was approved (e.g. a service
+                # to update can reach the engine now): stop; the next plan shows the refusal.
+                self.stale = f"{STALE} (the trust boundary refuses it now: {exc.problems[0].message})"
+                log.info("%s", self.stale)
+                raise _Stale(self.stale) from None
             self.ids.update({s.name: s.id for s in live.secrets})
             extra = outside(fresh, self.approved)
             if extra:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from reconciler import converge
+from reconciler.core.guard import ROLE_LABEL
 from reconciler.core.model import EnvSource, Origin, SecretSet, SecretSpec, SecretValue, ServiceGrant
 from reconciler.core.plan import Plan
 from reconciler.core.rollout import Outcome
@@ -323,6 +324,33 @@ def test_a_foreign_change_to_a_reference_stops_with_the_swarm_changed() -> None:
     assert fake.written[start:] == ["db"]
     assert fake.service_secret_names("web") == {"pw": "legacy"}
     assert fake.service_secret_names("db") == {"pw": "pw_v2"}
+
+
+@pytest.mark.parametrize(
+    ("change", "refusal"),
+    [
+        (
+            lambda spec: spec["TaskTemplate"]["ContainerSpec"].update(
+                Mounts=[{"Type": "bind", "Source": "/var/run/docker.sock", "Target": "/var/run/docker.sock"}]
+            ),
+            "engine socket",
+        ),
+        (lambda spec: spec.update(Labels={ROLE_LABEL: "reconciler"}), "reconciler"),
+    ],
+    ids=["engine socket", "reconciler role"],
+)
+def test_a_foreign_change_the_trust_boundary_refuses_stops_before_writing(change: Any, refusal: str) -> None:
+    fake = FakeSwarm()
+    fake.add_service("web")
+    assert apply(fake, pw(b"one", "web")).ok
+    prepared = converge.prepare(pw(b"two", "web"), fake, settings())
+    # within the plan as far as secrets go, but the service may no longer be given one
+    fake.foreign_write("web", change)
+    start = len(fake.written)
+    result = execute(fake, prepared)
+    assert result.stale.startswith(STALE) and "trust boundary" in result.stale and refusal in result.stale
+    assert not result.ok and result.removed == () and fake.written[start:] == []
+    assert fake.service_secret_names("web") == {"pw": "pw_v1"}
 
 
 def test_a_stale_version_on_write_is_inspected_again() -> None:
