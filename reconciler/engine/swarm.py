@@ -256,39 +256,6 @@ _retry_reads = retry(
 )
 
 
-def _probe(raw: Mapping[str, Any], tasks: list[dict[str, Any]], ready: set[str]) -> RolloutProbe:
-    """One service's rollout as its list entry (with status) and up-to-date tasks show it."""
-    spec = raw.get("Spec") or {}
-    status = raw.get("UpdateStatus") or {}
-    service_status = raw.get("ServiceStatus") or {}
-    reported = [
-        t
-        for t in tasks
-        if t.get("DesiredState") == "running" and (t.get("Status") or {}).get("State") == "running"
-    ]
-    running = sum(1 for t in reported if t.get("NodeID") in ready)
-    failed = tuple(
-        str((t.get("Status") or {}).get("Err") or (t.get("Status") or {}).get("Message", ""))[:200]
-        for t in tasks
-        if (t.get("Status") or {}).get("State") in {"failed", "rejected"}
-    )
-    mode = spec.get("Mode") or {}
-    if "Replicated" in mode:
-        desired = int((mode["Replicated"] or {}).get("Replicas", 1))
-    else:
-        desired = int(service_status.get("DesiredTasks", 0))
-    return RolloutProbe(
-        state=status.get("State"),
-        started_at=status.get("StartedAt"),
-        message=status.get("Message", ""),
-        spec_secret_ids=secret_ids_of(spec),
-        running=running,
-        desired=desired,
-        failed_tasks=failed[:3],
-        unavailable=len(reported) - running,
-    )
-
-
 # --- parsing Engine JSON ----------------------------------------------------------------------------
 
 
@@ -354,6 +321,39 @@ def _by_name(item: LiveSecret | LiveService) -> str:
 
 def secret_ids_of(spec: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(ref.secret_id for ref in _refs(spec))
+
+
+def _probe(raw: Mapping[str, Any], tasks: list[dict[str, Any]], ready: set[str]) -> RolloutProbe:
+    """One service's rollout as its list entry (with status) and up-to-date tasks show it."""
+    spec = raw.get("Spec") or {}
+    status = raw.get("UpdateStatus") or {}
+    service_status = raw.get("ServiceStatus") or {}
+    reported = [
+        t
+        for t in tasks
+        if t.get("DesiredState") == "running" and (t.get("Status") or {}).get("State") == "running"
+    ]
+    running = sum(1 for t in reported if t.get("NodeID") in ready)
+    failed = tuple(
+        str((t.get("Status") or {}).get("Err") or (t.get("Status") or {}).get("Message", ""))[:200]
+        for t in tasks
+        if (t.get("Status") or {}).get("State") in {"failed", "rejected"}
+    )
+    mode = spec.get("Mode") or {}
+    if "Replicated" in mode:
+        desired = int((mode["Replicated"] or {}).get("Replicas", 1))
+    else:
+        desired = int(service_status.get("DesiredTasks", 0))
+    return RolloutProbe(
+        state=status.get("State"),
+        started_at=status.get("StartedAt"),
+        message=status.get("Message", ""),
+        spec_secret_ids=secret_ids_of(spec),
+        running=running,
+        desired=desired,
+        failed_tasks=failed[:3],
+        unavailable=len(reported) - running,
+    )
 
 
 # --- the client -------------------------------------------------------------------------------------
