@@ -197,6 +197,8 @@ class Ours:
             check=False,
         )
         elapsed = time.perf_counter() - start
+        if done.returncode == 3:  # a rollout paused or rolled back: an engine hiccup, as above
+            raise RuntimeError(f"apply exited 3 (a rollout failed); run the bench again:\n{done.stdout}")
         assert done.returncode == 0 and f"{K} services updated" in done.stdout, (done.stdout, done.stderr)
         return elapsed
 
@@ -209,7 +211,12 @@ class Ours:
             outcome = converge.converge(loaded, swarm, approval=converge.auto_approve)
         elapsed = time.perf_counter() - start
         result = outcome.result
-        assert result is not None and result.ok and len(result.rollouts) == K, result
+        assert result is not None and len(result.rollouts) == K, result
+        if not result.ok:
+            # An engine hiccup (e.g. a failed secrets mount) paused or rolled back a rollout, as the
+            # floor's side reports too: this round measures nothing.
+            failed = [f"{r.service}: {r.detail}" for r in result.rollouts if not r.outcome.ok]
+            raise RuntimeError(f"{'; '.join(failed) or result}; run the bench again")
         return elapsed
 
 
