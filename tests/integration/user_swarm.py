@@ -68,6 +68,27 @@ def _alive_dockerd(folder: Path) -> bool:
         return False
 
 
+def _drop_vxlan(folder: Path) -> list[str]:
+    """Delete the VXLAN devices of this user swarm's overlay networks that its dockerd, stopped while
+    making one, left in the host's namespace; their names. The overlay driver names them
+    ``vx-<VNI, 6 hex digits>-<first 5 characters of the network ID>`` and creates them here before
+    moving them into a sandbox, and a device left here holds its (VNI, port 4789) pair: the next
+    manager's first overlay network gets the same VNI and fails with "error creating vxlan interface:
+    file exists". Only networks recorded in the folder are matched, so nothing else is touched."""
+    try:
+        ids = (folder / "networks").read_text().split()
+    except OSError:
+        return []
+    listed = subprocess.run(
+        ["ip", "-o", "link", "show", "type", "vxlan"], capture_output=True, text=True, check=False
+    ).stdout
+    names = [line.split(":")[1].strip().split("@")[0] for line in listed.splitlines() if line.count(":") >= 2]
+    dropped = [n for n in names if n.startswith("vx-") and n.rsplit("-", 1)[-1] in {i[:5] for i in ids}]
+    for name in dropped:
+        subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+    return dropped
+
+
 def _remove(folder: Path, bridge: str | None) -> None:
     mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
               if line.split()[1].startswith(f"{folder}/")]  # fmt: skip
@@ -75,6 +96,7 @@ def _remove(folder: Path, bridge: str | None) -> None:
         subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
     if bridge:
         subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
+    _drop_vxlan(folder)
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -248,6 +270,10 @@ class UserSwarm:
         self._docker("secret", "create", "--label", "owner=user", "user_db_password", "-", input=b"user")
         self._docker("config", "create", "user_app_config", "-", input=b"setting: 1\n")
         self._docker("network", "create", "--driver", "overlay", "user_net")
+        # Recorded for _drop_vxlan (also for sweep_stale, should this run be killed).
+        assert self.api is not None
+        overlays = [n["Id"] for n in self.api.networks() if n.get("Driver") == "overlay"]
+        (self.dir / "networks").write_text("\n".join(overlays) + "\n")
         self._docker(
             "service", "create", "--quiet", "--detach", "--name", "user_app", "--network", "user_net",
             "--secret", "user_db_password", "--config", "user_app_config", "--stop-grace-period", "1s",
@@ -268,6 +294,7 @@ class UserSwarm:
     def stop_engine(self) -> None:
         """Stop the user's dockerd, keeping its data (as an upgrade of Docker does); see start_engine."""
         self._kill()
+        _drop_vxlan(self.dir)  # what it left half made, as a machine's reboot would not keep either
         if self.api is not None:
             self.api.close()
             self.api = None
