@@ -540,7 +540,7 @@ def replanner(prepared: Prepared, swarm: Swarm, settings: Settings) -> Replan:
         live = swarm.observe(lean=True, sets=_collectable(prepared.loaded, settings))
         loaded = prepared.loaded
         guard.enforce_live(loaded.sets, live, loaded.boundary, loaded.stacks)
-        held = held_back(prepared.loaded, live)
+        held = held_back(loaded, live)
         return live, planner.plan(
             prepared.desired, live, prune_orphans=settings.apply.prune_orphans, held_back=held
         )

@@ -1,4 +1,4 @@
-"""Resolving paths, symlinks followed, for the source-root checks: file-system metadata only.
+"""Resolving paths, symlinks followed, and the source-root containment rule: file-system metadata only.
 
 A load checks every source path of every manifest against its source root, and reading a value checks
 it again. ``os.path.realpath`` looks at every component of a path (an ``lstat`` each), so 1,000 sources
@@ -11,6 +11,14 @@ from __future__ import annotations
 
 import os
 import stat
+
+
+def inside(real: str, root: str) -> str | None:
+    """``real`` (a resolved path) when it is ``root`` or below it, else None. String work only: this
+    runs for every source of every manifest, and again before each is read."""
+    if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+        return real
+    return None
 
 
 class RealPaths:

@@ -51,7 +51,7 @@ from reconciler.display import count, display_path
 from reconciler.errors import ManifestError, PolicyViolation, Problem, ProblemsError
 from reconciler.manifests.compose import read_compose
 from reconciler.manifests.crosscheck import LoadedSet, cross_problems_by_set
-from reconciler.manifests.roots import inside, location, resolve_inside, source_root
+from reconciler.manifests.roots import location, resolve_inside, source_root
 from reconciler.manifests.schema import STACK_SCHEMA_FILE, schema_problems
 from reconciler.manifests.yamlload import (
     ComposedDocument,
@@ -61,7 +61,7 @@ from reconciler.manifests.yamlload import (
     compose_documents,
     format_path,
 )
-from reconciler.paths import RealPaths
+from reconciler.paths import RealPaths, inside
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from reconciler.paths import inside
+
 
 def source_root(given: Path, explicit: Path | None = None) -> Path:
     """The resolved source root for the manifest path ``given`` (see the module docstring)."""
@@ -40,14 +42,6 @@ def resolve_inside(path: Path, root: Path) -> Path | None:
     (itself resolved), else None."""
     real = inside(os.path.realpath(path), str(root))
     return Path(real) if real is not None else None
-
-
-def inside(real: str, root: str) -> str | None:
-    """``real`` (a resolved path) when it is ``root`` or below it, else None. String work only: this
-    runs for every source of every manifest."""
-    if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
-        return real
-    return None
 
 
 def location(path: Path, root: Path) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from reconciler.core.model import MAX_SECRET_BYTES, FileSource
 from reconciler.display import display_path
+from reconciler.paths import inside
 from reconciler.sources.base import SourceFailure, check_size
 
 
@@ -30,8 +31,7 @@ def contained(
     if root is None:
         return file
     real = realpath(file)
-    top = str(root)
-    if real != top and not real.startswith(top.rstrip(os.sep) + os.sep):
+    if inside(real, str(root)) is None:
         raise SourceFailure(
             field,
             f"{display_path(file)} resolves outside the source root {root}: a source must be a file of "
@@ -56,7 +56,7 @@ def read_file(source: FileSource, realpath: Callable[[Path], str] = os.path.real
         # O_NOFOLLOW: `real` has no symlink left in it; if one appears now, refuse rather than follow.
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
-            data = _read_up_to(fd, info.st_size + 1)
+            data = _read_up_to(fd, info.st_size)
         finally:
             os.close(fd)
     except FileNotFoundError:
