@@ -8,6 +8,8 @@ are watched without sleeping. The fake is held to the real engine by ``tests/con
 from __future__ import annotations
 
 import ast
+import dataclasses
+import gc
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,7 +24,7 @@ from reconciler.core.plan import Plan
 from reconciler.core.rollout import Outcome
 from reconciler.engine import executor
 from reconciler.engine.executor import STALE, ApplyOptions, ApplyResult, hold_key
-from reconciler.errors import SwarmRefused
+from reconciler.errors import CheckFailed, Problem, SwarmRefused
 from tests.fakes.clock import FakeClock
 from tests.fakes.swarm import Crash, FakeSwarm, requires
 
@@ -397,6 +399,32 @@ def test_a_crash_after_any_mutation_leaves_a_swarm_the_next_run_converges_from()
         assert fake.service_secret_names("web") == {"pw": "pw_v3"}
         assert fake.mounted("db") == {"/run/secrets/pw": b"three"}
         rollback_safe(fake)
+
+
+# --- the cycle collector ----------------------------------------------------------------------------
+
+
+def test_prepare_pauses_the_cycle_collector_and_restores_it_however_it_ends() -> None:
+    fake = FakeSwarm()
+    fake.add_service("web")
+    seen: list[bool] = []
+
+    def look(_: converge.Prepared) -> list[Problem]:
+        seen.append(gc.isenabled())
+        return [Problem(file="set.yaml", line=None, path="", message="refused")] if len(seen) == 2 else []
+
+    checked = dataclasses.replace(settings(), checks=(look,))
+    converge.prepare(pw(b"one", "web"), fake, checked)
+    with pytest.raises(CheckFailed):
+        converge.prepare(pw(b"one", "web"), fake, checked)
+    assert seen == [False, False]
+    assert gc.isenabled()
+    gc.disable()  # paused by whoever embeds it: left paused
+    try:
+        converge.prepare(pw(b"one", "web"), fake, checked)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 # --- structure --------------------------------------------------------------------------------------
